@@ -1,0 +1,253 @@
+//! Stage 1: the inbound SMTP server that trusted apps submit mail to.
+//!
+//! [`Listener`] binds the configured addresses, caps connections in all and per client
+//! address, refuses clients outside `trusted_networks`, and runs one session task per
+//! connection. A session hands each complete message to a [`Handoff`] — the spool in
+//! queue mode, the delivery stage in passthrough mode — and answers `250` only once the
+//! handoff says the message is safe.
+
+mod limits;
+pub mod phase;
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::ServerConfig;
+use crate::message::Message;
+use crate::proto::{Enhanced, Reply};
+use limits::ClientCounter;
+use phase::Rules;
+use session::SessionContext;
+
+/// Lifecycle of the relay, observed by every session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RunState {
+    /// Accepting and serving.
+    Running,
+    /// No new connections; idle sessions close with `421`, transactions may finish.
+    Draining,
+    /// The grace period is over: every session closes now.
+    Stopped,
+}
+
+/// Why the next stage did not take a message.
+#[derive(Debug)]
+pub enum HandoffError {
+    /// The message is refused with this reply (e.g. an upstream's answer in passthrough mode).
+    Refused(Reply),
+    /// A local failure (disk, configuration); the client hears a generic `451 4.3.0`, the
+    /// detail goes to the log.
+    Unavailable(String),
+}
+
+/// A future returned by [`Handoff::submit`].
+pub type HandoffFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandoffError>> + Send + 'a>>;
+
+/// Where accepted messages go. `Ok` means the message is safe: durable, or delivered.
+pub trait Handoff: Send + Sync + 'static {
+    /// Take responsibility for `message`.
+    fn submit(&self, message: Message) -> HandoffFuture<'_>;
+}
+
+/// The listening sockets and what their sessions share.
+pub struct Listener {
+    sockets: Vec<TcpListener>,
+    ctx: Arc<SessionContext>,
+    trusted: Vec<IpNet>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    per_client: ClientCounter,
+}
+
+/// A listening address could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}{hint}")]
+pub struct BindError {
+    /// The address from `server.listen`.
+    pub addr: SocketAddr,
+    /// The operating system's reason.
+    pub source: std::io::Error,
+    hint: &'static str,
+}
+
+impl Listener {
+    /// Bind every address of `server.listen`. Fails before anything is accepted if one
+    /// cannot be bound.
+    pub async fn bind(
+        server: &ServerConfig,
+        handoff: Arc<dyn Handoff>,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Listener, BindError> {
+        let mut sockets = Vec::new();
+        for addr in &server.listen {
+            let socket = TcpListener::bind(addr).await.map_err(|source| {
+                let hint = match source.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability)"
+                    }
+                    std::io::ErrorKind::AddrInUse => " (another process already listens there)",
+                    std::io::ErrorKind::AddrNotAvailable => " (this machine has no such address)",
+                    _ => "",
+                };
+                BindError {
+                    addr: *addr,
+                    source,
+                    hint,
+                }
+            })?;
+            sockets.push(socket);
+        }
+        let ctx = SessionContext {
+            rules: Rules {
+                hostname: server.hostname.clone(),
+                max_message_size: server.max_message_size,
+                max_recipients: server.max_recipients,
+                starttls_available: tls.is_some(),
+            },
+            command_timeout: server.command_timeout,
+            tls,
+            handoff,
+        };
+        Ok(Listener {
+            sockets,
+            ctx: Arc::new(ctx),
+            trusted: server.trusted_networks.clone(),
+            connections: Arc::new(Semaphore::new(server.max_connections)),
+            max_connections: server.max_connections,
+            per_client: ClientCounter::new(server.max_connections_per_client),
+        })
+    }
+
+    /// The bound addresses (with the real port when `:0` was configured).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Serve until `shutdown` leaves [`RunState::Running`]; the returned task ends when
+    /// every session has ended.
+    pub fn spawn(self, shutdown: watch::Receiver<RunState>) -> JoinHandle<()> {
+        let Listener {
+            sockets,
+            ctx,
+            trusted,
+            connections,
+            max_connections,
+            per_client,
+        } = self;
+        let trusted = Arc::new(trusted);
+        tokio::spawn(async move {
+            let loops: Vec<_> = sockets
+                .into_iter()
+                .map(|socket| {
+                    let acceptor = AcceptLoop {
+                        ctx: ctx.clone(),
+                        trusted: trusted.clone(),
+                        connections: connections.clone(),
+                        per_client: per_client.clone(),
+                        shutdown: shutdown.clone(),
+                    };
+                    tokio::spawn(acceptor.run(socket))
+                })
+                .collect();
+            for l in loops {
+                let _ = l.await;
+            }
+            // Every session holds a permit; having them all back means all have ended.
+            let _ = connections.acquire_many(max_connections as u32).await;
+        })
+    }
+}
+
+struct AcceptLoop {
+    ctx: Arc<SessionContext>,
+    trusted: Arc<Vec<IpNet>>,
+    connections: Arc<Semaphore>,
+    per_client: ClientCounter,
+    shutdown: watch::Receiver<RunState>,
+}
+
+impl AcceptLoop {
+    async fn run(mut self, socket: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.wait_for(|s| *s >= RunState::Draining) => break,
+                accepted = socket.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            self.start_session(stream, peer);
+        }
+        debug!("listener stopped accepting");
+    }
+
+    fn start_session(&self, stream: TcpStream, peer: SocketAddr) {
+        let hostname = &self.ctx.rules.hostname;
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let text = format!("{hostname} Too many connections, please try again later");
+            warn!(client = %peer, "refused: server.max_connections reached");
+            return turn_away(stream, Reply::new(421, Enhanced(4, 3, 2), text));
+        };
+        let Some(client_slot) = self.per_client.try_acquire(peer.ip()) else {
+            let text = format!(
+                "{hostname} Too many connections from {} (limit {}), please try again later",
+                peer.ip(),
+                self.per_client.limit()
+            );
+            warn!(client = %peer, "refused: server.max_connections_per_client reached");
+            return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
+        };
+        let client_ip = normalize(peer.ip());
+        let refusal = (!self.trusted.iter().any(|net| net.contains(&client_ip)))
+            .then(|| format!("Relay access denied: {client_ip} is not in trusted_networks"));
+        let ctx = self.ctx.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            debug!(client = %peer, "connected");
+            session::run(stream, peer, refusal, ctx, shutdown).await;
+            drop(client_slot);
+            drop(permit);
+        });
+    }
+}
+
+/// An IPv4 client on a dual-stack socket shows up as `::ffff:a.b.c.d`; judge it as IPv4.
+fn normalize(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Send one reply and close, without blocking the accept loop.
+fn turn_away(mut stream: TcpStream, reply: Reply) {
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = stream.write_all(reply.to_wire().as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+    info!("connection turned away");
+}

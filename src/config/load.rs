@@ -1,0 +1,624 @@
+//! Loading: layer the sources, interpolate `${VAR}`, deserialize strictly, validate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Config as Layers, File, FileFormat, Map, Source, Value, ValueKind};
+
+use super::values::Secret;
+use super::{Config, UpstreamUrl};
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SMARTHOST__";
+
+/// Environment variable naming the configuration file when `-c` is not given.
+pub const ENV_CONFIG_FILE: &str = "SMARTHOST_CONFIG";
+
+/// Where the base layer of the configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The default compiled into the binary.
+    Embedded,
+    /// A TOML file.
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Embedded => f.write_str("the embedded default configuration"),
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A configuration that cannot be used. The text names the key, where it came from and
+/// what would be valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{origin}: not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key is unknown or its value invalid.
+    #[error("{origin}: `{key}`: {message}")]
+    Key {
+        /// File, embedded default, or environment variable.
+        origin: String,
+        /// Dotted path of the key, e.g. `server.listen` or `upstream[0].url`.
+        key: String,
+        /// What is wrong and what is valid.
+        message: String,
+    },
+}
+
+/// Load the configuration the way `smarthost` does when started from a shell: the file
+/// from `path`, else from `SMARTHOST_CONFIG`, else the embedded default; then the
+/// process environment on top.
+pub fn load_from_process(path: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let source = match path {
+        Some(p) => ConfigSource::File(p.to_owned()),
+        None => match env.iter().find(|(k, _)| k == ENV_CONFIG_FILE) {
+            Some((_, v)) if !v.is_empty() => ConfigSource::File(v.into()),
+            _ => ConfigSource::Embedded,
+        },
+    };
+    load(&source, &env).map(|c| (c, source))
+}
+
+/// Load from `source` with `env` as the environment (variables to interpolate and
+/// `SMARTHOST__*` overrides).
+pub fn load(source: &ConfigSource, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let origin = source.to_string();
+    let text = match source {
+        ConfigSource::Embedded => super::EMBEDDED_DEFAULT.to_owned(),
+        ConfigSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?
+        }
+    };
+    let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    let mut base = File::from_str(&text, FileFormat::Toml)
+        .collect()
+        .map_err(|e| ConfigError::Syntax {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+    for (key, value) in base.iter_mut() {
+        interpolate(value, key, &vars).map_err(|(key, message)| ConfigError::Key {
+            origin: origin.clone(),
+            key,
+            message,
+        })?;
+    }
+
+    let overrides = EnvOverrides::from_env(env);
+    let layers = Layers::builder()
+        .add_source(Layer(base))
+        .add_source(overrides.clone())
+        .build()
+        .map_err(|e| ConfigError::Syntax {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+
+    let mut config: Config = serde_path_to_error::deserialize(layers).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Key {
+            origin: overrides.origin_of(&key).unwrap_or_else(|| origin.clone()),
+            message: humanize(&e.inner().to_string()),
+            key,
+        }
+    })?;
+    validate(&mut config).map_err(|(key, message)| ConfigError::Key {
+        origin: overrides.origin_of(&key).unwrap_or(origin),
+        key,
+        message,
+    })?;
+    Ok(config)
+}
+
+/// Reword serde's messages in the configuration's vocabulary and drop the `config`
+/// crate's suffix (we name the key and origin ourselves).
+fn humanize(message: &str) -> String {
+    let message = match message.find(" for key `") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    message
+        .replace("unknown field", "unknown key")
+        .replace("expected one of", "valid keys here are")
+        .replace("unknown variant", "unknown value")
+        .replace("missing field", "missing required key")
+}
+
+/// Replace `${VAR}` in every string below `value`; `$${` stands for a literal `${`.
+/// On error returns the key at fault and the message.
+fn interpolate(
+    value: &mut Value,
+    path: &str,
+    vars: &HashMap<&str, &str>,
+) -> Result<(), (String, String)> {
+    match &mut value.kind {
+        ValueKind::String(s) if s.contains("${") => {
+            *s = expand(s, vars).map_err(|message| (path.to_owned(), message))?;
+            Ok(())
+        }
+        ValueKind::Table(map) => map
+            .iter_mut()
+            .try_for_each(|(k, v)| interpolate(v, &format!("{path}.{k}"), vars)),
+        ValueKind::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, v)| interpolate(v, &format!("{path}[{i}]"), vars)),
+        _ => Ok(()),
+    }
+}
+
+fn expand(text: &str, vars: &HashMap<&str, &str>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let end = rest[i..]
+            .find('}')
+            .ok_or("unterminated ${ (write $${ for a literal ${)")?;
+        let name = &rest[i + 2..i + end];
+        let value = vars.get(name).ok_or_else(|| {
+            format!("uses ${{{name}}} but the environment variable {name} is not set")
+        })?;
+        out.push_str(value);
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A layer of already-collected values.
+#[derive(Clone, Debug)]
+struct Layer(Map<String, Value>);
+
+impl Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// `SMARTHOST__SECTION__KEY=value` variables as configuration keys.
+///
+/// `SMARTHOST__UPSTREAM__0__URL` sets `upstream[0].url`; without an index
+/// (`SMARTHOST__UPSTREAM__URL`) the first list entry is meant.
+#[derive(Clone, Debug)]
+struct EnvOverrides {
+    /// (configuration key, variable name, value)
+    entries: Vec<(String, String, String)>,
+}
+
+impl EnvOverrides {
+    fn from_env(env: &[(String, String)]) -> EnvOverrides {
+        let entries = env
+            .iter()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(ENV_PREFIX)?;
+                Some((env_key(rest), name.clone(), value.clone()))
+            })
+            .collect();
+        EnvOverrides { entries }
+    }
+
+    /// The variable that set `key` or one of its parents/children, if any.
+    fn origin_of(&self, key: &str) -> Option<String> {
+        self.entries
+            .iter()
+            .find(|(k, _, _)| {
+                k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."))
+            })
+            .map(|(_, name, _)| format!("environment variable {name}"))
+    }
+}
+
+/// `UPSTREAM__0__URL` → `upstream[0].url`.
+fn env_key(rest: &str) -> String {
+    let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    let mut key = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if part.parse::<usize>().is_ok() && i > 0 {
+            key.push_str(&format!("[{part}]"));
+            continue;
+        }
+        if i > 0 {
+            key.push('.');
+        }
+        key.push_str(part);
+        let is_list = matches!(part.as_str(), "upstream" | "dkim") && i == 0;
+        let next_is_index = parts.get(i + 1).is_some_and(|p| p.parse::<usize>().is_ok());
+        if is_list && !next_is_index && parts.len() > 1 {
+            key.push_str("[0]");
+        }
+    }
+    key
+}
+
+impl Source for EnvOverrides {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self
+            .entries
+            .iter()
+            .map(|(key, name, value)| {
+                (
+                    key.clone(),
+                    Value::new(Some(name), ValueKind::String(value.clone())),
+                )
+            })
+            .collect())
+    }
+}
+
+/// Checks that need more than one key, and secrets read from files. Returns the key at
+/// fault and the message.
+fn validate(config: &mut Config) -> Result<(), (String, String)> {
+    let server = &config.server;
+    if server.listen.is_empty() {
+        return Err((
+            "server.listen".into(),
+            "needs at least one address, e.g. \"127.0.0.1:2525\"".into(),
+        ));
+    }
+    if server.hostname.trim().is_empty() || server.hostname.contains(char::is_whitespace) {
+        return Err((
+            "server.hostname".into(),
+            "must be a host name without spaces".into(),
+        ));
+    }
+    for (key, value) in [
+        ("server.max_connections", server.max_connections),
+        ("server.max_recipients", server.max_recipients),
+        (
+            "server.max_connections_per_client",
+            server.max_connections_per_client,
+        ),
+    ] {
+        if value == 0 {
+            return Err((key.into(), "must be at least 1".into()));
+        }
+    }
+    if server.max_message_size < 1024 {
+        return Err((
+            "server.max_message_size".into(),
+            "must be at least 1024 octets".into(),
+        ));
+    }
+    if server.command_timeout.is_zero() {
+        return Err((
+            "server.command_timeout".into(),
+            "must be longer than zero".into(),
+        ));
+    }
+    if server.tls_cert_file.is_some() != server.tls_key_file.is_some() {
+        return Err((
+            "server.tls_cert_file".into(),
+            "STARTTLS needs both server.tls_cert_file and server.tls_key_file".into(),
+        ));
+    }
+    if config.upstream.is_empty() {
+        return Err((
+            "upstream".into(),
+            "no upstream configured: add an [[upstream]] with url = \"smtps://host:465\", \"smtp://host:587\" or \"maildir:PATH\" \
+             (or set SMARTHOST__UPSTREAM__0__URL)"
+                .into(),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, up) in config.upstream.iter_mut().enumerate() {
+        let key = |k: &str| format!("upstream[{i}].{k}");
+        if !names.insert(up.display_name()) {
+            return Err((
+                key("name"),
+                format!(
+                    "two upstreams are named {:?}; give each a distinct name",
+                    up.display_name()
+                ),
+            ));
+        }
+        if up.weight == 0 {
+            return Err((key("weight"), "must be at least 1".into()));
+        }
+        if up.max_connections == 0 {
+            return Err((key("max_connections"), "must be at least 1".into()));
+        }
+        if let Some(file) = &up.password_file {
+            if up.password.is_some() {
+                return Err((
+                    key("password_file"),
+                    "give either password or password_file, not both".into(),
+                ));
+            }
+            let secret = std::fs::read_to_string(file).map_err(|e| {
+                (
+                    key("password_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            up.password = Some(Secret::new(secret.trim_end_matches(['\r', '\n'])));
+        }
+        if let UpstreamUrl::Smtp {
+            username, password, ..
+        } = &up.url
+        {
+            if up.username.is_none() {
+                up.username = username.clone();
+            }
+            if up.password.is_none() {
+                up.password = password.clone();
+            }
+        }
+        // Empty credentials mean "no AUTH", never an AUTH with empty strings.
+        if up.username.as_deref() == Some("") {
+            up.username = None;
+        }
+        if up.password.as_ref().is_some_and(|p| p.expose().is_empty()) {
+            up.password = None;
+        }
+        if up.password.is_some() && up.username.is_none() {
+            return Err((
+                key("username"),
+                "a password is configured but no username; set username (or put it in the URL)"
+                    .into(),
+            ));
+        }
+        if let Some(sender) = &up.sender
+            && crate::proto::Address::parse(sender).is_err()
+        {
+            return Err((key("sender"), format!("{sender:?} is not an email address")));
+        }
+    }
+    for (i, dkim) in config.dkim.iter().enumerate() {
+        if dkim.domain.trim().is_empty() || dkim.domain.contains(['@', ' ']) {
+            return Err((
+                format!("dkim[{i}].domain"),
+                format!("{:?} is not a domain name", dkim.domain),
+            ));
+        }
+        if dkim.selector.is_empty()
+            || !dkim
+                .selector
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err((
+                format!("dkim[{i}].selector"),
+                format!("{:?} is not a valid DKIM selector", dkim.selector),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DeliveryMode, TlsMode};
+    use std::io::Write;
+
+    fn file(text: &str) -> (tempfile::NamedTempFile, ConfigSource) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let source = ConfigSource::File(f.path().to_owned());
+        (f, source)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MINIMAL: &str = "[[upstream]]\nurl = \"maildir:/tmp/out\"\n";
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = load(&ConfigSource::Embedded, &[]).unwrap();
+        assert_eq!(c.server.listen[0].to_string(), "127.0.0.1:2525");
+        assert_eq!(c.delivery.mode, DeliveryMode::Queue);
+        assert_eq!(c.upstream[0].url, "maildir:data/outbox".parse().unwrap());
+    }
+
+    #[test]
+    fn a_file_is_complete_on_its_own() {
+        let (_f, src) = file(MINIMAL);
+        let c = load(&src, &[]).unwrap();
+        assert_eq!(c.server.max_recipients, 1000);
+        assert_eq!(c.upstream.len(), 1);
+        assert!(c.dkim.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_and_creates_keys() {
+        let (_f, src) = file(MINIMAL);
+        let vars = env(&[
+            ("SMARTHOST__SERVER__MAX_RECIPIENTS", "5"),
+            (
+                "SMARTHOST__SERVER__TRUSTED_NETWORKS",
+                "10.0.0.0/8, 172.16.0.0/12",
+            ),
+            ("SMARTHOST__UPSTREAM__1__URL", "smtps://smtp.example.com"),
+            ("SMARTHOST__UPSTREAM__1__PASSWORD", "pw"),
+            ("SMARTHOST__UPSTREAM__1__USERNAME", "me"),
+            ("SMARTHOST__DELIVERY__MODE", "passthrough"),
+            ("UNRELATED", "x"),
+        ]);
+        let c = load(&src, &vars).unwrap();
+        assert_eq!(c.server.max_recipients, 5);
+        assert_eq!(c.server.trusted_networks.len(), 2);
+        assert_eq!(c.upstream.len(), 2);
+        assert!(matches!(
+            c.upstream[1].url,
+            UpstreamUrl::Smtp {
+                tls: TlsMode::Implicit,
+                ..
+            }
+        ));
+        assert_eq!(c.upstream[1].password.as_ref().unwrap().expose(), "pw");
+        assert_eq!(c.delivery.mode, DeliveryMode::Passthrough);
+    }
+
+    #[test]
+    fn env_without_index_means_the_first_entry() {
+        let vars = env(&[("SMARTHOST__UPSTREAM__URL", "smtp://mail.example.com")]);
+        let c = load(&ConfigSource::Embedded, &vars).unwrap();
+        assert!(matches!(
+            c.upstream[0].url,
+            UpstreamUrl::Smtp { port: 587, .. }
+        ));
+    }
+
+    #[test]
+    fn variables_are_interpolated_and_secret_files_read() {
+        let mut pw = tempfile::NamedTempFile::new().unwrap();
+        writeln!(pw, "from-file").unwrap();
+        let text = format!(
+            "[server]\nhostname = \"${{HOST}}\"\n[[upstream]]\nurl = \"smtps://mx.example\"\nusername = \"u\"\npassword_file = \"{}\"\n[[upstream]]\nname = \"b\"\nurl = \"smtps://mx2.example\"\nusername = \"u\"\npassword = \"a$${{b}}${{PW}}\"\n",
+            pw.path().display()
+        );
+        let (_f, src) = file(&text);
+        let c = load(&src, &env(&[("HOST", "relay.internal"), ("PW", "secret")])).unwrap();
+        assert_eq!(c.server.hostname, "relay.internal");
+        assert_eq!(
+            c.upstream[0].password.as_ref().unwrap().expose(),
+            "from-file"
+        );
+        assert_eq!(
+            c.upstream[1].password.as_ref().unwrap().expose(),
+            "a${b}secret"
+        );
+    }
+
+    fn error(text: &str, vars: &[(&str, &str)]) -> String {
+        let (f, src) = file(text);
+        let e = load(&src, &env(vars)).unwrap_err().to_string();
+        e.replace(&f.path().display().to_string(), "FILE")
+    }
+
+    #[test]
+    fn errors_name_the_key_the_origin_and_the_valid_values() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            (
+                "[server]\nmax_conections = 5\n[[upstream]]\nurl = \"maildir:x\"\n",
+                &[],
+                "FILE: `server.max_conections`: unknown key `max_conections`, valid keys here are `hostname`",
+            ),
+            (
+                "[delivery]\nmode = \"fast\"\n[[upstream]]\nurl = \"maildir:x\"\n",
+                &[],
+                "FILE: `delivery.mode`: unknown value \"fast\"; valid values are \"queue\", \"passthrough\"",
+            ),
+            (
+                "[[upstream]]\nurl = \"smtp://smtp.qq.com:465\"\n",
+                &[],
+                "FILE: `upstream[0].url`: port 465 expects TLS from the first byte",
+            ),
+            (
+                "[[upstream]]\nurl = \"smtps://x\"\nprovider = \"gmial\"\n",
+                &[],
+                "FILE: `upstream[0].provider`: unknown key `provider`",
+            ),
+            (
+                MINIMAL,
+                &[("SMARTHOST__SERVER__MAX_CONNECTIONS", "lots")],
+                "environment variable SMARTHOST__SERVER__MAX_CONNECTIONS: `server.max_connections`",
+            ),
+            (
+                MINIMAL,
+                &[("SMARTHOST__SERVER__BOGUS", "1")],
+                "environment variable SMARTHOST__SERVER__BOGUS: `server.bogus`: unknown key",
+            ),
+            (
+                "[server]\nlisten = [\"localhost:25\"]\n",
+                &[],
+                "FILE: `server.listen`: invalid value \"localhost:25\"",
+            ),
+            (
+                "[server]\ntrusted_networks = [\"lan\"]\n",
+                &[],
+                "FILE: `server.trusted_networks`: invalid network \"lan\"",
+            ),
+            (
+                "[server]\nshutdown_grace = \"soon\"\n",
+                &[],
+                "FILE: `server.shutdown_grace`: invalid duration \"soon\"",
+            ),
+            (
+                "[server]\n",
+                &[],
+                "FILE: `upstream`: no upstream configured",
+            ),
+            (
+                "[[upstream]]\nurl = \"smtps://x\"\npassword = \"${NOPE}\"\n",
+                &[],
+                "FILE: `upstream[0].password`: uses ${NOPE} but the environment variable NOPE is not set",
+            ),
+            (
+                "[[upstream]]\nurl = \"smtps://x\"\npassword = \"p\"\n",
+                &[],
+                "FILE: `upstream[0].username`: a password is configured but no username",
+            ),
+            ("[server\n", &[], "FILE: not valid TOML"),
+        ];
+        for (text, vars, want) in cases {
+            let got = error(text, vars);
+            assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn empty_credentials_mean_no_auth() {
+        let (_f, src) =
+            file("[[upstream]]\nurl = \"smtps://x\"\nusername = \"\"\npassword = \"\"\n");
+        let c = load(&src, &[]).unwrap();
+        assert!(c.upstream[0].username.is_none() && c.upstream[0].password.is_none());
+    }
+
+    #[test]
+    fn a_missing_file_says_so() {
+        let e = load(
+            &ConfigSource::File("/nonexistent/smarthost.toml".into()),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read config file /nonexistent/smarthost.toml"),
+            "{e}"
+        );
+    }
+}

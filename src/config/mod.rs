@@ -1,0 +1,239 @@
+//! Typed configuration: every key, its default in code, and its validation.
+//!
+//! [`load`] layers the sources (embedded default or a TOML file, then `SMARTHOST__*`
+//! environment variables), interpolates `${VAR}`, rejects unknown keys and bad values
+//! with an error naming the key and where it came from, and returns a [`Config`] that is
+//! then shared read-only behind an `Arc`.
+
+mod load;
+mod upstream_url;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use load::{ConfigError, ConfigSource, load, load_from_process};
+pub use upstream_url::{TlsMode, UpstreamUrl};
+pub use values::Secret;
+
+/// The embedded default configuration, used when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/smarthost.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the inbound SMTP side.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[spool]`: where accepted mail is kept.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// `[delivery]`: when the client hears 250 and how long mail may wait.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// `[[upstream]]`: where mail goes, in priority order.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+    /// `[[dkim]]`: signing keys by domain.
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
+    /// `[metrics]`: the Prometheus and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name used in the banner, the EHLO reply and `Received` headers.
+    pub hostname: String,
+    /// Addresses to listen on for SMTP.
+    #[serde(deserialize_with = "values::list")]
+    pub listen: Vec<SocketAddr>,
+    /// Clients allowed to relay; anyone else gets `554 5.7.1`.
+    #[serde(deserialize_with = "values::networks")]
+    pub trusted_networks: Vec<IpNet>,
+    /// Largest message accepted, in octets; advertised as `SIZE`.
+    pub max_message_size: u64,
+    /// Simultaneous client connections in all.
+    pub max_connections: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Simultaneous connections from one client address.
+    pub max_connections_per_client: usize,
+    /// How long sessions may take to finish after SIGTERM.
+    #[serde(deserialize_with = "values::duration")]
+    pub shutdown_grace: Duration,
+    /// How long the server waits for the next command or chunk of message data
+    /// (RFC 5321 §4.5.3.2 asks for at least 5 minutes).
+    #[serde(deserialize_with = "values::duration")]
+    pub command_timeout: Duration,
+    /// Certificate chain (PEM) for inbound STARTTLS; STARTTLS is offered only with both files.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) for inbound STARTTLS.
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "smarthost.local".into(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            trusted_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            max_message_size: 25 * 1024 * 1024,
+            max_connections: 1024,
+            max_recipients: 1000,
+            max_connections_per_client: 256,
+            shutdown_grace: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+/// `[spool]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the durable queue.
+    pub dir: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: "data/spool".into(),
+        }
+    }
+}
+
+/// When the client is told `250`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum DeliveryMode {
+    /// `250` once the message is durable on disk; delivery follows.
+    Queue,
+    /// `250` only once an upstream accepted the message.
+    Passthrough,
+}
+
+/// `[delivery]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// `queue` or `passthrough`.
+    pub mode: DeliveryMode,
+    /// How long a message may wait for delivery before it is bounced.
+    #[serde(deserialize_with = "values::duration")]
+    pub max_queue_lifetime: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            mode: DeliveryMode::Queue,
+            max_queue_lifetime: Duration::from_secs(2 * 24 * 3600),
+        }
+    }
+}
+
+/// One `[[upstream]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name in logs and metrics; defaults to the URL's host (or `maildir`).
+    pub name: Option<String>,
+    /// Where and how to connect; see [`UpstreamUrl`].
+    pub url: UpstreamUrl,
+    /// Account for AUTH (overrides the URL's user).
+    pub username: Option<String>,
+    /// Password for AUTH (overrides the URL's password).
+    pub password: Option<Secret>,
+    /// File holding the password (Docker secrets); trailing newlines are ignored.
+    pub password_file: Option<PathBuf>,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Share among upstreams of equal priority.
+    #[serde(default = "values::one")]
+    pub weight: u32,
+    /// Simultaneous connections to this upstream.
+    #[serde(default = "values::four")]
+    pub max_connections: usize,
+    /// Force the envelope sender and From address to this account.
+    pub sender: Option<String>,
+    /// Verify the upstream's certificate (default true).
+    #[serde(default = "values::yes")]
+    pub tls_verify: bool,
+    /// Extra CA certificate(s) (PEM) to trust for this upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Allow AUTH over a connection without TLS (default false).
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+impl UpstreamConfig {
+    /// The name used in logs: the configured one or one derived from the URL.
+    pub fn display_name(&self) -> String {
+        match (&self.name, &self.url) {
+            (Some(name), _) => name.clone(),
+            (None, UpstreamUrl::Smtp { host, port, .. }) => format!("{host}:{port}"),
+            (None, UpstreamUrl::Maildir { .. }) => "maildir".into(),
+        }
+    }
+}
+
+/// DKIM signing algorithm.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum DkimAlgorithm {
+    /// RSA with SHA-256 (RFC 6376).
+    RsaSha256,
+    /// Ed25519 with SHA-256 (RFC 8463).
+    Ed25519Sha256,
+}
+
+values::word_enum!(DkimAlgorithm { RsaSha256 = "rsa-sha256", Ed25519Sha256 = "ed25519-sha256" });
+values::word_enum!(DeliveryMode { Queue = "queue", Passthrough = "passthrough" });
+
+/// One `[[dkim]]` signing key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Domain signed for (`d=`); also covers its subdomains.
+    pub domain: String,
+    /// Selector (`s=`).
+    #[serde(default = "values::selector")]
+    pub selector: String,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// `rsa-sha256` or `ed25519-sha256`.
+    #[serde(default = "values::rsa")]
+    pub algorithm: DkimAlgorithm,
+    /// Create the key on first start if it is missing (never overwrites).
+    #[serde(default)]
+    pub generate: bool,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
+        }
+    }
+}

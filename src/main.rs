@@ -1,0 +1,324 @@
+//! The `smarthost` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use smarthost::config::{self, Config, ConfigSource};
+use smarthost::ops;
+
+/// A smart outbound SMTP relay.
+#[derive(Parser)]
+#[command(name = "smarthost", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (on the embedded default configuration unless -c or SMARTHOST_CONFIG names a file).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and probe every upstream.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Also send a test message to this address.
+        #[arg(long)]
+        send_to: Option<String>,
+    },
+    /// DKIM keys: generate one, print DNS records.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+    /// Inspect and manage the spool.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Submit a test message to an SMTP server.
+    Send {
+        /// Server as HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        server: String,
+        /// Sender address (envelope and From).
+        #[arg(long)]
+        from: String,
+        /// Recipient address; repeat for several.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// Subject line.
+        #[arg(long, default_value = "smarthost test message")]
+        subject: String,
+        /// Message body.
+        #[arg(long, default_value = "This is a test message sent by smarthost send.")]
+        body: String,
+        /// Send this file (or - for stdin) as the complete message instead.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Name to give in EHLO.
+        #[arg(long, default_value = "smarthost-send")]
+        helo: String,
+        /// Seconds to wait for the connection and for each reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Write a new private key and print the DNS TXT record to publish.
+    Keygen {
+        /// Domain to sign for.
+        #[arg(long)]
+        domain: String,
+        /// Selector.
+        #[arg(long, default_value = "smarthost")]
+        selector: String,
+        /// rsa-sha256 or ed25519-sha256.
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+        /// Directory to write the key to.
+        #[arg(long, default_value = "data/dkim")]
+        out: PathBuf,
+    },
+    /// Print the DNS records for every configured key.
+    Dns {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// One line per queued message.
+    List {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Everything about one message.
+    Show {
+        /// Queue id.
+        id: String,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Retry one message now, or all with --all.
+    Retry {
+        /// Queue id.
+        id: Option<String>,
+        /// Retry every message.
+        #[arg(long)]
+        all: bool,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove a message from the queue.
+    Delete {
+        /// Queue id.
+        id: String,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Exit code for an invalid configuration (and for commands this version lacks).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smarthost: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Check { config, send_to } => check(config, send_to),
+        Command::Send {
+            server,
+            from,
+            to,
+            subject,
+            body,
+            data,
+            helo,
+            timeout,
+        } => {
+            let raw = match data.as_deref().map(read_message).transpose() {
+                Ok(raw) => raw,
+                Err(e) => {
+                    eprintln!("smarthost send: cannot read the message: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let req = ops::send::SendRequest {
+                server,
+                from,
+                to,
+                subject,
+                body,
+                raw,
+                helo,
+                timeout: Duration::from_secs(timeout),
+            };
+            match runtime.block_on(ops::send::send(&req)) {
+                Ok(response) => {
+                    println!("{response}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smarthost send: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dkim { action } => not_yet(match action {
+            DkimAction::Keygen { .. } => "dkim keygen",
+            DkimAction::Dns { .. } => "dkim dns",
+        }),
+        Command::Queue { .. } => not_yet("queue"),
+    }
+}
+
+fn read_message(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(path)
+    }
+}
+
+fn not_yet(what: &str) -> ExitCode {
+    eprintln!("smarthost {what}: not implemented in this version yet");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SMARTHOST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<(Config, ConfigSource), ExitCode> {
+    config::load_from_process(path.as_deref()).map_err(|e| {
+        eprintln!("smarthost: configuration error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn serve(path: Option<PathBuf>) -> ExitCode {
+    let (config, source) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    info!(source = %source, "configuration loaded");
+    log_effective_config(&config);
+    let config = Arc::new(config);
+    let relay = match smarthost::start(config).await {
+        Ok(relay) => relay,
+        Err(e) => {
+            error!("cannot start: {e}");
+            eprintln!("smarthost: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_stop_signal().await;
+    relay.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// One line per section; secrets are redacted by their types.
+fn log_effective_config(config: &Config) {
+    let s = &config.server;
+    info!(
+        hostname = %s.hostname, listen = ?s.listen, trusted_networks = ?s.trusted_networks,
+        max_message_size = s.max_message_size, max_connections = s.max_connections,
+        max_connections_per_client = s.max_connections_per_client, max_recipients = s.max_recipients,
+        starttls = s.tls_cert_file.is_some(), "config: server"
+    );
+    info!(mode = %config.delivery.mode, max_queue_lifetime = ?config.delivery.max_queue_lifetime, "config: delivery");
+    for up in &config.upstream {
+        info!(
+            name = %up.display_name(), url = %up.url, priority = up.priority, weight = up.weight,
+            auth = up.username.is_some(), sender = ?up.sender, tls_verify = up.tls_verify, "config: upstream"
+        );
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); return }
+            _ = int.recv() => { info!("SIGINT received"); return }
+            _ = hup.recv() => warn!("SIGHUP received: live reload is not available in this version yet; restart to apply configuration changes"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {
+    let (config, source) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!("config ok: {source}");
+    if send_to.is_some() {
+        println!(
+            "note: --send-to is used once SMTP upstreams are supported; maildir upstreams are only probed"
+        );
+    }
+    let report = ops::check::check_upstreams(&config);
+    print!("{}", report.text);
+    if report.all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,101 @@
+//! What flows down the pipeline: a queue id, the envelope, and the message content.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::proto::{Address, ReversePath};
+
+/// Identifies one accepted message from `250 2.0.0 queued as ID` to the last log line.
+///
+/// The value is microseconds since the Unix epoch, bumped to stay unique within the
+/// process, so ids sort by acceptance time and never repeat after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(u64);
+
+static LAST_ID: AtomicU64 = AtomicU64::new(0);
+
+impl QueueId {
+    /// A new id, later than every id handed out before in this process.
+    pub fn generate() -> QueueId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut last = LAST_ID.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match LAST_ID.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return QueueId(next),
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Parse the text form (16 hex digits).
+    pub fn parse(text: &str) -> Option<QueueId> {
+        (text.len() == 16)
+            .then(|| u64::from_str_radix(text, 16).ok().map(QueueId))
+            .flatten()
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+/// Who handed us the message.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The name it gave in EHLO/HELO.
+    pub helo: String,
+    /// Whether it used EHLO (ESMTP) rather than HELO.
+    pub esmtp: bool,
+    /// Negotiated TLS version and cipher suite, if the session used STARTTLS.
+    pub tls: Option<String>,
+}
+
+/// The SMTP envelope: who sends, who receives, and what the body needs.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// `MAIL FROM`.
+    pub sender: ReversePath,
+    /// `RCPT TO`, each once, in the order given.
+    pub recipients: Vec<Address>,
+    /// The client declared `SMTPUTF8`: addresses or headers may be UTF-8.
+    pub smtputf8: bool,
+    /// The client declared `BODY=8BITMIME`.
+    pub eight_bit: bool,
+}
+
+/// An accepted message on its way to delivery.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// Its queue id.
+    pub id: QueueId,
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// The content with CRLF line endings, our `Received` header first.
+    pub content: Vec<u8>,
+    /// When it was accepted.
+    pub received_at: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_increasing_and_round_trip() {
+        let ids: Vec<QueueId> = (0..1000).map(|_| QueueId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let text = ids[0].to_string();
+        assert_eq!(text.len(), 16);
+        assert_eq!(QueueId::parse(&text), Some(ids[0]));
+        assert_eq!(QueueId::parse("xyz"), None);
+    }
+}

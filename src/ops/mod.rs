@@ -1,0 +1,4 @@
+//! Operator commands behind the CLI: `send` and `check`.
+
+pub mod check;
+pub mod send;

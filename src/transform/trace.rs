@@ -1,0 +1,144 @@
+//! Trace information: the `Received` header (RFC 5321 §4.4) and RFC 5322 dates.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::message::{ClientInfo, Envelope, QueueId};
+
+/// A message with more `Received` headers than this is looping (RFC 5321 §6.3).
+pub const MAX_RECEIVED_HEADERS: usize = 50;
+
+/// Count the `Received:` fields in the header section of `content`.
+pub fn count_received(content: &[u8]) -> usize {
+    let header_end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |i| i + 2);
+    content[..header_end]
+        .split(|b| *b == b'\n')
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
+/// The `Received` header for this hop, folded, ending in CRLF.
+///
+/// The `with` keyword follows RFC 3848 and RFC 6531 §3.7.3: SMTP, ESMTP, ESMTPS, and the
+/// UTF8 variants when the client used SMTPUTF8.
+pub fn received_header(
+    client: &ClientInfo,
+    envelope: &Envelope,
+    id: QueueId,
+    by: &str,
+    now: SystemTime,
+) -> String {
+    let protocol = match (envelope.smtputf8, client.esmtp, client.tls.is_some()) {
+        (true, _, true) => "UTF8SMTPS",
+        (true, _, false) => "UTF8SMTP",
+        (false, true, true) => "ESMTPS",
+        (false, true, false) => "ESMTP",
+        (false, false, _) => "SMTP",
+    };
+    let helo: String = client
+        .helo
+        .chars()
+        .filter(|c| !c.is_control() && !"()".contains(*c))
+        .collect();
+    let ip = match client.ip {
+        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let mut header =
+        format!("Received: from {helo} ({ip})\r\n\tby {by} (smarthost) with {protocol}");
+    if let Some(tls) = &client.tls {
+        header.push_str(&format!("\r\n\t({tls})"));
+    }
+    header.push_str(&format!("\r\n\tid {id}"));
+    if let [only] = envelope.recipients.as_slice() {
+        header.push_str(&format!("\r\n\tfor <{only}>"));
+    }
+    header.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(now)));
+    header
+}
+
+/// `Sun, 22 Nov 2026 01:26:52 +0000` (RFC 5322 §3.3), always in UTC.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days` algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Address, ReversePath};
+    use std::time::Duration;
+
+    #[test]
+    fn formats_dates() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc5322_date(at(0)), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(at(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(1_795_311_212)),
+            "Sun, 22 Nov 2026 01:33:32 +0000"
+        );
+    }
+
+    #[test]
+    fn counts_received_headers_only_in_the_header_section() {
+        let msg = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: in body\r\n";
+        assert_eq!(count_received(msg), 2);
+        assert_eq!(count_received(b"Received: only headers\r\n"), 1);
+    }
+
+    #[test]
+    fn received_header_names_the_hop() {
+        let client = ClientInfo {
+            ip: "192.0.2.1".parse().unwrap(),
+            helo: "app.local".into(),
+            esmtp: true,
+            tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+        };
+        let env = Envelope {
+            sender: ReversePath::Null,
+            recipients: vec![Address::parse("to@example.com").unwrap()],
+            smtputf8: false,
+            eight_bit: false,
+        };
+        let id = QueueId::parse("0000000000000001").unwrap();
+        let h = received_header(&client, &env, id, "relay.example", UNIX_EPOCH);
+        assert_eq!(
+            h,
+            "Received: from app.local ([192.0.2.1])\r\n\tby relay.example (smarthost) with ESMTPS\r\n\t(TLSv1.3 TLS13_AES_256_GCM_SHA384)\r\n\tid 0000000000000001\r\n\tfor <to@example.com>;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+}
