@@ -158,7 +158,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
-        Command::Check { config, send_to } => check(config, send_to),
+        Command::Check { config, send_to } => runtime.block_on(check(config, send_to)),
         Command::Send {
             server,
             from,
@@ -303,18 +303,13 @@ async fn wait_for_stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {
+async fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {
     let (config, source) = match load_config(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     println!("config ok: {source}");
-    if send_to.is_some() {
-        println!(
-            "note: --send-to is used once SMTP upstreams are supported; maildir upstreams are only probed"
-        );
-    }
-    let report = ops::check::check_upstreams(&config);
+    let report = ops::check::check_upstreams(&config, send_to.as_deref()).await;
     print!("{}", report.text);
     if report.all_ok {
         ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::accept::{BindError, Handoff, Listener, RunState};
 use crate::config::Config;
-use crate::deliver::{DirectDelivery, SetupError};
+use crate::deliver::{Deliverer, SetupError};
 use crate::tls::TlsSetupError;
 
 /// Why the relay could not start. Nothing is listening when this is returned.
@@ -50,7 +50,12 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         (Some(cert), Some(key)) => Some(crate::tls::server_acceptor(cert, key)?),
         _ => None,
     };
-    let handoff: Arc<dyn Handoff> = Arc::new(DirectDelivery::from_config(&config)?);
+    let handoff: Arc<dyn Handoff> = Arc::new(Deliverer::from_config(&config)?);
+    if config.delivery.mode == crate::config::DeliveryMode::Queue {
+        info!(
+            "delivery.mode = queue: until the durable spool is available, messages are delivered while the client waits and 250 means an upstream has the message"
+        );
+    }
     let listener = Listener::bind(&config.server, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let (state, state_rx) = watch::channel(RunState::Running);

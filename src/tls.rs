@@ -74,3 +74,87 @@ pub fn server_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor,
         })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The TLS client set-up for one upstream: webpki roots plus `ca_file`, or no
+/// verification at all when `tls_verify = false`.
+pub fn client_connector(
+    ca_file: Option<&Path>,
+    verify: bool,
+) -> Result<tokio_rustls::TlsConnector, TlsSetupError> {
+    let builder = rustls::ClientConfig::builder();
+    let config = if verify {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            for cert in load_certificates(path)? {
+                roots.add(cert).map_err(|e| TlsSetupError::Certificate {
+                    path: path.display().to_string(),
+                    reason: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification::new()))
+            .with_no_client_auth()
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// `tls_verify = false`: accept any certificate (the handshake signatures are still
+/// checked, so the connection is encrypted, but not authenticated).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl NoVerification {
+    fn new() -> NoVerification {
+        NoVerification(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

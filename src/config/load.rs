@@ -388,10 +388,12 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
         if up.password.as_ref().is_some_and(|p| p.expose().is_empty()) {
             up.password = None;
         }
-        if up.password.is_some() && up.username.is_none() {
+        let has_secret =
+            up.password.is_some() || up.oauth_token.is_some() || up.oauth_token_file.is_some();
+        if has_secret && up.username.is_none() {
             return Err((
                 key("username"),
-                "a password is configured but no username; set username (or put it in the URL)"
+                "a password or token is configured but no username; set username (or put it in the URL)"
                     .into(),
             ));
         }
@@ -400,6 +402,18 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
         {
             return Err((key("sender"), format!("{sender:?} is not an email address")));
         }
+    }
+    if config.delivery.breaker_threshold == 0 {
+        return Err((
+            "delivery.breaker_threshold".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if config.delivery.breaker_cooldown > config.delivery.breaker_max_cooldown {
+        return Err((
+            "delivery.breaker_cooldown".into(),
+            "must not be longer than delivery.breaker_max_cooldown".into(),
+        ));
     }
     for (i, dkim) in config.dkim.iter().enumerate() {
         if dkim.domain.trim().is_empty() || dkim.domain.contains(['@', ' ']) {
@@ -590,7 +604,7 @@ mod tests {
             (
                 "[[upstream]]\nurl = \"smtps://x\"\npassword = \"p\"\n",
                 &[],
-                "FILE: `upstream[0].username`: a password is configured but no username",
+                "FILE: `upstream[0].username`: a password or token is configured but no username",
             ),
             ("[server\n", &[], "FILE: not valid TOML"),
         ];

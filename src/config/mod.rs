@@ -133,6 +133,15 @@ pub struct DeliveryConfig {
     /// How long a message may wait for delivery before it is bounced.
     #[serde(deserialize_with = "values::duration")]
     pub max_queue_lifetime: Duration,
+    /// Consecutive upstream-level failures (connection, TLS, AUTH, 421) that open an
+    /// upstream's circuit breaker.
+    pub breaker_threshold: u32,
+    /// First cool-down of an open breaker; it doubles after each failed probe.
+    #[serde(deserialize_with = "values::duration")]
+    pub breaker_cooldown: Duration,
+    /// Longest cool-down.
+    #[serde(deserialize_with = "values::duration")]
+    pub breaker_max_cooldown: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -140,6 +149,9 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             mode: DeliveryMode::Queue,
             max_queue_lifetime: Duration::from_secs(2 * 24 * 3600),
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(30),
+            breaker_max_cooldown: Duration::from_secs(600),
         }
     }
 }
@@ -177,6 +189,22 @@ pub struct UpstreamConfig {
     /// Allow AUTH over a connection without TLS (default false).
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+    /// OAuth 2.0 access token for AUTH XOAUTH2 (instead of a password).
+    pub oauth_token: Option<Secret>,
+    /// File holding the OAuth 2.0 access token; read again for every new connection, so
+    /// an external refresher can keep it current.
+    pub oauth_token_file: Option<PathBuf>,
+    /// Messages sent over one connection before it is closed and a new one opened.
+    #[serde(default = "values::hundred")]
+    pub max_messages_per_connection: usize,
+    /// Limit for connecting, the TLS handshake, and each reply.
+    #[serde(
+        default = "values::thirty_seconds",
+        deserialize_with = "values::duration"
+    )]
+    pub timeout: Duration,
+    /// Name to give in EHLO (default: `server.hostname`).
+    pub helo_name: Option<String>,
 }
 
 impl UpstreamConfig {

@@ -1,12 +1,25 @@
-//! One SMTP client conversation over any byte stream.
+//! One SMTP client conversation over any byte stream: replies, commands, STARTTLS,
+//! AUTH and the mail transaction (with PIPELINING when offered).
 //!
-//! Used by `smarthost send` today; the upstream delivery builds on it.
+//! Nothing here logs: AUTH lines carry secrets, and the caller knows which upstream
+//! and queue id a failure belongs to.
 
 use std::time::Duration;
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
+use crate::config::Secret;
 use crate::proto::{Capabilities, Response, ResponseError, encode_data, parse_response};
+
+/// A byte stream the client can run on: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A boxed [`Stream`], so that a plaintext connection can become a TLS one in place.
+pub type BoxStream = Box<dyn Stream>;
 
 /// What went wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +36,84 @@ pub enum ClientError {
     /// The reply was not SMTP.
     #[error("the server's reply is not SMTP: {0}")]
     Protocol(#[from] ResponseError),
+    /// The server sent bytes after its `220` to STARTTLS, before the TLS handshake:
+    /// they would be taken as TLS data (RFC 3207 §5 forbids this).
+    #[error("the server sent data after agreeing to STARTTLS")]
+    DataAfterStartTls,
     /// The server refused a command.
     #[error("the server refused {command}: {response}")]
     Refused {
-        /// The command, e.g. `RCPT TO:<a@b>`.
+        /// The command, e.g. `RCPT TO:<a@b>` (never an AUTH payload).
         command: String,
         /// Its reply.
         response: Response,
     },
+}
+
+/// Credentials for AUTH.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// Account name.
+    pub username: String,
+    /// Password, or OAuth 2.0 bearer token.
+    pub secret: Secret,
+    /// Which of the two `secret` is.
+    pub kind: SecretKind,
+}
+
+/// What kind of secret [`Credentials`] carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A password: AUTH PLAIN or LOGIN.
+    Password,
+    /// An OAuth 2.0 access token: AUTH XOAUTH2.
+    OAuthToken,
+}
+
+/// SASL mechanisms we implement, in order of preference for passwords.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// RFC 4616.
+    Plain,
+    /// The de-facto LOGIN mechanism.
+    Login,
+    /// Google/Microsoft XOAUTH2.
+    XOAuth2,
+}
+
+impl Mechanism {
+    /// The SASL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+            Mechanism::XOAuth2 => "XOAUTH2",
+        }
+    }
+
+    /// The best mechanism for `kind` among those the server offers.
+    pub fn choose(offered: &Capabilities, kind: SecretKind) -> Option<Mechanism> {
+        let params = offered.params("AUTH").unwrap_or("");
+        let has = |m: Mechanism| {
+            params
+                .split_ascii_whitespace()
+                .any(|w| w.eq_ignore_ascii_case(m.name()))
+        };
+        let preference: &[Mechanism] = match kind {
+            SecretKind::Password => &[Mechanism::Plain, Mechanism::Login],
+            SecretKind::OAuthToken => &[Mechanism::XOAuth2],
+        };
+        preference.iter().copied().find(|m| has(*m))
+    }
+}
+
+/// The outcome of one recipient in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptReply {
+    /// The server accepted the message for this recipient.
+    Accepted(Response),
+    /// Refused, temporarily (4xx) or permanently (5xx); the reply says which.
+    Refused(Response),
 }
 
 /// An SMTP client on one connection.
@@ -52,20 +135,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 
     /// Read the next reply.
     pub async fn read_response(&mut self) -> Result<Response, ClientError> {
+        self.read_response_within(self.timeout).await
+    }
+
+    /// Read the next reply, waiting at most `wait`.
+    pub async fn read_response_within(&mut self, wait: Duration) -> Result<Response, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some((response, used)) = parse_response(&self.rbuf)? {
                 self.rbuf.drain(..used);
                 return Ok(response);
             }
             self.rbuf.reserve(4096);
-            let read = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.rbuf));
-            match read.await {
-                Err(_) => return Err(ClientError::Timeout(self.timeout)),
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
+                Err(_) => return Err(ClientError::Timeout(wait)),
                 Ok(Ok(0)) => return Err(ClientError::Closed),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
             }
         }
+    }
+
+    /// The underlying stream (any unread buffered input is dropped).
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
+    /// Whether the server has sent bytes we have not read as a reply yet.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.rbuf.is_empty()
     }
 
     /// Read the greeting; it must be `220`.
@@ -74,12 +172,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         expect(response, "the connection", |r| r.code == 220)
     }
 
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
     /// Send one command line and read its reply, whatever it is.
     pub async fn command(&mut self, line: &str) -> Result<Response, ClientError> {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await?;
-        self.stream.flush().await?;
+        self.write(format!("{line}\r\n").as_bytes()).await?;
         self.read_response().await
     }
 
@@ -99,23 +200,209 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         Ok(Capabilities::default())
     }
 
-    /// `DATA`, then the content (dot-stuffed, CRLF-normalised), then the final reply.
-    pub async fn data(&mut self, content: &[u8]) -> Result<Response, ClientError> {
+    /// AUTH with `mechanism`. The secret never appears in an error.
+    pub async fn authenticate(
+        &mut self,
+        mechanism: Mechanism,
+        creds: &Credentials,
+    ) -> Result<Response, ClientError> {
+        let command = format!("AUTH {}", mechanism.name());
+        let b64 = |s: &str| BASE64_STANDARD.encode(s.as_bytes());
+        let refused = |response: Response| ClientError::Refused {
+            command: command.clone(),
+            response,
+        };
+        let response = match mechanism {
+            Mechanism::Plain => {
+                let token = b64(&format!("\0{}\0{}", creds.username, creds.secret.expose()));
+                self.command(&format!("AUTH PLAIN {token}")).await?
+            }
+            Mechanism::Login => {
+                let r = self.command("AUTH LOGIN").await?;
+                if r.code != 334 {
+                    return Err(refused(r));
+                }
+                let r = self.command(&b64(&creds.username)).await?;
+                if r.code != 334 {
+                    return Err(refused(r));
+                }
+                self.command(&b64(creds.secret.expose())).await?
+            }
+            Mechanism::XOAuth2 => {
+                let token = b64(&format!(
+                    "user={}\x01auth=Bearer {}\x01\x01",
+                    creds.username,
+                    creds.secret.expose()
+                ));
+                let r = self.command(&format!("AUTH XOAUTH2 {token}")).await?;
+                if r.code == 334 {
+                    // The server sent an error description; an empty line ends the exchange.
+                    self.command("").await?
+                } else {
+                    r
+                }
+            }
+        };
+        if response.code == 235 {
+            Ok(response)
+        } else {
+            Err(refused(response))
+        }
+    }
+
+    /// The mail transaction: `MAIL FROM` (with `params`), one `RCPT TO` per recipient,
+    /// and — if any recipient was accepted — `DATA` with the content. With `pipelining`
+    /// the MAIL and RCPT commands go out in one write (RFC 2920).
+    ///
+    /// Returns the reply per recipient, in order. A refused `MAIL FROM` or final reply
+    /// counts for every recipient that was still in the running.
+    pub async fn transaction(
+        &mut self,
+        mail_from: &str,
+        recipients: &[String],
+        content: &[u8],
+        pipelining: bool,
+    ) -> Result<Vec<RcptReply>, ClientError> {
+        let mail = format!("MAIL FROM:{mail_from}");
+        let rcpt_lines: Vec<String> = recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>"))
+            .collect();
+        let (mail_reply, rcpt_replies) = if pipelining {
+            let mut batch = format!("{mail}\r\n");
+            for line in &rcpt_lines {
+                batch.push_str(line);
+                batch.push_str("\r\n");
+            }
+            self.write(batch.as_bytes()).await?;
+            let mail_reply = self.read_response().await?;
+            let mut replies = Vec::with_capacity(rcpt_lines.len());
+            for _ in &rcpt_lines {
+                replies.push(self.read_response().await?);
+            }
+            (mail_reply, replies)
+        } else {
+            let mail_reply = self.command(&mail).await?;
+            let mut replies = Vec::new();
+            if mail_reply.is_positive() {
+                for line in &rcpt_lines {
+                    replies.push(self.command(line).await?);
+                }
+            }
+            (mail_reply, replies)
+        };
+        if !mail_reply.is_positive() {
+            self.reset().await;
+            return Ok(recipients
+                .iter()
+                .map(|_| RcptReply::Refused(mail_reply.clone()))
+                .collect());
+        }
+        let mut results: Vec<RcptReply> = rcpt_replies
+            .into_iter()
+            .map(|r| {
+                if r.is_positive() {
+                    RcptReply::Accepted(r)
+                } else {
+                    RcptReply::Refused(r)
+                }
+            })
+            .collect();
+        if !results.iter().any(|r| matches!(r, RcptReply::Accepted(_))) {
+            self.reset().await;
+            return Ok(results);
+        }
         let go = self.command("DATA").await?;
-        expect(go, "DATA", |r| r.code == 354)?;
-        let mut wire = Vec::new();
-        encode_data(content, &mut wire);
-        self.stream.write_all(&wire).await?;
-        self.stream.flush().await?;
-        let response = self.read_response().await?;
-        expect(response, "the message", Response::is_positive)
+        let final_reply = if go.code == 354 {
+            let mut wire = Vec::with_capacity(content.len() + content.len() / 50 + 8);
+            encode_data(content, &mut wire);
+            self.write(&wire).await?;
+            self.read_response().await?
+        } else {
+            go
+        };
+        if !final_reply.is_positive() {
+            for r in results.iter_mut() {
+                if matches!(r, RcptReply::Accepted(_)) {
+                    *r = RcptReply::Refused(final_reply.clone());
+                }
+            }
+        } else {
+            for r in results.iter_mut() {
+                if matches!(r, RcptReply::Accepted(_)) {
+                    *r = RcptReply::Accepted(final_reply.clone());
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// `RSET`; true if the server is ready for the next transaction.
+    pub async fn reset(&mut self) -> bool {
+        matches!(self.command("RSET").await, Ok(r) if r.is_positive())
     }
 
     /// `QUIT`, ignoring what happens next: the transaction is already settled.
     pub async fn quit(mut self) {
-        let _ = self.command("QUIT").await;
-        let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = self.command("QUIT").await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
     }
+}
+
+impl SmtpClient<BoxStream> {
+    /// Send `STARTTLS`, expect `220`, and run the TLS handshake on the same connection.
+    /// The caller must send EHLO again afterwards (RFC 3207 §4.2).
+    pub async fn starttls(
+        mut self,
+        connector: &TlsConnector,
+        name: ServerName<'static>,
+    ) -> Result<(SmtpClient<BoxStream>, String), ClientError> {
+        let response = self.command("STARTTLS").await?;
+        let response = expect(response, "STARTTLS", |r| r.code == 220)?;
+        drop(response);
+        if self.has_buffered_input() {
+            return Err(ClientError::DataAfterStartTls);
+        }
+        let timeout = self.timeout;
+        let (stream, info) = tls_handshake(self.stream, connector, name, timeout).await?;
+        Ok((SmtpClient::new(stream, timeout), info))
+    }
+}
+
+/// Run a client TLS handshake over `stream`; returns the TLS stream and a description
+/// of the negotiated version and cipher suite.
+pub async fn tls_handshake(
+    stream: BoxStream,
+    connector: &TlsConnector,
+    name: ServerName<'static>,
+    timeout: Duration,
+) -> Result<(BoxStream, String), ClientError> {
+    let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))??;
+    let (_, conn) = tls.get_ref();
+    let info = describe_tls(conn.protocol_version(), conn.negotiated_cipher_suite());
+    Ok((Box::new(tls), info))
+}
+
+/// `TLSv1.3 TLS13_AES_256_GCM_SHA384`
+pub fn describe_tls(
+    version: Option<tokio_rustls::rustls::ProtocolVersion>,
+    suite: Option<tokio_rustls::rustls::SupportedCipherSuite>,
+) -> String {
+    use tokio_rustls::rustls::ProtocolVersion;
+    let version = match version {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let suite = suite
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    format!("{version} {suite}")
 }
 
 fn expect(
@@ -130,5 +417,116 @@ fn expect(
             command: command.to_owned(),
             response,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(auth: &str) -> Capabilities {
+        Capabilities {
+            extensions: vec![("AUTH".into(), auth.into())],
+        }
+    }
+
+    #[test]
+    fn chooses_the_mechanism_from_what_is_offered() {
+        assert_eq!(
+            Mechanism::choose(&caps("LOGIN PLAIN"), SecretKind::Password),
+            Some(Mechanism::Plain)
+        );
+        assert_eq!(
+            Mechanism::choose(&caps("LOGIN"), SecretKind::Password),
+            Some(Mechanism::Login)
+        );
+        assert_eq!(
+            Mechanism::choose(&caps("CRAM-MD5"), SecretKind::Password),
+            None
+        );
+        assert_eq!(
+            Mechanism::choose(&caps("PLAIN XOAUTH2"), SecretKind::OAuthToken),
+            Some(Mechanism::XOAuth2)
+        );
+        assert_eq!(
+            Mechanism::choose(&Capabilities::default(), SecretKind::Password),
+            None
+        );
+    }
+
+    async fn scripted(
+        server_says: &'static [u8],
+    ) -> (SmtpClient<BoxStream>, tokio::io::DuplexStream) {
+        let (client_end, mut server_end) = tokio::io::duplex(64 * 1024);
+        server_end.write_all(server_says).await.unwrap();
+        (
+            SmtpClient::new(Box::new(client_end) as BoxStream, Duration::from_secs(5)),
+            server_end,
+        )
+    }
+
+    async fn written(server_end: &mut tokio::io::DuplexStream) -> String {
+        let mut buf = vec![0; 64 * 1024];
+        let n = server_end.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_transaction_with_a_refused_recipient() {
+        let replies =
+            b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n250 2.0.0 queued\r\n";
+        let (mut client, mut server) = scripted(replies).await;
+        let rcpts = vec!["a@x.y".to_owned(), "b@x.y".to_owned()];
+        let result = client
+            .transaction("<s@x.y>", &rcpts, b"Subject: t\r\n\r\n.dot\r\n", true)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&result[0], RcptReply::Accepted(r) if r.code == 250 && r.text() == "2.0.0 queued")
+        );
+        assert!(matches!(&result[1], RcptReply::Refused(r) if r.code == 550));
+        let sent = written(&mut server).await;
+        assert_eq!(
+            sent,
+            "MAIL FROM:<s@x.y>\r\nRCPT TO:<a@x.y>\r\nRCPT TO:<b@x.y>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\n.\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_sender_fails_every_recipient_and_resets() {
+        let (mut client, mut server) = scripted(b"451 4.3.0 busy\r\n503 no\r\n250 reset\r\n").await;
+        let result = client
+            .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+            .await
+            .unwrap();
+        assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 451));
+        assert!(written(&mut server).await.ends_with("RSET\r\n"));
+    }
+
+    #[tokio::test]
+    async fn auth_plain_and_login() {
+        let creds = Credentials {
+            username: "u".into(),
+            secret: Secret::new("p"),
+            kind: SecretKind::Password,
+        };
+        let (mut client, mut server) = scripted(b"235 ok\r\n").await;
+        client.authenticate(Mechanism::Plain, &creds).await.unwrap();
+        assert_eq!(written(&mut server).await, "AUTH PLAIN AHUAcA==\r\n");
+
+        let (mut client, mut server) =
+            scripted(b"334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n535 5.7.8 bad\r\n").await;
+        let err = client
+            .authenticate(Mechanism::Login, &creds)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Refused { ref command, ref response } if command == "AUTH LOGIN" && response.code == 535)
+        );
+        assert!(
+            !err.to_string().contains("cA=="),
+            "the secret must not appear in errors: {err}"
+        );
+        assert_eq!(written(&mut server).await, "AUTH LOGIN\r\ndQ==\r\ncA==\r\n");
     }
 }

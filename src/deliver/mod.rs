@@ -1,12 +1,20 @@
 //! Stage 4: getting accepted mail to an upstream.
 //!
-//! [`DirectDelivery`] delivers while the client waits: it walks the upstreams in
-//! priority order and the first one that takes the message ends the walk. Today the
-//! upstreams are Maildirs; the SMTP client and the durable spool plug in behind the same
-//! [`Handoff`](crate::accept::Handoff) interface.
+//! [`Deliverer`] walks the configured upstreams for each message ([`failover`]): SMTP
+//! servers reached through pooled connections with the right TLS mode ([`upstream`],
+//! [`connect`], [`client`]) guarded by circuit breakers ([`breaker`]), or local
+//! Maildirs ([`maildir`]). Failures are classified in [`outcome`].
+//!
+//! Until the durable spool lands, delivery happens while the submitting client waits
+//! (passthrough): the client hears `250` only once an upstream accepted the message.
 
+pub mod breaker;
 pub mod client;
+pub mod connect;
+pub mod failover;
 pub mod maildir;
+pub mod outcome;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -15,7 +23,10 @@ use tracing::{info, warn};
 use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::{Config, UpstreamUrl};
 use crate::message::Message;
+use crate::proto::{Enhanced, Reply, Response};
+use failover::{RcptStatus, Reason, Report};
 use maildir::Maildir;
+use upstream::SmtpUpstream;
 
 /// An upstream that cannot be set up; names the upstream and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -30,38 +41,48 @@ pub enum SetupError {
         /// Why.
         source: std::io::Error,
     },
-    /// The upstream kind is not available in this build.
-    #[error(
-        "upstream {name:?} ({url}): delivery over SMTP is not available in this version yet; use a maildir: upstream for now"
-    )]
-    SmtpUnavailable {
+    /// The TLS set-up (ca_file) is unusable.
+    #[error("upstream {name:?}: {source}")]
+    Tls {
         /// The upstream's name.
         name: String,
-        /// Its URL, without password.
-        url: String,
+        /// Why.
+        source: crate::tls::TlsSetupError,
     },
 }
 
 /// One configured destination.
-struct Target {
-    name: String,
-    maildir: Maildir,
+pub struct Target {
+    /// Name in logs.
+    pub name: String,
+    /// Lower is tried first.
+    pub priority: i32,
+    /// Share within a priority.
+    pub weight: u32,
+    /// What it is.
+    pub kind: TargetKind,
 }
 
-/// Delivers each message synchronously to the first upstream that takes it.
-pub struct DirectDelivery {
+/// The kinds of destination.
+pub enum TargetKind {
+    /// An SMTP server.
+    Smtp(Arc<SmtpUpstream>),
+    /// A local Maildir.
+    Maildir(Maildir),
+}
+
+/// Delivers messages by walking the upstreams.
+pub struct Deliverer {
     targets: Arc<Vec<Target>>,
 }
 
-impl DirectDelivery {
-    /// Build from the `[[upstream]]` list, sorted by priority (stable: file order breaks ties).
-    pub fn from_config(config: &Config) -> Result<DirectDelivery, SetupError> {
-        let mut upstreams: Vec<_> = config.upstream.iter().collect();
-        upstreams.sort_by_key(|u| u.priority);
+impl Deliverer {
+    /// Build every upstream of the configuration.
+    pub fn from_config(config: &Config) -> Result<Deliverer, SetupError> {
         let mut targets = Vec::new();
-        for up in upstreams {
+        for up in &config.upstream {
             let name = up.display_name();
-            match &up.url {
+            let kind = match &up.url {
                 UpstreamUrl::Maildir { path } => {
                     let maildir =
                         Maildir::open(path, &config.server.hostname).map_err(|source| {
@@ -71,45 +92,179 @@ impl DirectDelivery {
                                 source,
                             }
                         })?;
-                    targets.push(Target { name, maildir });
+                    TargetKind::Maildir(maildir)
                 }
                 UpstreamUrl::Smtp { .. } => {
-                    return Err(SetupError::SmtpUnavailable {
-                        name,
-                        url: up.url.to_string(),
-                    });
+                    if !up.tls_verify {
+                        warn!(upstream = %name, "tls_verify = false: the upstream's certificate is not checked; anyone on the path can read the mail and credentials");
+                    }
+                    let smtp = SmtpUpstream::from_config(up, config).map_err(|source| {
+                        SetupError::Tls {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
+                    TargetKind::Smtp(Arc::new(smtp))
                 }
-            }
+            };
+            targets.push(Target {
+                name,
+                priority: up.priority,
+                weight: up.weight,
+                kind,
+            });
         }
-        Ok(DirectDelivery {
+        Ok(Deliverer {
             targets: Arc::new(targets),
         })
     }
 
-    async fn deliver(targets: Arc<Vec<Target>>, message: Message) -> Result<(), HandoffError> {
-        tokio::task::spawn_blocking(move || {
-            let mut last_error = None;
-            for target in targets.iter() {
-                match target.maildir.deliver(&message) {
-                    Ok(path) => {
-                        info!(queue_id = %message.id, upstream = %target.name, path = %path.display(), "delivered");
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        warn!(queue_id = %message.id, upstream = %target.name, error = %e, "delivery failed, trying the next upstream");
-                        last_error = Some(format!("upstream {}: {e}", target.name));
-                    }
+    /// The targets (for `check` and metrics).
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Deliver one message and report per recipient.
+    pub async fn deliver(&self, message: &Message) -> Report {
+        let report = failover::walk(&self.targets, message).await;
+        for (rcpt, status) in &report.recipients {
+            match status {
+                RcptStatus::Delivered { upstream, response } => {
+                    let reply = response
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    info!(queue_id = %message.id, rcpt = %rcpt, upstream = %upstream, reply = %reply, "delivered");
+                }
+                RcptStatus::Failed(reason) => {
+                    warn!(queue_id = %message.id, rcpt = %rcpt, reason = %reason, "failed permanently")
+                }
+                RcptStatus::Deferred(reason) => {
+                    warn!(queue_id = %message.id, rcpt = %rcpt, reason = %reason, "deferred")
                 }
             }
-            Err(HandoffError::Unavailable(last_error.unwrap_or_else(|| "no upstream configured".into())))
-        })
-        .await
-        .map_err(|e| HandoffError::Unavailable(format!("delivery task failed: {e}")))?
+        }
+        report
+    }
+
+    /// Close idle pooled connections.
+    pub async fn close_idle(&self) {
+        for target in self.targets.iter() {
+            if let TargetKind::Smtp(up) = &target.kind {
+                up.close_idle().await;
+            }
+        }
     }
 }
 
-impl Handoff for DirectDelivery {
+impl Handoff for Deliverer {
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
-        Box::pin(Self::deliver(self.targets.clone(), message))
+        Box::pin(async move {
+            let report = self.deliver(&message).await;
+            passthrough_result(&report)
+        })
+    }
+}
+
+/// What the submitting client hears in passthrough mode. Any deferred recipient makes
+/// the whole message temporary-failed, so the client retries rather than loses it (the
+/// recipients that did get it may see it twice). Permanent failures next to deliveries
+/// are logged; without the spool there is nobody to send a bounce.
+pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
+    if report.all_delivered() {
+        return Ok(());
+    }
+    let deferred = report.recipients.iter().find_map(|(_, s)| match s {
+        RcptStatus::Deferred(reason) => Some(reason),
+        _ => None,
+    });
+    if let Some(reason) = deferred {
+        return Err(HandoffError::Refused(match reason {
+            Reason::Reply { upstream, response } if response.is_transient() => {
+                relay_reply(upstream, response)
+            }
+            other => Reply::new(
+                451,
+                Enhanced(4, 4, 1),
+                format!("Not delivered, please try again later: {other}"),
+            ),
+        }));
+    }
+    let delivered = report
+        .recipients
+        .iter()
+        .any(|(_, s)| matches!(s, RcptStatus::Delivered { .. }));
+    if delivered {
+        return Ok(());
+    }
+    let reason = report
+        .recipients
+        .iter()
+        .find_map(|(_, s)| match s {
+            RcptStatus::Failed(reason) => Some(reason),
+            _ => None,
+        })
+        .expect("not all delivered, none deferred: some failed");
+    Err(HandoffError::Refused(match reason {
+        Reason::Reply { upstream, response } => relay_reply(upstream, response),
+        Reason::Text(text) => Reply::new(554, Enhanced(5, 3, 0), text.clone()),
+    }))
+}
+
+/// An upstream's reply, passed on with its code and enhanced code.
+fn relay_reply(upstream: &str, response: &Response) -> Reply {
+    let text = response.text();
+    let (enhanced, rest) = split_enhanced(&text);
+    let enhanced = enhanced.unwrap_or(if response.is_permanent() {
+        Enhanced(5, 0, 0)
+    } else {
+        Enhanced(4, 0, 0)
+    });
+    let code = if (400..600).contains(&response.code) {
+        response.code
+    } else {
+        451
+    };
+    Reply::new(code, enhanced, format!("upstream {upstream} said: {rest}"))
+}
+
+/// `5.1.1 rest` → (Some(5.1.1), "rest").
+fn split_enhanced(text: &str) -> (Option<Enhanced>, &str) {
+    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let parts: Vec<&str> = first.split('.').collect();
+    if let [a, b, c] = parts.as_slice()
+        && let (Ok(a), Ok(b), Ok(c)) = (a.parse::<u8>(), b.parse::<u16>(), c.parse::<u16>())
+        && (2..=5).contains(&a)
+    {
+        return (Some(Enhanced(a, b, c)), rest);
+    }
+    (None, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relays_upstream_replies_with_their_codes() {
+        let r = relay_reply(
+            "primary",
+            &Response {
+                code: 550,
+                lines: vec!["5.1.1 no such user".into()],
+            },
+        );
+        assert_eq!(
+            r.to_wire(),
+            "550 5.1.1 upstream primary said: no such user\r\n"
+        );
+        let r = relay_reply(
+            "b",
+            &Response {
+                code: 451,
+                lines: vec!["try later".into()],
+            },
+        );
+        assert_eq!(r.to_wire(), "451 4.0.0 upstream b said: try later\r\n");
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use tokio::net::TcpStream;
 
-use crate::deliver::client::{ClientError, SmtpClient};
+use crate::deliver::client::{ClientError, RcptReply, SmtpClient};
 use crate::message::QueueId;
 use crate::proto::{Address, Response};
 use crate::transform::trace::rfc5322_date;
@@ -109,21 +109,34 @@ pub async fn send(req: &SendRequest) -> Result<Response, SendError> {
         .raw
         .clone()
         .unwrap_or_else(|| compose(req, SystemTime::now()));
-    let mut mail = format!("MAIL FROM:<{}>", req.from);
+    let mut mail_from = format!("<{}>", req.from);
     if caps.has("SIZE") {
-        mail.push_str(&format!(" SIZE={}", content.len()));
+        mail_from.push_str(&format!(" SIZE={}", content.len()));
     }
     if caps.has("8BITMIME") && !content.is_ascii() {
-        mail.push_str(" BODY=8BITMIME");
+        mail_from.push_str(" BODY=8BITMIME");
     }
     if caps.has("SMTPUTF8") && !(req.from.is_ascii() && req.to.iter().all(|t| t.is_ascii())) {
-        mail.push_str(" SMTPUTF8");
+        mail_from.push_str(" SMTPUTF8");
     }
-    client.expect_ok(&mail).await?;
-    for to in &req.to {
-        client.expect_ok(&format!("RCPT TO:<{to}>")).await?;
+    let replies = client
+        .transaction(&mail_from, &req.to, &content, caps.has("PIPELINING"))
+        .await?;
+    let mut response = None;
+    for (to, reply) in req.to.iter().zip(replies) {
+        match reply {
+            RcptReply::Accepted(r) => response = Some(r),
+            RcptReply::Refused(r) => {
+                client.quit().await;
+                return Err(ClientError::Refused {
+                    command: format!("the message for <{to}>"),
+                    response: r,
+                }
+                .into());
+            }
+        }
     }
-    let response = client.data(&content).await?;
+    let response = response.expect("at least one recipient is required");
     client.quit().await;
     Ok(response)
 }

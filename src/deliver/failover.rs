@@ -1,0 +1,291 @@
+//! Walking the upstreams for one message: by priority, by weight within a priority,
+//! skipping open circuit breakers. A transient failure moves the still-pending
+//! recipients to the next upstream; a permanent refusal settles a recipient; no
+//! upstream sees the same message twice in one walk.
+
+use std::time::Instant;
+
+use rand::Rng;
+use tracing::{info, warn};
+
+use super::breaker::Admission;
+use super::client::RcptReply;
+use super::outcome::{Failure, Scope};
+use super::{Target, TargetKind};
+use crate::message::Message;
+use crate::proto::{Address, Response};
+
+/// What happened to one recipient.
+#[derive(Clone, Debug)]
+pub enum RcptStatus {
+    /// Accepted by this upstream with this reply.
+    Delivered {
+        /// The upstream's name.
+        upstream: String,
+        /// Its final reply, if it is an SMTP upstream.
+        response: Option<Response>,
+    },
+    /// Refused for good.
+    Failed(Reason),
+    /// Not delivered yet; a later attempt may succeed.
+    Deferred(Reason),
+}
+
+/// Why a recipient is not delivered.
+#[derive(Clone, Debug)]
+pub enum Reason {
+    /// An upstream's own reply.
+    Reply {
+        /// Which upstream.
+        upstream: String,
+        /// What it said.
+        response: Response,
+    },
+    /// Our description (connection failures, no suitable upstream).
+    Text(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Reply { upstream, response } => write!(f, "{upstream}: {response}"),
+            Reason::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// The result of one walk over the upstreams.
+#[derive(Debug)]
+pub struct Report {
+    /// Per recipient, in envelope order.
+    pub recipients: Vec<(Address, RcptStatus)>,
+}
+
+impl Report {
+    /// Every recipient delivered.
+    pub fn all_delivered(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|(_, s)| matches!(s, RcptStatus::Delivered { .. }))
+    }
+}
+
+/// The order to try the targets in: ascending priority; within one priority a weighted
+/// random order (each position drawn with probability proportional to weight).
+pub fn order<'a>(targets: &'a [Target], rng: &mut impl Rng) -> Vec<&'a Target> {
+    let mut keyed: Vec<(i32, f64, &Target)> = targets
+        .iter()
+        .map(|t| {
+            // Efraimidis–Spirakis: sorting by u^(1/w) descending samples by weight.
+            let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            (t.priority, u.powf(1.0 / f64::from(t.weight.max(1))), t)
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    keyed.into_iter().map(|(_, _, t)| t).collect()
+}
+
+/// What one upstream did with the pending recipients.
+enum Attempt {
+    /// Per pending recipient: accepted or not, and the reply (none for a Maildir).
+    Replies(Vec<(bool, Option<Response>)>),
+    /// Not tried (breaker open) or failed as a whole; the next upstream may succeed.
+    Transient(Reason),
+    /// This upstream cannot take this message (size, 8BITMIME, SMTPUTF8).
+    Unsuitable(String),
+    /// The message itself was refused for good; no other upstream will differ.
+    Permanent(Reason),
+}
+
+/// Try one target with the pending recipients.
+async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Attempt {
+    let up = match &target.kind {
+        TargetKind::Maildir(maildir) => {
+            let (maildir, msg) = (maildir.clone(), message.clone());
+            return match tokio::task::spawn_blocking(move || maildir.deliver(&msg)).await {
+                Ok(Ok(_)) => Attempt::Replies(pending.iter().map(|_| (true, None)).collect()),
+                Ok(Err(e)) => Attempt::Transient(Reason::Text(format!("{}: {e}", target.name))),
+                Err(e) => Attempt::Transient(Reason::Text(format!(
+                    "{}: delivery task failed: {e}",
+                    target.name
+                ))),
+            };
+        }
+        TargetKind::Smtp(up) => up,
+    };
+    let admission = up.breaker.admit(Instant::now());
+    if admission == Admission::Skip {
+        info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open");
+        return Attempt::Transient(Reason::Text(format!(
+            "{}: temporarily skipped after repeated failures",
+            up.name
+        )));
+    }
+    let failure = match up.send(message, pending).await {
+        Ok(replies) => {
+            up.breaker.record_success();
+            return Attempt::Replies(
+                replies
+                    .into_iter()
+                    .map(|r| match r {
+                        RcptReply::Accepted(resp) => (true, Some(resp)),
+                        RcptReply::Refused(resp) => (false, Some(resp)),
+                    })
+                    .collect(),
+            );
+        }
+        Err(failure) => failure,
+    };
+    let (host, port, mode) = up.describe();
+    let fix = failure.diagnosis(host, port, mode);
+    if failure.scope() == Scope::Upstream {
+        if up.breaker.record_failure(Instant::now()) {
+            warn!(upstream = %up.name, "circuit breaker opened: skipping this upstream for a while");
+        }
+    } else if admission == Admission::Probe {
+        // The upstream answered; it is up even if this message did not suit it.
+        up.breaker.record_success();
+    }
+    warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
+    let permanent = failure.is_permanent();
+    match failure {
+        Failure::Unsuitable(why) => Attempt::Unsuitable(format!("{}: {why}", up.name)),
+        Failure::Refused { response, .. } => {
+            let reason = Reason::Reply {
+                upstream: up.name.clone(),
+                response,
+            };
+            if permanent {
+                Attempt::Permanent(reason)
+            } else {
+                Attempt::Transient(reason)
+            }
+        }
+        other => {
+            let fix = fix.map(|f| format!(" ({f})")).unwrap_or_default();
+            Attempt::Transient(Reason::Text(format!("{}: {other}{fix}", up.name)))
+        }
+    }
+}
+
+/// Deliver `message` by walking `targets`.
+pub async fn walk(targets: &[Target], message: &Message) -> Report {
+    let ordered = order(targets, &mut rand::rng());
+    let mut status: Vec<(Address, Option<RcptStatus>)> = message
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| (r.clone(), None))
+        .collect();
+    let mut last_transient: Option<Reason> = None;
+    let mut unsuitable: Vec<String> = Vec::new();
+
+    for target in ordered {
+        let pending: Vec<Address> = status
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(a, _)| a.clone())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let open = status
+            .iter_mut()
+            .filter(|(_, s)| s.is_none())
+            .map(|(_, s)| s);
+        match attempt(target, message, &pending).await {
+            Attempt::Replies(replies) => {
+                for (slot, (accepted, response)) in open.zip(replies) {
+                    match response {
+                        _ if accepted => {
+                            *slot = Some(RcptStatus::Delivered {
+                                upstream: target.name.clone(),
+                                response,
+                            })
+                        }
+                        Some(response) if response.is_permanent() => {
+                            *slot = Some(RcptStatus::Failed(Reason::Reply {
+                                upstream: target.name.clone(),
+                                response,
+                            }));
+                        }
+                        Some(response) => {
+                            last_transient = Some(Reason::Reply {
+                                upstream: target.name.clone(),
+                                response,
+                            })
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Attempt::Transient(reason) => last_transient = Some(reason),
+            Attempt::Unsuitable(why) => unsuitable.push(why),
+            Attempt::Permanent(reason) => {
+                for slot in open {
+                    *slot = Some(RcptStatus::Failed(reason.clone()));
+                }
+                break;
+            }
+        }
+    }
+
+    let leftover = match last_transient {
+        Some(reason) => RcptStatus::Deferred(reason),
+        // Every upstream that answered lacked what the message needs.
+        None if !unsuitable.is_empty() => RcptStatus::Failed(Reason::Text(format!(
+            "no upstream can take this message: {}",
+            unsuitable.join("; ")
+        ))),
+        None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
+    };
+    Report {
+        recipients: status
+            .into_iter()
+            .map(|(a, s)| (a, s.unwrap_or_else(|| leftover.clone())))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::maildir::Maildir;
+    use rand::SeedableRng;
+
+    fn target(name: &str, priority: i32, weight: u32, dir: &std::path::Path) -> Target {
+        Target {
+            name: name.into(),
+            priority,
+            weight,
+            kind: TargetKind::Maildir(Maildir::open(&dir.join(name), "h").unwrap()),
+        }
+    }
+
+    #[test]
+    fn orders_by_priority_then_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        let targets = vec![
+            target("backup", 10, 1, dir.path()),
+            target("heavy", 0, 9, dir.path()),
+            target("light", 0, 1, dir.path()),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut heavy_first = 0;
+        for _ in 0..1000 {
+            let names: Vec<&str> = order(&targets, &mut rng)
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            assert_eq!(names[2], "backup");
+            if names[0] == "heavy" {
+                heavy_first += 1;
+            }
+        }
+        // Expect 90 %; allow wide statistical slack.
+        assert!(
+            (820..=970).contains(&heavy_first),
+            "heavy first {heavy_first} times of 1000"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! Why an upstream attempt failed, whose fault it is, and what to do about it.
+//!
+//! Every [`Failure`] knows its [`Scope`] (the upstream as a whole, which feeds the circuit
+//! breaker and moves on to the next upstream, or this one message) and can explain
+//! itself with the fix ([`Failure::diagnosis`]), for `smarthost check`, the logs and the
+//! `451` text a client sees in passthrough mode.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_rustls::rustls;
+
+use crate::config::TlsMode;
+use crate::deliver::client::ClientError;
+use crate::proto::Response;
+
+/// A step of the conversation with an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Resolving the host name.
+    Dns,
+    /// Opening the TCP connection.
+    Connect,
+    /// The TLS handshake.
+    Tls,
+    /// Waiting for the `220` greeting.
+    Greeting,
+    /// EHLO.
+    Ehlo,
+    /// STARTTLS.
+    StartTls,
+    /// AUTH.
+    Auth,
+    /// MAIL, RCPT, DATA.
+    Transaction,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Dns => "DNS lookup",
+            Stage::Connect => "TCP connect",
+            Stage::Tls => "TLS handshake",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
+            Stage::Transaction => "mail transaction",
+        })
+    }
+}
+
+/// What went wrong with a TLS handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The server answered with something that is not TLS (a plaintext SMTP banner).
+    NotTls,
+    /// The certificate does not name the host we connected to.
+    WrongName,
+    /// The certificate chain ends in a CA we do not trust.
+    UnknownIssuer,
+    /// The certificate has expired (or is not valid yet).
+    Expired,
+    /// The server closed the connection during the handshake.
+    Closed,
+    /// Anything else rustls reports.
+    Other(String),
+}
+
+/// Whose problem a failure is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The upstream as a whole is unusable now: count it for its circuit breaker, try
+    /// the next upstream.
+    Upstream,
+    /// Only this message is affected (the upstream refused it, or cannot take it).
+    Message,
+}
+
+/// One failed attempt at an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The host name does not resolve.
+    #[error("cannot resolve {host}: {detail}")]
+    Dns {
+        /// The host.
+        host: String,
+        /// The resolver's message.
+        detail: String,
+    },
+    /// No TCP connection could be made.
+    #[error("cannot connect to {addr}: {error}")]
+    Connect {
+        /// The last address tried.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A step took too long.
+    #[error("{stage}: no answer within {after:?}")]
+    Timeout {
+        /// The step.
+        stage: Stage,
+        /// The limit.
+        after: Duration,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed: {detail}")]
+    Tls {
+        /// What kind of failure.
+        problem: TlsProblem,
+        /// rustls' words.
+        detail: String,
+    },
+    /// The server closed the connection.
+    #[error("{stage}: the server closed the connection")]
+    Closed {
+        /// The step.
+        stage: Stage,
+    },
+    /// The server does not speak SMTP as expected.
+    #[error("{stage}: protocol error: {detail}")]
+    Protocol {
+        /// The step.
+        stage: Stage,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A socket error after the connection was made.
+    #[error("{stage}: connection error: {error}")]
+    Io {
+        /// The step.
+        stage: Stage,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The greeting was not `220`.
+    #[error("the server refused the connection: {0}")]
+    Greeting(Response),
+    /// STARTTLS is required (`smtp://`, `tls=starttls`) and the server does not offer it.
+    #[error("STARTTLS is required but the server does not offer it")]
+    MissingStartTls,
+    /// Credentials are configured, the connection is not encrypted, and plaintext AUTH
+    /// is not allowed.
+    #[error("refusing to send credentials over an unencrypted connection")]
+    PlaintextAuth,
+    /// Credentials are configured but no mechanism we know is offered.
+    #[error("no common AUTH mechanism (server offers: {offered})")]
+    NoAuthMechanism {
+        /// The server's AUTH line, or "none".
+        offered: String,
+    },
+    /// The server refused our credentials.
+    #[error("authentication failed: {0}")]
+    AuthRejected(Response),
+    /// A reply to MAIL, RCPT or DATA that refuses the whole transaction.
+    #[error("{command}: {response}")]
+    Refused {
+        /// What was refused.
+        command: String,
+        /// The reply.
+        response: Response,
+    },
+    /// This upstream cannot take this message (size, 8BITMIME, SMTPUTF8); another may.
+    #[error("{0}")]
+    Unsuitable(String),
+    /// Every connection slot of the upstream stayed busy.
+    #[error("all {0} connections to this upstream are busy")]
+    Busy(usize),
+    /// The OAuth token file could not be read.
+    #[error("cannot read oauth_token_file: {0}")]
+    TokenFile(std::io::Error),
+}
+
+impl Failure {
+    /// Translate a client error at `stage`.
+    pub fn from_client(stage: Stage, error: ClientError) -> Failure {
+        match error {
+            ClientError::Io(e) if stage == Stage::Tls || stage == Stage::StartTls => tls_failure(e),
+            ClientError::Io(error) => Failure::Io { stage, error },
+            ClientError::Closed if stage == Stage::Tls => Failure::Tls {
+                problem: TlsProblem::Closed,
+                detail: "the server closed the connection".into(),
+            },
+            ClientError::Closed => Failure::Closed { stage },
+            ClientError::Timeout(after) => Failure::Timeout { stage, after },
+            ClientError::Protocol(e) => Failure::Protocol {
+                stage,
+                detail: e.to_string(),
+            },
+            e @ ClientError::DataAfterStartTls => Failure::Protocol {
+                stage,
+                detail: e.to_string(),
+            },
+            ClientError::Refused { response, .. } if stage == Stage::Greeting => {
+                Failure::Greeting(response)
+            }
+            ClientError::Refused { response, .. } if stage == Stage::Auth => {
+                Failure::AuthRejected(response)
+            }
+            ClientError::Refused { command, response } => Failure::Refused { command, response },
+        }
+    }
+
+    /// Whether this failure is about the upstream or only about this message.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Failure::Refused { response, .. } if response.code == 421 => Scope::Upstream,
+            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) => Scope::Message,
+            _ => Scope::Upstream,
+        }
+    }
+
+    /// Whether retrying (here or elsewhere) cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Failure::Refused { response, .. } => response.is_permanent(),
+            _ => false,
+        }
+    }
+
+    /// The fix, in one or two sentences, for the operator. `url` describes the upstream
+    /// as configured.
+    pub fn diagnosis(&self, host: &str, port: u16, mode: TlsMode) -> Option<String> {
+        let text = match self {
+            Failure::Dns { .. } => format!("check the host name {host:?} in the upstream URL and this machine's DNS resolver"),
+            Failure::Connect { error, .. } => match error.kind() {
+                std::io::ErrorKind::ConnectionRefused => format!(
+                    "nothing listens on {host}:{port}: check the port (465 for smtps://, 587 for smtp://) and that the server is up"
+                ),
+                _ => format!("{host}:{port} is not reachable from here: check firewalls and outbound port {port} (many clouds block port 25)"),
+            },
+            Failure::Timeout { stage: Stage::Connect, .. } => {
+                format!("no answer from {host}:{port}: a firewall may drop outbound port {port}, or the host is down")
+            }
+            Failure::Timeout { stage: Stage::Greeting, .. } if mode != TlsMode::Implicit => format!(
+                "the server sent no greeting: it probably expects TLS from the first byte (implicit TLS); use smtps://{host}:{port}"
+            ),
+            Failure::Timeout { .. } => "the server is too slow or stalled; try again, or raise the upstream's timeout".into(),
+            Failure::Tls { problem: TlsProblem::NotTls, .. } => format!(
+                "the server answered in plaintext: port {port} speaks SMTP first and upgrades with STARTTLS; use smtp://{host}:{port}"
+            ),
+            Failure::Tls { problem: TlsProblem::WrongName, .. } => format!(
+                "the server's certificate is not valid for {host:?}: use the host name the provider documents (the one in its certificate)"
+            ),
+            Failure::Tls { problem: TlsProblem::UnknownIssuer, .. } => {
+                "the certificate is signed by a CA this relay does not trust: set ca_file to the CA certificate (PEM), or tls_verify = false for testing only".into()
+            }
+            Failure::Tls { problem: TlsProblem::Expired, .. } => {
+                "the server's certificate has expired (or the clock of this machine is wrong): tell the provider, or check the clock".into()
+            }
+            Failure::Tls { problem: TlsProblem::Closed, .. } if mode == TlsMode::Implicit => format!(
+                "the server closed the connection during the TLS handshake: port {port} may not speak implicit TLS; try smtp://{host}:{port}"
+            ),
+            Failure::Tls { .. } => "the TLS handshake failed: check the port and TLS mode of the upstream URL".into(),
+            Failure::MissingStartTls => format!(
+                "the server does not offer STARTTLS on port {port}: use smtps://{host}:465 if it offers implicit TLS; only if you accept sending mail and credentials in the clear, add ?tls=opportunistic"
+            ),
+            Failure::PlaintextAuth => {
+                "credentials would cross the network unencrypted: use smtps:// or smtp:// (STARTTLS); set allow_plaintext_auth = true only for a trusted local server".into()
+            }
+            Failure::NoAuthMechanism { offered } if offered == "none" => {
+                "the server offers no AUTH: remove username/password, or check that TLS is active (many servers offer AUTH only after STARTTLS)".into()
+            }
+            Failure::NoAuthMechanism { .. } => "the server offers no mechanism smarthost speaks (PLAIN, LOGIN, XOAUTH2)".into(),
+            Failure::AuthRejected(_) => {
+                "the username or password is wrong, or the account needs an app password / SMTP access enabled at the provider".into()
+            }
+            Failure::Refused { response, .. } if looks_like_sender_mismatch(response) => {
+                "the provider requires the From address to be the account: set sender = \"<account address>\" on this upstream".into()
+            }
+            Failure::Greeting(_) | Failure::Closed { .. } | Failure::Protocol { .. } | Failure::Io { .. } => return None,
+            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) => return None,
+        };
+        Some(text)
+    }
+}
+
+/// Providers' wordings for "From must be the authenticated account".
+fn looks_like_sender_mismatch(response: &Response) -> bool {
+    let text = response.text().to_ascii_lowercase();
+    [
+        "mail from address must be same as authorization user",
+        "sender address rejected: not owned by",
+        "sendasdenied",
+        "not authorized to send as",
+        "from address is not",
+        "envelope sender",
+        "does not match",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// Classify a TLS handshake error.
+fn tls_failure(error: std::io::Error) -> Failure {
+    use rustls::CertificateError as C;
+    let detail = error.to_string();
+    let problem = match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidMessage(_)) => TlsProblem::NotTls,
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongName,
+            C::UnknownIssuer => TlsProblem::UnknownIssuer,
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => TlsProblem::Expired,
+            other => TlsProblem::Other(format!("{other:?}")),
+        },
+        Some(other) => TlsProblem::Other(other.to_string()),
+        None if error.kind() == std::io::ErrorKind::UnexpectedEof => TlsProblem::Closed,
+        None if error.kind() == std::io::ErrorKind::ConnectionReset => TlsProblem::Closed,
+        None => TlsProblem::Other(detail.clone()),
+    };
+    Failure::Tls { problem, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, text: &str) -> Response {
+        Response {
+            code,
+            lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn scopes_and_permanence() {
+        let refused = |code| Failure::Refused {
+            command: "MAIL".into(),
+            response: reply(code, "x"),
+        };
+        assert_eq!(refused(421).scope(), Scope::Upstream);
+        assert_eq!(refused(451).scope(), Scope::Message);
+        assert!(!refused(451).is_permanent());
+        assert!(refused(550).is_permanent());
+        assert_eq!(Failure::MissingStartTls.scope(), Scope::Upstream);
+        assert_eq!(
+            Failure::AuthRejected(reply(535, "bad")).scope(),
+            Scope::Upstream
+        );
+        assert!(!Failure::AuthRejected(reply(535, "bad")).is_permanent());
+    }
+
+    #[test]
+    fn diagnoses_name_the_fix() {
+        let d = |f: Failure, mode| f.diagnosis("smtp.example.com", 465, mode).unwrap();
+        assert!(
+            d(Failure::MissingStartTls, TlsMode::StartTls)
+                .contains("use smtps://smtp.example.com:465")
+        );
+        let not_tls = Failure::Tls {
+            problem: TlsProblem::NotTls,
+            detail: String::new(),
+        };
+        assert!(d(not_tls, TlsMode::Implicit).contains("use smtp://smtp.example.com:465"));
+        let silent = Failure::Timeout {
+            stage: Stage::Greeting,
+            after: Duration::from_secs(1),
+        };
+        assert!(d(silent, TlsMode::StartTls).contains("use smtps://"));
+        let mismatch = Failure::Refused {
+            command: "MAIL FROM".into(),
+            response: reply(
+                501,
+                "5.7.1 Mail from address must be same as authorization user",
+            ),
+        };
+        assert!(d(mismatch, TlsMode::Implicit).contains("sender ="));
+    }
+}

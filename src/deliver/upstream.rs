@@ -1,0 +1,326 @@
+//! One SMTP upstream at run time: its endpoint, credentials, connection pool, breaker,
+//! and the TLS mode `auto` detected.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::breaker::Breaker;
+use super::client::{Credentials, RcptReply, SecretKind};
+use super::connect::{Endpoint, Event, Session, establish};
+use super::outcome::{Failure, Stage};
+use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
+use crate::message::Message;
+use crate::proto::{Address, ReversePath};
+use crate::tls::TlsSetupError;
+
+/// An idle connection is closed rather than reused after this long; servers drop idle
+/// clients after a few minutes (RFC 5321 §4.5.3.2 asks them to wait 5).
+const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where the upstream's secret comes from.
+#[derive(Clone, Debug)]
+enum SecretSource {
+    Fixed(Secret),
+    /// Read for every new connection, so a refresher can replace the token.
+    TokenFile(std::path::PathBuf),
+}
+
+/// An SMTP upstream.
+pub struct SmtpUpstream {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// Lower is tried first.
+    pub priority: i32,
+    /// Share within a priority.
+    pub weight: u32,
+    /// Forced envelope sender and From address, if configured.
+    pub sender: Option<String>,
+    endpoint: Endpoint,
+    /// The mode `tls=auto` found on first contact.
+    detected: Mutex<Option<TlsMode>>,
+    username: Option<String>,
+    secret: Option<(SecretSource, SecretKind)>,
+    max_messages_per_connection: usize,
+    max_connections: usize,
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+    /// Health: skipped while open.
+    pub breaker: Breaker,
+}
+
+/// A pooled connection waiting for its next message.
+struct Idle {
+    session: Session,
+    sent: usize,
+    since: Instant,
+}
+
+/// A connection in use, with its pool slot.
+struct Lease {
+    session: Session,
+    sent: usize,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl SmtpUpstream {
+    /// Build from configuration. Only for `smtp://`/`smtps://` URLs.
+    pub fn from_config(
+        up: &UpstreamConfig,
+        config: &Config,
+    ) -> Result<SmtpUpstream, TlsSetupError> {
+        let UpstreamUrl::Smtp {
+            host, port, tls, ..
+        } = &up.url
+        else {
+            unreachable!("SmtpUpstream::from_config is only called for SMTP URLs");
+        };
+        let connector = crate::tls::client_connector(up.ca_file.as_deref(), up.tls_verify)?;
+        let endpoint = Endpoint {
+            host: host.clone(),
+            port: *port,
+            mode: *tls,
+            connector,
+            helo: up
+                .helo_name
+                .clone()
+                .unwrap_or_else(|| config.server.hostname.clone()),
+            timeout: up.timeout,
+            allow_plaintext_auth: up.allow_plaintext_auth,
+        };
+        let secret = match (&up.password, &up.oauth_token, &up.oauth_token_file) {
+            (Some(p), _, _) => Some((SecretSource::Fixed(p.clone()), SecretKind::Password)),
+            (None, Some(t), _) => Some((SecretSource::Fixed(t.clone()), SecretKind::OAuthToken)),
+            (None, None, Some(f)) => {
+                Some((SecretSource::TokenFile(f.clone()), SecretKind::OAuthToken))
+            }
+            (None, None, None) => None,
+        };
+        Ok(SmtpUpstream {
+            name: up.display_name(),
+            priority: up.priority,
+            weight: up.weight,
+            sender: up.sender.clone(),
+            endpoint,
+            detected: Mutex::new(None),
+            username: up.username.clone(),
+            secret,
+            max_messages_per_connection: up.max_messages_per_connection,
+            max_connections: up.max_connections,
+            slots: Arc::new(Semaphore::new(up.max_connections)),
+            idle: Mutex::new(Vec::new()),
+            breaker: breaker(&config.delivery, up.timeout),
+        })
+    }
+
+    /// Host, port and configured TLS mode, for diagnoses.
+    pub fn describe(&self) -> (&str, u16, TlsMode) {
+        (&self.endpoint.host, self.endpoint.port, self.endpoint.mode)
+    }
+
+    /// The endpoint with the detected mode applied.
+    pub fn endpoint(&self) -> Endpoint {
+        let mut ep = self.endpoint.clone();
+        if ep.mode == TlsMode::Auto
+            && let Some(found) = *self.detected.lock().expect("detected lock")
+        {
+            ep.mode = found;
+        }
+        ep
+    }
+
+    /// The configured account, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// The credentials, reading a token file if configured. `None`: no AUTH.
+    pub fn credentials(&self) -> Result<Option<Credentials>, Failure> {
+        let (Some(username), Some((source, kind))) = (&self.username, &self.secret) else {
+            return Ok(None);
+        };
+        let secret = match source {
+            SecretSource::Fixed(s) => s.clone(),
+            SecretSource::TokenFile(path) => {
+                let text = std::fs::read_to_string(path).map_err(Failure::TokenFile)?;
+                Secret::new(text.trim())
+            }
+        };
+        Ok(Some(Credentials {
+            username: username.clone(),
+            secret,
+            kind: *kind,
+        }))
+    }
+
+    /// Open a new session, observing each step (used by `check`).
+    pub async fn open(
+        &self,
+        observe: &mut (dyn FnMut(Event<'_>) + Send),
+    ) -> Result<Session, Failure> {
+        let creds = self.credentials()?;
+        let session = establish(&self.endpoint(), creds.as_ref(), observe).await?;
+        if self.endpoint.mode == TlsMode::Auto {
+            *self.detected.lock().expect("detected lock") = Some(session.mode);
+        }
+        Ok(session)
+    }
+
+    /// A connection: an idle pooled one that answers RSET, or a new one.
+    async fn checkout(&self) -> Result<Lease, Failure> {
+        let slot = tokio::time::timeout(self.endpoint.timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Failure::Busy(self.max_connections))?
+            .expect("the pool semaphore is never closed");
+        loop {
+            let candidate = self.idle.lock().expect("pool lock").pop();
+            let Some(mut idle) = candidate else { break };
+            if idle.since.elapsed() > IDLE_REUSE_LIMIT {
+                tokio::spawn(idle.session.client.quit());
+                continue;
+            }
+            if idle.session.client.reset().await {
+                return Ok(Lease {
+                    session: idle.session,
+                    sent: idle.sent,
+                    _slot: slot,
+                });
+            }
+        }
+        let session = self.open(&mut |_| {}).await?;
+        Ok(Lease {
+            session,
+            sent: 0,
+            _slot: slot,
+        })
+    }
+
+    fn checkin(&self, lease: Lease) {
+        let sent = lease.sent + 1;
+        if sent >= self.max_messages_per_connection {
+            tokio::spawn(lease.session.client.quit());
+            return;
+        }
+        self.idle.lock().expect("pool lock").push(Idle {
+            session: lease.session,
+            sent,
+            since: Instant::now(),
+        });
+    }
+
+    /// Close every idle connection (shutdown, reload).
+    pub async fn close_idle(&self) {
+        let idle: Vec<Idle> = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
+        for conn in idle {
+            conn.session.client.quit().await;
+        }
+    }
+
+    /// One attempt to deliver `message` to `recipients` here. Errors are about the
+    /// whole attempt; per-recipient refusals come back as [`RcptReply::Refused`].
+    pub async fn send(
+        &self,
+        message: &Message,
+        recipients: &[Address],
+    ) -> Result<Vec<RcptReply>, Failure> {
+        let mut lease = self.checkout().await?;
+        if let Err(unsuitable) = suitability(&lease.session, message) {
+            self.checkin_unused(lease);
+            return Err(unsuitable);
+        }
+        let caps = &lease.session.caps;
+        let mut mail_from = match &message.envelope.sender {
+            ReversePath::Null => "<>".to_owned(),
+            ReversePath::Mailbox(a) => format!("<{a}>"),
+        };
+        if caps.has("SIZE") {
+            mail_from.push_str(&format!(" SIZE={}", message.content.len()));
+        }
+        if needs_8bit(message) {
+            mail_from.push_str(" BODY=8BITMIME");
+        }
+        if message.envelope.smtputf8 {
+            mail_from.push_str(" SMTPUTF8");
+        }
+        let rcpts: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+        let pipelining = caps.has("PIPELINING");
+        let result = lease
+            .session
+            .client
+            .transaction(&mail_from, &rcpts, &message.content, pipelining)
+            .await;
+        match result {
+            Ok(replies) => {
+                let service_closing = replies
+                    .iter()
+                    .any(|r| matches!(r, RcptReply::Refused(resp) if resp.code == 421));
+                if service_closing {
+                    // 421: the server is closing this channel (RFC 5321 §3.8).
+                    let response = replies
+                        .iter()
+                        .find_map(|r| match r {
+                            RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
+                            _ => None,
+                        })
+                        .expect("found above");
+                    return Err(Failure::Refused {
+                        command: "the transaction".into(),
+                        response,
+                    });
+                }
+                self.checkin(lease);
+                Ok(replies)
+            }
+            Err(e) => Err(Failure::from_client(Stage::Transaction, e)),
+        }
+    }
+
+    /// Return a connection that sent nothing.
+    fn checkin_unused(&self, lease: Lease) {
+        self.idle.lock().expect("pool lock").push(Idle {
+            session: lease.session,
+            sent: lease.sent,
+            since: Instant::now(),
+        });
+    }
+}
+
+fn breaker(delivery: &DeliveryConfig, timeout: Duration) -> Breaker {
+    Breaker::new(
+        delivery.breaker_threshold,
+        delivery.breaker_cooldown,
+        delivery.breaker_max_cooldown,
+        timeout * 4,
+    )
+}
+
+/// Whether the content has 8-bit octets (it then needs 8BITMIME, RFC 6152).
+fn needs_8bit(message: &Message) -> bool {
+    message.envelope.eight_bit || !message.content.is_ascii()
+}
+
+/// Can this server take this message? (SIZE, 8BITMIME, SMTPUTF8)
+fn suitability(session: &Session, message: &Message) -> Result<(), Failure> {
+    let caps = &session.caps;
+    if let Some(limit) = caps.size_limit()
+        && message.content.len() as u64 > limit
+    {
+        return Err(Failure::Unsuitable(format!(
+            "message of {} octets exceeds the upstream's SIZE limit of {limit}",
+            message.content.len()
+        )));
+    }
+    if message.envelope.smtputf8 && !caps.has("SMTPUTF8") {
+        return Err(Failure::Unsuitable(
+            "the message needs SMTPUTF8, which the upstream does not offer".into(),
+        ));
+    }
+    if needs_8bit(message) && !caps.has("8BITMIME") {
+        return Err(Failure::Unsuitable(
+            "the message has 8-bit content and the upstream does not offer 8BITMIME".into(),
+        ));
+    }
+    Ok(())
+}
