@@ -277,8 +277,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             self.write(batch.as_bytes()).await?;
             let mail_reply = self.read_response().await?;
             let mut replies = Vec::with_capacity(rcpt_lines.len());
-            for _ in &rcpt_lines {
-                replies.push(self.read_response().await?);
+            if mail_reply.code != 421 {
+                for _ in &rcpt_lines {
+                    let reply = self.read_response().await?;
+                    let closing = reply.code == 421;
+                    replies.push(reply);
+                    if closing {
+                        break;
+                    }
+                }
             }
             (mail_reply, replies)
         } else {
@@ -286,11 +293,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             let mut replies = Vec::new();
             if mail_reply.is_positive() {
                 for line in &rcpt_lines {
-                    replies.push(self.command(line).await?);
+                    let reply = self.command(line).await?;
+                    let closing = reply.code == 421;
+                    replies.push(reply);
+                    if closing {
+                        break;
+                    }
                 }
             }
             (mail_reply, replies)
         };
+        // 421: the server is closing the channel (RFC 5321 §3.8) and answers nothing
+        // more; its reply, not a closed connection, is the outcome for everyone.
+        let closing = std::iter::once(&mail_reply)
+            .chain(&rcpt_replies)
+            .find(|r| r.code == 421)
+            .cloned();
+        if let Some(closing) = closing {
+            return Ok(recipients
+                .iter()
+                .map(|_| RcptReply::Refused(closing.clone()))
+                .collect());
+        }
         if !mail_reply.is_positive() {
             self.reset().await;
             return Ok(recipients
@@ -501,6 +525,22 @@ mod tests {
             .unwrap();
         assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 451));
         assert!(written(&mut server).await.ends_with("RSET\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_421_ends_the_transaction_with_its_reply() {
+        let (mut client, _server) = scripted(b"421 4.7.0 closing\r\n").await;
+        let rcpts = vec!["a@x.y".to_owned(), "b@x.y".to_owned()];
+        let result = client
+            .transaction("<s@x.y>", &rcpts, b"x\r\n", true)
+            .await
+            .unwrap();
+        assert_eq!(result.len(), 2);
+        assert!(
+            result
+                .iter()
+                .all(|r| matches!(r, RcptReply::Refused(r) if r.code == 421))
+        );
     }
 
     #[tokio::test]

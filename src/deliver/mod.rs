@@ -213,14 +213,25 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
 
 /// An upstream's reply, passed on with its code and enhanced code.
 fn relay_reply(upstream: &str, response: &Response) -> Reply {
-    let text = response.text();
-    let (enhanced, rest) = split_enhanced(&text);
+    // Every line of a multi-line reply repeats the enhanced code (RFC 2034 §3): keep it
+    // once, in front, rather than in the middle of the joined text.
+    let mut enhanced = None;
+    let mut parts = Vec::with_capacity(response.lines.len());
+    for line in &response.lines {
+        let (code, rest) = split_enhanced(line);
+        enhanced = enhanced.or(code);
+        if !rest.is_empty() {
+            parts.push(rest);
+        }
+    }
+    let rest = parts.join(" ");
     let enhanced = enhanced.unwrap_or(if response.is_permanent() {
         Enhanced(5, 0, 0)
     } else {
         Enhanced(4, 0, 0)
     });
-    let code = if (400..600).contains(&response.code) {
+    // The upstream's 421 closes *its* channel (RFC 5321 §3.8); ours stays open.
+    let code = if (400..600).contains(&response.code) && response.code != 421 {
         response.code
     } else {
         451
@@ -266,5 +277,24 @@ mod tests {
             },
         );
         assert_eq!(r.to_wire(), "451 4.0.0 upstream b said: try later\r\n");
+        let r = relay_reply(
+            "b",
+            &Response {
+                code: 421,
+                lines: vec!["4.7.0 closing".into()],
+            },
+        );
+        assert_eq!(r.to_wire(), "451 4.7.0 upstream b said: closing\r\n");
+        let r = relay_reply(
+            "c",
+            &Response {
+                code: 550,
+                lines: vec!["5.7.1 first line".into(), "5.7.1 second line".into()],
+            },
+        );
+        assert_eq!(
+            r.to_wire(),
+            "550 5.7.1 upstream c said: first line second line\r\n"
+        );
     }
 }

@@ -154,6 +154,16 @@ pub enum Failure {
     /// The server refused our credentials.
     #[error("authentication failed: {0}")]
     AuthRejected(Response),
+    /// The server refused a command of the session set-up (EHLO and HELO, STARTTLS).
+    /// That is about this relay or the upstream, never about the message: another
+    /// upstream may take it, even when the code is 5xx.
+    #[error("the server refused {stage}: {response}")]
+    SessionRefused {
+        /// The step.
+        stage: Stage,
+        /// The reply.
+        response: Response,
+    },
     /// A reply to MAIL, RCPT or DATA that refuses the whole transaction.
     #[error("{command}: {response}")]
     Refused {
@@ -198,6 +208,9 @@ impl Failure {
             }
             ClientError::Refused { response, .. } if stage == Stage::Auth => {
                 Failure::AuthRejected(response)
+            }
+            ClientError::Refused { response, .. } if stage != Stage::Transaction => {
+                Failure::SessionRefused { stage, response }
             }
             ClientError::Refused { command, response } => Failure::Refused { command, response },
         }
@@ -266,6 +279,12 @@ impl Failure {
             Failure::NoAuthMechanism { .. } => "the server offers no mechanism smarthost speaks (PLAIN, LOGIN, XOAUTH2)".into(),
             Failure::AuthRejected(_) => {
                 "the username or password is wrong, or the account needs an app password / SMTP access enabled at the provider".into()
+            }
+            Failure::SessionRefused { stage: Stage::StartTls, .. } => format!(
+                "the server offers STARTTLS but refuses it: tell the provider, or use smtps://{host}:465 if it offers implicit TLS"
+            ),
+            Failure::SessionRefused { .. } => {
+                "the server refuses this relay's EHLO/HELO: set helo_name on the upstream (or server.hostname) to a fully qualified name that resolves to this machine".into()
             }
             Failure::Refused { response, .. } if looks_like_sender_mismatch(response) => {
                 "the provider requires the From address to be the account: set sender = \"<account address>\" on this upstream".into()
@@ -346,6 +365,15 @@ mod tests {
             Scope::Upstream
         );
         assert!(!Failure::AuthRejected(reply(535, "bad")).is_permanent());
+        let setup = Failure::from_client(
+            Stage::StartTls,
+            ClientError::Refused {
+                command: "STARTTLS".into(),
+                response: reply(554, "5.7.3 TLS not available"),
+            },
+        );
+        assert_eq!(setup.scope(), Scope::Upstream);
+        assert!(!setup.is_permanent());
     }
 
     #[test]

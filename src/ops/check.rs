@@ -240,7 +240,8 @@ fn step_of(failure: &Failure) -> &'static str {
         Failure::Timeout { stage, .. }
         | Failure::Closed { stage }
         | Failure::Protocol { stage, .. }
-        | Failure::Io { stage, .. } => *stage,
+        | Failure::Io { stage, .. }
+        | Failure::SessionRefused { stage, .. } => *stage,
         Failure::Tls { .. } => Stage::Tls,
         Failure::Greeting(_) => Stage::Greeting,
         Failure::MissingStartTls => Stage::StartTls,

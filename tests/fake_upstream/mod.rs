@@ -1,0 +1,681 @@
+//! A scripted in-process SMTP server standing in for an upstream provider, plus the
+//! helpers the upstream tests share (a test CA in [`pki`], configuration files).
+//!
+//! The server listens on `127.0.0.1:0` and speaks plaintext, implicit TLS, or plaintext
+//! offering STARTTLS (real rustls). What it offers and answers is scripted with
+//! [`FakeUpstream::builder`]; what it saw is recorded: connections, every client line
+//! with whether it arrived under TLS and in which read (pipelining shows as several
+//! lines from one read), and the messages it accepted.
+
+#![allow(dead_code)]
+
+pub mod pki;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+
+use smarthost::config::{Config, ConfigSource};
+
+/// How the fake speaks TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Plaintext only; no STARTTLS.
+    Plain,
+    /// TLS from the first byte (port 465 style).
+    Implicit,
+    /// Plaintext greeting, STARTTLS offered in EHLO.
+    StartTls,
+}
+
+/// What the fake says when a client connects.
+#[derive(Clone, Debug)]
+pub enum Greeting {
+    /// `220 fake.test ESMTP ready`.
+    Normal,
+    /// This reply; the connection is closed after it unless it is a `220`.
+    Reply(String),
+    /// Nothing at all (an implicit-TLS server seen from plaintext): wait for the client
+    /// to give up.
+    Silent,
+}
+
+/// Commands whose reply can be scripted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// The whole EHLO reply.
+    Ehlo,
+    /// The reply to HELO (sent after a refused EHLO).
+    Helo,
+    /// The reply to STARTTLS (a `220` still starts TLS).
+    StartTls,
+    /// `MAIL FROM`.
+    Mail,
+    /// Every `RCPT TO` (see also [`Builder::rcpt_reply_for`]).
+    Rcpt,
+    /// `DATA` (a `354` still reads the content).
+    Data,
+    /// The final reply after the content.
+    EndOfData,
+}
+
+/// One line a client sent.
+#[derive(Clone, Debug)]
+pub struct Line {
+    /// The line without CRLF.
+    pub text: String,
+    /// Whether it arrived inside TLS.
+    pub tls: bool,
+    /// Which socket read delivered it; lines sent in one write share it.
+    pub read: usize,
+    /// Which connection (1-based, in accept order).
+    pub conn: usize,
+}
+
+/// A message the fake accepted.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The `MAIL FROM:` argument, with parameters.
+    pub mail_from: String,
+    /// The accepted recipients (addresses without brackets).
+    pub rcpts: Vec<String>,
+    /// The content, dot-unstuffed, without the final `.` line.
+    pub content: Vec<u8>,
+    /// Whether the transaction ran inside TLS.
+    pub tls: bool,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// Which connection carried it.
+    pub conn: usize,
+}
+
+impl Received {
+    /// The content as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.content).into_owned()
+    }
+}
+
+#[derive(Clone)]
+struct Script {
+    mode: Mode,
+    tls: Option<Arc<ServerConfig>>,
+    extensions: Vec<String>,
+    auth: Vec<String>,
+    accounts: Vec<(String, String)>,
+    greeting: Greeting,
+    unhealthy_greeting: String,
+    replies: HashMap<Verb, String>,
+    rcpt_replies: HashMap<String, String>,
+    only_sender: Option<(String, String)>,
+    hang_up_after_message: bool,
+}
+
+/// Scripts a [`FakeUpstream`].
+pub struct Builder {
+    script: Script,
+}
+
+impl Builder {
+    /// Present this certificate (required for [`Mode::Implicit`] and [`Mode::StartTls`]).
+    pub fn cert(mut self, cert: &pki::ServerCert) -> Builder {
+        self.script.tls = Some(cert.server_config());
+        self
+    }
+
+    /// Offer this EHLO extension line, e.g. `"PIPELINING"` or `"SIZE 1000"`.
+    pub fn ext(mut self, line: &str) -> Builder {
+        self.script.extensions.push(line.to_owned());
+        self
+    }
+
+    /// Offer these AUTH mechanisms (the fake implements PLAIN and LOGIN).
+    pub fn auth(mut self, mechanisms: &[&str]) -> Builder {
+        self.script.auth = mechanisms.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    /// Accept these credentials (`535` for any other); with an account, MAIL needs AUTH.
+    pub fn account(mut self, user: &str, password: &str) -> Builder {
+        self.script
+            .accounts
+            .push((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Replace the greeting.
+    pub fn greeting(mut self, greeting: Greeting) -> Builder {
+        self.script.greeting = greeting;
+        self
+    }
+
+    /// Answer `verb` with `reply` (a full reply, e.g. `"451 4.3.0 try later"`; lines of a
+    /// multi-line reply separated by CRLF). A `421` closes the connection after it.
+    pub fn reply(mut self, verb: Verb, reply: &str) -> Builder {
+        self.script.replies.insert(verb, reply.to_owned());
+        self
+    }
+
+    /// Answer `RCPT TO:<addr>` with `reply`.
+    pub fn rcpt_reply_for(mut self, addr: &str, reply: &str) -> Builder {
+        self.script
+            .rcpt_replies
+            .insert(addr.to_ascii_lowercase(), reply.to_owned());
+        self
+    }
+
+    /// Refuse any `MAIL FROM` but `addr` with `reply`, as providers do that insist on
+    /// mail from the account (QQ: "Mail from address must be same as authorization
+    /// user"; SendGrid: "does not match a verified Sender Identity").
+    pub fn only_sender(mut self, addr: &str, reply: &str) -> Builder {
+        self.script.only_sender = Some((addr.to_ascii_lowercase(), reply.to_owned()));
+        self
+    }
+
+    /// Close the connection, without a word, after each accepted message (as servers do
+    /// with idle clients).
+    pub fn hang_up_after_message(mut self) -> Builder {
+        self.script.hang_up_after_message = true;
+        self
+    }
+
+    /// Listen on `127.0.0.1:0` and serve.
+    pub async fn start(self) -> FakeUpstream {
+        let needs_cert = self.script.mode != Mode::Plain;
+        assert!(
+            !needs_cert || self.script.tls.is_some(),
+            "{:?} needs a certificate",
+            self.script.mode
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        let addr = listener.local_addr().expect("fake address");
+        let shared = Arc::new(Shared {
+            script: self.script,
+            healthy: AtomicBool::new(true),
+            connections: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+            log: Mutex::new(Log::default()),
+        });
+        let accept_shared = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // Small replies right after the TLS session tickets would otherwise wait
+                // for a delayed ACK (Nagle).
+                let _ = tcp.set_nodelay(true);
+                let id = accept_shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(serve(accept_shared.clone(), tcp, id));
+            }
+        });
+        FakeUpstream { addr, shared, task }
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Vec<Line>,
+    messages: Vec<Received>,
+}
+
+struct Shared {
+    script: Script,
+    healthy: AtomicBool,
+    connections: AtomicUsize,
+    reads: AtomicUsize,
+    log: Mutex<Log>,
+}
+
+/// A running fake upstream; stops accepting when dropped.
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeUpstream {
+    /// Script a fake speaking `mode`.
+    pub fn builder(mode: Mode) -> Builder {
+        Builder {
+            script: Script {
+                mode,
+                tls: None,
+                extensions: Vec::new(),
+                auth: Vec::new(),
+                accounts: Vec::new(),
+                greeting: Greeting::Normal,
+                unhealthy_greeting: "421 4.3.2 fake.test busy, try again later".into(),
+                replies: HashMap::new(),
+                rcpt_replies: HashMap::new(),
+                only_sender: None,
+                hang_up_after_message: false,
+            },
+        }
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// While unhealthy, every new connection is greeted with `421` and closed.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Every line clients sent, in order.
+    pub fn lines(&self) -> Vec<Line> {
+        self.shared.log.lock().unwrap().lines.clone()
+    }
+
+    /// The command words clients sent (`EHLO`, `MAIL`, ...), in order.
+    pub fn verbs(&self) -> Vec<String> {
+        self.lines()
+            .iter()
+            .map(|l| l.text.split(' ').next().unwrap_or("").to_ascii_uppercase())
+            .collect()
+    }
+
+    /// The messages accepted so far.
+    pub fn messages(&self) -> Vec<Received> {
+        self.shared.log.lock().unwrap().messages.clone()
+    }
+}
+
+/// Anything the fake can talk over: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    tls: bool,
+    read: usize,
+    id: usize,
+    shared: Arc<Shared>,
+}
+
+impl Conn {
+    async fn send(&mut self, reply: &str) -> std::io::Result<()> {
+        self.io.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        self.io.flush().await
+    }
+
+    /// Read more bytes; false at end of stream or on error.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.io.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.read = self.shared.reads.fetch_add(1, Ordering::SeqCst) + 1;
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next line, recorded.
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let raw: Vec<u8> = self.buf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&raw)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned();
+                self.shared.log.lock().unwrap().lines.push(Line {
+                    text: text.clone(),
+                    tls: self.tls,
+                    read: self.read,
+                    conn: self.id,
+                });
+                return Some(text);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// The message content up to `CRLF.CRLF`, dot-unstuffed.
+    async fn content(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let end = if self.buf.starts_with(b".\r\n") {
+                Some((0, 3))
+            } else {
+                self.buf
+                    .windows(5)
+                    .position(|w| w == b"\r\n.\r\n")
+                    .map(|i| (i + 2, i + 5))
+            };
+            if let Some((content_end, used)) = end {
+                let raw: Vec<u8> = self.buf.drain(..used).take(content_end).collect();
+                let mut out = Vec::with_capacity(raw.len());
+                for line in raw.split_inclusive(|b| *b == b'\n') {
+                    out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+                }
+                return Some(out);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Run the server side of a TLS handshake on this connection. Plaintext the client
+    /// sent ahead of the handshake is discarded (RFC 3207 §4.2), but recorded as a line
+    /// so that tests see it crossed in the clear.
+    async fn start_tls(self) -> Option<Conn> {
+        let Conn {
+            io,
+            buf,
+            read,
+            id,
+            shared,
+            ..
+        } = self;
+        if !buf.is_empty() {
+            shared.log.lock().unwrap().lines.push(Line {
+                text: String::from_utf8_lossy(&buf).into_owned(),
+                tls: false,
+                read,
+                conn: id,
+            });
+        }
+        let config = shared.script.tls.clone().expect("certificate");
+        let tls = TlsAcceptor::from(config).accept(io).await.ok()?;
+        Some(Conn {
+            io: Box::new(tls),
+            buf: Vec::new(),
+            tls: true,
+            read,
+            id,
+            shared,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Session {
+    user: Option<String>,
+    mail_from: Option<String>,
+    rcpts: Vec<String>,
+}
+
+fn address(arg: &str) -> String {
+    let start = arg.find('<').map_or(0, |i| i + 1);
+    let end = arg[start..].find('>').map_or(arg.len(), |i| start + i);
+    arg[start..end].to_ascii_lowercase()
+}
+
+fn b64(text: &str) -> Option<String> {
+    BASE64_STANDARD
+        .decode(text.trim())
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
+    let mut conn = Conn {
+        io: Box::new(tcp),
+        buf: Vec::new(),
+        tls: false,
+        read: 0,
+        id,
+        shared: shared.clone(),
+    };
+    let script = &shared.script;
+    if script.mode == Mode::Implicit {
+        conn = match conn.start_tls().await {
+            Some(conn) => conn,
+            None => return,
+        };
+    }
+    if !shared.healthy.load(Ordering::SeqCst) {
+        let _ = conn.send(&script.unhealthy_greeting).await;
+        return;
+    }
+    match &script.greeting {
+        Greeting::Silent => {
+            while conn.fill().await {}
+            return;
+        }
+        Greeting::Reply(reply) => {
+            if conn.send(reply).await.is_err() || !reply.starts_with("220") {
+                return;
+            }
+        }
+        Greeting::Normal => {
+            if conn.send("220 fake.test ESMTP ready").await.is_err() {
+                return;
+            }
+        }
+    }
+    let mut session = Session::default();
+    let mut delivered = 0;
+    while let Some(line) = conn.line().await {
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let scripted = |verb: Verb| script.replies.get(&verb).cloned();
+        let reply = match verb.as_str() {
+            "EHLO" => scripted(Verb::Ehlo).unwrap_or_else(|| {
+                let name = line.split(' ').nth(1).unwrap_or("");
+                let mut lines = vec![format!("fake.test greets {name}")];
+                lines.extend(script.extensions.iter().cloned());
+                if script.mode == Mode::StartTls && !conn.tls {
+                    lines.push("STARTTLS".into());
+                }
+                if !script.auth.is_empty() {
+                    lines.push(format!("AUTH {}", script.auth.join(" ")));
+                }
+                lines.push("ENHANCEDSTATUSCODES".into());
+                let last = lines.len() - 1;
+                lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| format!("250{}{l}", if i == last { ' ' } else { '-' }))
+                    .collect::<Vec<_>>()
+                    .join("\r\n")
+            }),
+            "HELO" => scripted(Verb::Helo).unwrap_or("250 fake.test".into()),
+            "STARTTLS" if script.mode == Mode::StartTls && !conn.tls => {
+                let reply = scripted(Verb::StartTls).unwrap_or("220 2.0.0 go ahead".into());
+                if conn.send(&reply).await.is_err() {
+                    return;
+                }
+                if reply.starts_with("220") {
+                    // RFC 3207 §4.2: anything learned before TLS is forgotten.
+                    session = Session::default();
+                    conn = match conn.start_tls().await {
+                        Some(conn) => conn,
+                        None => return,
+                    };
+                }
+                continue;
+            }
+            "STARTTLS" => "502 5.5.1 STARTTLS not available".into(),
+            "AUTH" => {
+                let reply = auth(&mut conn, &mut session, &line).await;
+                match reply {
+                    Some(reply) => reply,
+                    None => return,
+                }
+            }
+            "MAIL" => {
+                let arg = line.split_once(':').map_or("", |(_, arg)| arg).to_owned();
+                let reply = if session.mail_from.is_some() {
+                    "503 5.5.1 nested MAIL".into()
+                } else if let Some(reply) = scripted(Verb::Mail) {
+                    reply
+                } else if !script.accounts.is_empty() && session.user.is_none() {
+                    "530 5.7.0 Authentication required".into()
+                } else if let Some((_, reply)) = script
+                    .only_sender
+                    .as_ref()
+                    .filter(|(allowed, _)| *allowed != address(&arg))
+                {
+                    reply.clone()
+                } else {
+                    "250 2.1.0 sender ok".into()
+                };
+                if reply.starts_with('2') {
+                    session.mail_from = Some(arg);
+                    session.rcpts.clear();
+                }
+                reply
+            }
+            "RCPT" => {
+                let addr = address(line.split_once(':').map_or("", |(_, arg)| arg));
+                let reply = if session.mail_from.is_none() {
+                    "503 5.5.1 need MAIL first".into()
+                } else if let Some(reply) = script.rcpt_replies.get(&addr) {
+                    reply.clone()
+                } else {
+                    scripted(Verb::Rcpt).unwrap_or("250 2.1.5 recipient ok".into())
+                };
+                if reply.starts_with('2') {
+                    session.rcpts.push(addr);
+                }
+                reply
+            }
+            "DATA" => {
+                let go = if let Some(reply) = scripted(Verb::Data) {
+                    reply
+                } else if session.mail_from.is_none() || session.rcpts.is_empty() {
+                    "554 5.5.1 no valid recipients".into()
+                } else {
+                    "354 end with <CRLF>.<CRLF>".into()
+                };
+                if !go.starts_with("354") {
+                    go
+                } else {
+                    if conn.send(&go).await.is_err() {
+                        return;
+                    }
+                    let Some(content) = conn.content().await else {
+                        return;
+                    };
+                    let reply = scripted(Verb::EndOfData).unwrap_or_else(|| {
+                        delivered += 1;
+                        format!("250 2.0.0 ok: queued as {id}.{delivered}")
+                    });
+                    if reply.starts_with('2') {
+                        shared.log.lock().unwrap().messages.push(Received {
+                            mail_from: session.mail_from.clone().unwrap_or_default(),
+                            rcpts: session.rcpts.clone(),
+                            content,
+                            tls: conn.tls,
+                            user: session.user.clone(),
+                            conn: id,
+                        });
+                    }
+                    session.mail_from = None;
+                    session.rcpts.clear();
+                    if script.hang_up_after_message && reply.starts_with('2') {
+                        let _ = conn.send(&reply).await;
+                        return;
+                    }
+                    reply
+                }
+            }
+            "RSET" => {
+                session.mail_from = None;
+                session.rcpts.clear();
+                "250 2.0.0 reset".into()
+            }
+            "NOOP" => "250 2.0.0 ok".into(),
+            "QUIT" => {
+                let _ = conn.send("221 2.0.0 bye").await;
+                return;
+            }
+            _ => "500 5.5.2 command not recognized".into(),
+        };
+        if conn.send(&reply).await.is_err() || reply.starts_with("421") {
+            return;
+        }
+    }
+}
+
+/// AUTH PLAIN or LOGIN; `None` if the client went away.
+async fn auth(conn: &mut Conn, session: &mut Session, line: &str) -> Option<String> {
+    let shared = conn.shared.clone();
+    let script = &shared.script;
+    let mut words = line.split(' ').skip(1);
+    let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+    let initial = words.next().map(str::to_owned);
+    if session.user.is_some() {
+        return Some("503 5.5.1 already authenticated".into());
+    }
+    if !script
+        .auth
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(&mechanism))
+    {
+        return Some("504 5.5.4 mechanism not supported".into());
+    }
+    let (user, password) = match mechanism.as_str() {
+        "PLAIN" => {
+            let token = match initial {
+                Some(token) => token,
+                None => {
+                    conn.send("334 ").await.ok()?;
+                    conn.line().await?
+                }
+            };
+            let decoded = b64(&token).unwrap_or_default();
+            let mut parts = decoded.split('\0').skip(1);
+            (
+                parts.next().unwrap_or("").to_owned(),
+                parts.next().unwrap_or("").to_owned(),
+            )
+        }
+        "LOGIN" => {
+            conn.send("334 VXNlcm5hbWU6").await.ok()?;
+            let user = b64(&conn.line().await?).unwrap_or_default();
+            conn.send("334 UGFzc3dvcmQ6").await.ok()?;
+            let password = b64(&conn.line().await?).unwrap_or_default();
+            (user, password)
+        }
+        _ => return Some("504 5.5.4 mechanism not implemented by the fake".into()),
+    };
+    if script
+        .accounts
+        .iter()
+        .any(|(u, p)| *u == user && *p == password)
+    {
+        session.user = Some(user);
+        Some("235 2.7.0 Authentication successful".into())
+    } else {
+        Some("535 5.7.8 Authentication credentials invalid".into())
+    }
+}
+
+/// A configuration loaded the way `smarthost` loads it, from a TOML file.
+pub fn load_config(toml: &str) -> Config {
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    file.write_all(toml.as_bytes()).expect("write config");
+    smarthost::config::load(&ConfigSource::File(file.path().to_owned()), &[])
+        .unwrap_or_else(|e| panic!("config does not load: {e}\n{toml}"))
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
