@@ -208,16 +208,16 @@ impl AcceptLoop {
             warn!(client = %peer, "refused: server.max_connections reached");
             return turn_away(stream, Reply::new(421, Enhanced(4, 3, 2), text));
         };
-        let Some(client_slot) = self.per_client.try_acquire(peer.ip()) else {
+        let client_ip = normalize(peer.ip());
+        let Some(client_slot) = self.per_client.try_acquire(client_ip) else {
             let text = format!(
                 "{hostname} Too many connections from {} (limit {}), please try again later",
-                peer.ip(),
+                client_ip,
                 self.per_client.limit()
             );
             warn!(client = %peer, "refused: server.max_connections_per_client reached");
             return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
         };
-        let client_ip = normalize(peer.ip());
         let refusal = (!self.trusted.iter().any(|net| net.contains(&client_ip)))
             .then(|| format!("Relay access denied: {client_ip} is not in trusted_networks"));
         let ctx = self.ctx.clone();

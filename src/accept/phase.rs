@@ -230,14 +230,17 @@ impl Phase {
                 ),
             ),
             Command::Expn => (self, reply(502, (5, 5, 1), "EXPN is not supported")),
-            Command::Help => (
-                self,
-                reply(
-                    214,
-                    (2, 0, 0),
-                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
-                ),
-            ),
+            Command::Help => {
+                let starttls = if rules.starttls_available {
+                    " STARTTLS"
+                } else {
+                    ""
+                };
+                let text = format!(
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP{starttls}"
+                );
+                (self, reply(214, (2, 0, 0), text))
+            }
             Command::StartTls => self.on_starttls(rules),
             Command::Auth => (
                 self,

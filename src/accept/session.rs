@@ -129,10 +129,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         reply.write_to(&mut self.wbuf);
     }
 
+    /// Send the queued replies. A client that stops reading them (its receive window
+    /// full) gets as long as it would get to send a command, not forever.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await?;
+            let (stream, wbuf) = (&mut self.stream, &self.wbuf);
+            let write = async {
+                stream.write_all(wbuf).await?;
+                stream.flush().await
+            };
+            tokio::time::timeout(self.timeout, write)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client does not read its replies",
+                    )
+                })??;
             self.wbuf.clear();
         }
         Ok(())
@@ -497,4 +510,47 @@ async fn complete(
         }
     };
     (next, reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Discard;
+
+    impl Handoff for Discard {
+        fn submit(&self, _message: Message) -> crate::accept::HandoffFuture<'_> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_its_replies_is_dropped_after_the_timeout() {
+        let ctx = Arc::new(SessionContext {
+            rules: Rules {
+                hostname: "relay.test".into(),
+                max_message_size: 1 << 20,
+                max_recipients: 10,
+                starttls_available: false,
+            },
+            command_timeout: Duration::from_millis(200),
+            tls: None,
+            handoff: Arc::new(Discard),
+        });
+        let (client, server) = tokio::io::duplex(256);
+        let (_unread, mut commands) = tokio::io::split(client);
+        let (_state, shutdown) = watch::channel(RunState::Running);
+        let peer = "127.0.0.1:1025".parse().unwrap();
+        let session = tokio::spawn(run(server, peer, None, ctx, shutdown));
+        let writer = tokio::spawn(async move {
+            let batch = "HELP\r\n".repeat(100);
+            while commands.write_all(batch.as_bytes()).await.is_ok() {}
+        });
+        // The bound only guards against a hang; the session ends after ~200 ms.
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session waited forever for the client to read")
+            .unwrap();
+        writer.abort();
+    }
 }

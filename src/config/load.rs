@@ -579,7 +579,7 @@ mod tests {
             (
                 "[server]\nlisten = [\"localhost:25\"]\n",
                 &[],
-                "FILE: `server.listen`: invalid value \"localhost:25\"",
+                "FILE: `server.listen`: invalid address \"localhost:25\": expected IP:PORT",
             ),
             (
                 "[server]\ntrusted_networks = [\"lan\"]\n",

@@ -54,7 +54,7 @@ pub struct ServerConfig {
     /// Name used in the banner, the EHLO reply and `Received` headers.
     pub hostname: String,
     /// Addresses to listen on for SMTP.
-    #[serde(deserialize_with = "values::list")]
+    #[serde(deserialize_with = "values::socket_addrs")]
     pub listen: Vec<SocketAddr>,
     /// Clients allowed to relay; anyone else gets `554 5.7.1`.
     #[serde(deserialize_with = "values::networks")]

@@ -1,7 +1,6 @@
 //! Value types and deserializers shared by the configuration sections.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -64,22 +63,6 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     d.deserialize_any(ListVisitor)
 }
 
-/// A list of values parsed with `FromStr` (socket addresses and the like).
-pub fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    string_list(d)?
-        .iter()
-        .map(|s| {
-            s.parse::<T>()
-                .map_err(|e| de::Error::custom(format!("invalid value {s:?}: {e}")))
-        })
-        .collect()
-}
-
 /// Parse a network in CIDR form; a bare address means just that host.
 pub fn parse_network(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
@@ -89,6 +72,20 @@ pub fn parse_network(s: &str) -> Result<IpNet, String> {
                 "invalid network {s:?}: expected an address or CIDR such as 10.0.0.0/8 or fd00::/8"
             )
         })
+}
+
+/// A list of `IP:PORT` socket addresses.
+pub fn socket_addrs<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    string_list(d)?
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                de::Error::custom(format!("invalid address {s:?}: expected IP:PORT such as \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:25\""))
+            })
+        })
+        .collect()
 }
 
 /// A list of networks; see [`parse_network`].

@@ -155,9 +155,10 @@ impl DataReader {
         (i, false)
     }
 
-    /// End of counted (`BDAT LAST`) content: a trailing bare CR becomes CRLF.
+    /// End of counted (`BDAT LAST`) content: the last line gets its CRLF, so stored
+    /// content always ends in a line break as `DATA` content does.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.state == State::Cr {
+        if self.state == State::Cr || self.state == State::Middle {
             self.emit(out, b"\r\n");
             self.state = State::LineStart { strict: true };
         }
@@ -286,6 +287,11 @@ mod tests {
         assert_eq!(reader.feed(b".\r\n.x\nend\r", &mut out), (10, false));
         reader.finish(&mut out);
         assert_eq!(out, b".\r\n.x\r\nend\r\n");
+        let mut out = Vec::new();
+        let mut reader = DataReader::new(Framing::Counted, u64::MAX);
+        reader.feed(b"no final newline", &mut out);
+        reader.finish(&mut out);
+        assert_eq!(out, b"no final newline\r\n");
     }
 
     #[test]

@@ -9,6 +9,9 @@ pub const MAX_RECEIVED_HEADERS: usize = 50;
 
 /// Count the `Received:` fields in the header section of `content`.
 pub fn count_received(content: &[u8]) -> usize {
+    if content.starts_with(b"\r\n") {
+        return 0; // no header section at all
+    }
     let header_end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |i| i + 2);
     content[..header_end]
         .split(|b| *b == b'\n')
@@ -118,6 +121,10 @@ mod tests {
         let msg = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: in body\r\n";
         assert_eq!(count_received(msg), 2);
         assert_eq!(count_received(b"Received: only headers\r\n"), 1);
+        assert_eq!(
+            count_received(b"\r\nReceived: body after an empty header section\r\n"),
+            0
+        );
     }
 
     #[test]
