@@ -403,7 +403,7 @@ async fn secrets_never_appear_in_the_output() {
     assert!(text.contains("ok    auth      LOGIN accepted"), "{text}");
     assert!(text.contains("authentication failed: 535"), "{text}");
     assert!(
-        text.contains("upstream in-url (smtp://relay@example.com@localhost:"),
+        text.contains("upstream in-url (smtp://relay%40example.com@localhost:"),
         "{text}"
     );
     use base64::prelude::{BASE64_STANDARD, Engine as _};

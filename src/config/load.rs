@@ -545,7 +545,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_the_origin_and_the_valid_values() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 "[server]\nmax_conections = 5\n[[upstream]]\nurl = \"maildir:x\"\n",
                 &[],

@@ -239,7 +239,14 @@ impl fmt::Display for UpstreamUrl {
                 };
                 let user = username
                     .as_deref()
-                    .map(|u| format!("{u}@"))
+                    .map(|u| {
+                        format!(
+                            "{}@",
+                            u.replace('%', "%25")
+                                .replace('@', "%40")
+                                .replace(':', "%3A")
+                        )
+                    })
                     .unwrap_or_default();
                 let host = if host.contains(':') {
                     format!("[{host}]")
@@ -358,6 +365,11 @@ mod tests {
     fn display_never_shows_the_password() {
         let url: UpstreamUrl = "smtps://me:secret@mx.example".parse().unwrap();
         assert_eq!(url.to_string(), "smtps://me@mx.example:465");
+        let url: UpstreamUrl = "smtps://relay%40example.com:pw@mx.example".parse().unwrap();
+        assert_eq!(
+            url.to_string(),
+            "smtps://relay%40example.com@mx.example:465"
+        );
         let err = "smtps://me:secret@/x".parse::<UpstreamUrl>().unwrap_err();
         assert!(!err.contains("secret"), "{err}");
     }
