@@ -197,11 +197,54 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Dkim { action } => not_yet(match action {
-            DkimAction::Keygen { .. } => "dkim keygen",
-            DkimAction::Dns { .. } => "dkim dns",
-        }),
+        Command::Dkim { action } => dkim(action),
         Command::Queue { .. } => not_yet("queue"),
+    }
+}
+
+fn dkim(action: DkimAction) -> ExitCode {
+    match action {
+        DkimAction::Keygen {
+            domain,
+            selector,
+            algorithm,
+            bits,
+            out,
+        } => {
+            let algorithm = match config::DkimAlgorithm::try_from(algorithm) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("smarthost dkim keygen: --algorithm: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match ops::dkim::keygen(&domain, &selector, algorithm, bits, &out) {
+                Ok((_, text)) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smarthost dkim keygen: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        DkimAction::Dns { config } => {
+            let (config, _) = match load_config(config) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            match ops::dkim::dns_records(&config) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smarthost dkim dns: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

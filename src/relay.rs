@@ -12,6 +12,8 @@ use crate::accept::{BindError, Handoff, Listener, RunState};
 use crate::config::Config;
 use crate::deliver::{Deliverer, SetupError};
 use crate::tls::TlsSetupError;
+use crate::transform::Transformer;
+use crate::transform::dkim::{DkimError, DkimKeys};
 
 /// Why the relay could not start. Nothing is listening when this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +27,9 @@ pub enum StartError {
     /// A listening address could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// A configured feature this version cannot honour.
-    #[error("{0}")]
-    Unsupported(String),
+    /// A DKIM key is missing, unreadable, malformed or exposed.
+    #[error(transparent)]
+    Dkim(#[from] DkimError),
 }
 
 /// A running relay.
@@ -40,17 +42,16 @@ pub struct RelayHandle {
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
 pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
-    if let Some(dkim) = config.dkim.first() {
-        return Err(StartError::Unsupported(format!(
-            "[[dkim]] for {:?}: DKIM signing is not available in this version yet; remove the [[dkim]] entries to send unsigned mail",
-            dkim.domain
-        )));
+    let keys = DkimKeys::load(&config.dkim)?;
+    for key in keys.iter() {
+        info!(domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm, "DKIM key loaded");
     }
+    let transformer = Arc::new(Transformer::new(keys));
     let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => Some(crate::tls::server_acceptor(cert, key)?),
         _ => None,
     };
-    let handoff: Arc<dyn Handoff> = Arc::new(Deliverer::from_config(&config)?);
+    let handoff: Arc<dyn Handoff> = Arc::new(Deliverer::from_config(&config, transformer)?);
     if config.delivery.mode == crate::config::DeliveryMode::Queue {
         info!(
             "delivery.mode = queue: until the durable spool is available, messages are delivered while the client waits and 250 means an upstream has the message"

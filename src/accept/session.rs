@@ -18,6 +18,7 @@ use super::phase::{Completion, Phase, Rules, Step};
 use super::{Handoff, HandoffError, RunState};
 use crate::message::{ClientInfo, Message, QueueId};
 use crate::proto::{Enhanced, MAX_COMMAND_LINE, Reply, parse_command};
+use crate::transform::normalize::{Acceptance, normalize};
 use crate::transform::trace::received_header;
 
 /// Protocol errors a client may make before we hang up (RFC 5321 §4.3.2 lets a server
@@ -481,6 +482,21 @@ async fn complete(
         helo: helo.name,
         esmtp: helo.extended,
         tls: tls.map(str::to_owned),
+    };
+    let acceptance = Acceptance {
+        sender: &envelope.sender,
+        hostname: &ctx.rules.hostname,
+        smtputf8: envelope.smtputf8,
+        id,
+        now,
+    };
+    let content = match normalize(&content, &acceptance) {
+        Ok(content) => content,
+        Err(e) => {
+            info!(client = %peer, error = %e, "message refused: no usable sender address");
+            let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
+            return (next, Reply::new(550, Enhanced(5, 6, 0), text));
+        }
     };
     let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
     let mut data = Vec::with_capacity(trace.len() + content.len());

@@ -13,7 +13,10 @@ use super::client::RcptReply;
 use super::outcome::{Failure, Scope};
 use super::{Target, TargetKind};
 use crate::message::Message;
-use crate::proto::{Address, Response};
+use crate::proto::{Address, Response, ReversePath};
+use crate::transform::Transformer;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What happened to one recipient.
 #[derive(Clone, Debug)]
@@ -168,9 +171,42 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
     }
 }
 
+/// The message as an upstream with `sender` policy gets it: sender policy, DKIM
+/// signature (on the blocking pool: signing is CPU work), and the envelope sender.
+async fn prepare(
+    transformer: &Arc<Transformer>,
+    message: &Arc<Message>,
+    sender: Option<String>,
+) -> Result<Message, String> {
+    let (transformer, original) = (transformer.clone(), message.clone());
+    tokio::task::spawn_blocking(move || {
+        let content = transformer
+            .for_upstream(&original.content, sender.as_deref())
+            .map_err(|e| e.to_string())?;
+        let mut envelope = original.envelope.clone();
+        if let (Some(account), ReversePath::Mailbox(_)) = (&sender, &envelope.sender) {
+            let account =
+                Address::parse(account).map_err(|e| format!("sender {account:?}: {e}"))?;
+            envelope.sender = ReversePath::Mailbox(account);
+        }
+        Ok(Message {
+            id: original.id,
+            envelope,
+            content,
+            received_at: original.received_at,
+        })
+    })
+    .await
+    .map_err(|e| format!("transformation task failed: {e}"))?
+}
+
 /// Deliver `message` by walking `targets`.
-pub async fn walk(targets: &[Target], message: &Message) -> Report {
+pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &Message) -> Report {
     let ordered = order(targets, &mut rand::rng());
+    let message = Arc::new(message.clone());
+    // One transformed copy per sender policy: failing over between upstreams with the
+    // same policy does not sign again.
+    let mut prepared: HashMap<Option<String>, Arc<Message>> = HashMap::new();
     let mut status: Vec<(Address, Option<RcptStatus>)> = message
         .envelope
         .recipients
@@ -193,7 +229,22 @@ pub async fn walk(targets: &[Target], message: &Message) -> Report {
             .iter_mut()
             .filter(|(_, s)| s.is_none())
             .map(|(_, s)| s);
-        match attempt(target, message, &pending).await {
+        let for_target = match prepared.get(&target.sender) {
+            Some(m) => m.clone(),
+            None => match prepare(transformer, &message, target.sender.clone()).await {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    prepared.insert(target.sender.clone(), m.clone());
+                    m
+                }
+                Err(reason) => {
+                    warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
+                    last_transient = Some(Reason::Text(reason));
+                    continue;
+                }
+            },
+        };
+        match attempt(target, &for_target, &pending).await {
             Attempt::Replies(replies) => {
                 for (slot, (accepted, response)) in open.zip(replies) {
                     match response {
@@ -258,6 +309,7 @@ mod tests {
             name: name.into(),
             priority,
             weight,
+            sender: None,
             kind: TargetKind::Maildir(Maildir::open(&dir.join(name), "h").unwrap()),
         }
     }

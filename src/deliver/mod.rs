@@ -24,6 +24,7 @@ use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::{Config, UpstreamUrl};
 use crate::message::Message;
 use crate::proto::{Enhanced, Reply, Response};
+use crate::transform::Transformer;
 use failover::{RcptStatus, Reason, Report};
 use maildir::Maildir;
 use upstream::SmtpUpstream;
@@ -59,6 +60,8 @@ pub struct Target {
     pub priority: i32,
     /// Share within a priority.
     pub weight: u32,
+    /// The upstream's `sender` policy: envelope sender and From address forced to this.
+    pub sender: Option<String>,
     /// What it is.
     pub kind: TargetKind,
 }
@@ -74,11 +77,16 @@ pub enum TargetKind {
 /// Delivers messages by walking the upstreams.
 pub struct Deliverer {
     targets: Arc<Vec<Target>>,
+    transformer: Arc<Transformer>,
 }
 
 impl Deliverer {
-    /// Build every upstream of the configuration.
-    pub fn from_config(config: &Config) -> Result<Deliverer, SetupError> {
+    /// Build every upstream of the configuration; `transformer` applies each upstream's
+    /// sender policy and the DKIM signature.
+    pub fn from_config(
+        config: &Config,
+        transformer: Arc<Transformer>,
+    ) -> Result<Deliverer, SetupError> {
         let mut targets = Vec::new();
         for up in &config.upstream {
             let name = up.display_name();
@@ -111,11 +119,13 @@ impl Deliverer {
                 name,
                 priority: up.priority,
                 weight: up.weight,
+                sender: up.sender.clone(),
                 kind,
             });
         }
         Ok(Deliverer {
             targets: Arc::new(targets),
+            transformer,
         })
     }
 
@@ -126,7 +136,7 @@ impl Deliverer {
 
     /// Deliver one message and report per recipient.
     pub async fn deliver(&self, message: &Message) -> Report {
-        let report = failover::walk(&self.targets, message).await;
+        let report = failover::walk(&self.targets, &self.transformer, message).await;
         for (rcpt, status) in &report.recipients {
             match status {
                 RcptStatus::Delivered { upstream, response } => {

@@ -1,0 +1,497 @@
+//! Mailbox headers (From, Sender, Reply-To) in strict RFC 5322 form.
+//!
+//! Strict providers refuse `From: 张三 <a@qq.com>` (raw UTF-8), `From: Dr. Who <w@x>`
+//! (an unquoted special), and friends. A value already in the strict form is kept byte
+//! for byte; anything else is read leniently and written back strictly:
+//!
+//! * ASCII only, no comments, no obsolete syntax;
+//! * one of `addr-spec`, `<addr-spec>`, `display-name <addr-spec>`;
+//! * a display name is atoms separated by single spaces, one quoted string, or RFC 2047
+//!   encoded words (RFC 5322 §3.4, RFC 2047 §5).
+
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use mail_parser::HeaderValue;
+use mail_parser::parsers::MessageStream;
+
+use crate::proto::Address;
+
+/// Longest line we produce when folding (RFC 5322 §2.1.1 "SHOULD be no more than 78").
+const FOLD_AT: usize = 78;
+
+/// Longest encoded word (RFC 2047 §2).
+const MAX_ENCODED_WORD: usize = 75;
+
+/// A mailbox read from a header: display name (decoded) and address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mailbox {
+    /// The display name as text, if any.
+    pub name: Option<String>,
+    /// `local@domain`.
+    pub address: String,
+}
+
+/// RFC 5322 `atext`.
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+}
+
+fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|part| !part.is_empty() && part.chars().all(is_atext))
+}
+
+/// `"..."` with only qtext, spaces and quoted-pairs inside.
+fn is_quoted_string(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return false;
+    };
+    if s.len() < 2 {
+        return false;
+    }
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) if n == ' ' || n == '\t' || n.is_ascii_graphic() => {}
+                _ => return false,
+            },
+            '"' => return false,
+            ' ' => {}
+            c if c.is_ascii_graphic() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `=?charset?B|Q?text?=` of at most 75 characters.
+fn is_encoded_word(w: &str) -> bool {
+    if w.len() > MAX_ENCODED_WORD {
+        return false;
+    }
+    let Some(inner) = w.strip_prefix("=?").and_then(|r| r.strip_suffix("?=")) else {
+        return false;
+    };
+    let parts: Vec<&str> = inner.split('?').collect();
+    let [charset, encoding, text] = parts.as_slice() else {
+        return false;
+    };
+    !charset.is_empty()
+        && charset
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_*".contains(c))
+        && matches!(*encoding, "B" | "b" | "Q" | "q")
+        && !text.is_empty()
+        && text.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn is_addr_spec(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    (is_dot_atom(local) || is_quoted_string(local)) && is_dot_atom(domain)
+}
+
+fn is_display_name(name: &str) -> bool {
+    let words: Vec<&str> = name.split(' ').collect();
+    is_quoted_string(name)
+        || words
+            .iter()
+            .all(|w| !w.is_empty() && w.chars().all(is_atext))
+        || words.iter().all(|w| is_encoded_word(w))
+}
+
+/// Whether an unfolded header value is one mailbox in the strict form.
+pub fn is_strict_mailbox(value: &str) -> bool {
+    let value = value.trim_matches([' ', '\t']);
+    if !value.is_ascii() || value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+        return false;
+    }
+    if is_addr_spec(value) {
+        return true;
+    }
+    let Some(rest) = value.strip_suffix('>') else {
+        return false;
+    };
+    let Some(open) = rest.rfind('<') else {
+        return false;
+    };
+    let (name, addr) = (&rest[..open], &rest[open + 1..]);
+    if !is_addr_spec(addr) {
+        return false;
+    }
+    match name.strip_suffix(' ') {
+        _ if name.is_empty() => true,
+        Some(display) => !display.is_empty() && !display.ends_with(' ') && is_display_name(display),
+        None => false,
+    }
+}
+
+/// Decode raw header bytes: UTF-8 if valid, else GB18030 (covering GBK and GB2312,
+/// which Chinese legacy apps send raw), else Windows-1252.
+pub fn decode_raw(bytes: &[u8]) -> String {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.to_owned();
+    }
+    if let Some(s) = encoding_rs::GB18030.decode_without_bom_handling_and_without_replacement(bytes)
+    {
+        return s.into_owned();
+    }
+    encoding_rs::WINDOWS_1252
+        .decode_without_bom_handling(bytes)
+        .0
+        .into_owned()
+}
+
+/// Whitespace runs become one space; control characters go.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text
+        .split(|c: char| c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().filter(|c| !c.is_control()));
+    }
+    out
+}
+
+fn unquote(quoted: &str) -> String {
+    let inner = &quoted[1..quoted.len() - 1];
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// RFC 2047 encoded words in free text, decoded.
+fn decode_words(text: &str) -> String {
+    if !text.contains("=?") {
+        return text.to_owned();
+    }
+    let bytes = format!("{text}\r\n");
+    match MessageStream::new(bytes.as_bytes()).parse_unstructured() {
+        HeaderValue::Text(t) => t.into_owned(),
+        _ => text.to_owned(),
+    }
+}
+
+/// The display name as text from what stands before `<`.
+fn display_text(before: &str) -> Option<String> {
+    let before = before.trim();
+    let text = if is_quoted_string(before) {
+        unquote(before)
+    } else {
+        decode_words(before)
+    };
+    let text = tidy(&text);
+    (!text.is_empty()).then_some(text)
+}
+
+/// Positions of `<` outside quoted strings and comments.
+fn angle_positions(value: &str) -> Vec<usize> {
+    let (mut in_quote, mut depth, mut escaped) = (false, 0usize, false);
+    let mut found = Vec::new();
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote || depth > 0 => escaped = true,
+            '"' if depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            '<' if !in_quote && depth == 0 => found.push(i),
+            _ => {}
+        }
+    }
+    found
+}
+
+fn usable(address: &str) -> Option<String> {
+    let address = address.trim();
+    Address::parse(address).ok().map(|a| a.to_string())
+}
+
+/// Read every mailbox of a header value, leniently; groups are flattened.
+pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
+    let angles = angle_positions(value);
+    if let [open] = angles.as_slice()
+        && let Some(close) = value[*open..].find('>').map(|i| open + i)
+        && let Some(address) = usable(&value[open + 1..close])
+        && is_comment_or_blank(&value[close + 1..])
+    {
+        return vec![Mailbox {
+            name: display_text(&value[..*open]),
+            address,
+        }];
+    }
+    let bytes = format!("{value}\r\n");
+    let parsed = MessageStream::new(bytes.as_bytes()).parse_address();
+    let addrs: Vec<&mail_parser::Addr> = match &parsed {
+        HeaderValue::Address(mail_parser::Address::List(list)) => list.iter().collect(),
+        HeaderValue::Address(mail_parser::Address::Group(groups)) => {
+            groups.iter().flat_map(|g| g.addresses.iter()).collect()
+        }
+        _ => Vec::new(),
+    };
+    addrs
+        .into_iter()
+        .filter_map(|a| {
+            let address = usable(a.address.as_deref()?)?;
+            let name = a
+                .name
+                .as_deref()
+                .map(tidy)
+                .filter(|n| !n.is_empty() && *n != address);
+            Some(Mailbox { name, address })
+        })
+        .collect()
+}
+
+fn is_comment_or_blank(rest: &str) -> bool {
+    let rest = rest.trim();
+    rest.is_empty() || (rest.starts_with('(') && rest.ends_with(')'))
+}
+
+/// The address with an internationalised domain turned into A-labels (RFC 5890), unless
+/// the message may carry UTF-8 (SMTPUTF8).
+pub fn ascii_domain(address: &str, smtputf8: bool) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !smtputf8 && !domain.is_ascii() => {
+            match idna::domain_to_ascii(domain) {
+                Ok(ascii) => format!("{local}@{ascii}"),
+                Err(_) => address.to_owned(),
+            }
+        }
+        _ => address.to_owned(),
+    }
+}
+
+/// The display name as tokens that may be separated by folding white space.
+fn name_tokens(name: &str) -> Vec<String> {
+    if !name.is_ascii() {
+        return encode_words(name);
+    }
+    if name
+        .split(' ')
+        .all(|w| !w.is_empty() && w.chars().all(is_atext))
+    {
+        return name.split(' ').map(str::to_owned).collect();
+    }
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    vec![quoted]
+}
+
+/// `=?UTF-8?B?...?=` words of at most 75 characters, never splitting a character.
+pub fn encode_words(text: &str) -> Vec<String> {
+    // 12 characters of overhead leave 63 for base64: 45 octets of UTF-8 at most.
+    const MAX_OCTETS: usize = (MAX_ENCODED_WORD - "=?UTF-8?B??=".len()) / 4 * 3;
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        if chunk.len() + c.len_utf8() > MAX_OCTETS {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(chunk);
+    }
+    words
+        .iter()
+        .map(|w| format!("=?UTF-8?B?{}?=", BASE64_STANDARD.encode(w.as_bytes())))
+        .collect()
+}
+
+/// Render mailboxes strictly (comma-separated), folded at 78 characters for a header
+/// called `header` (the returned text goes after `Header: `).
+pub fn render(mailboxes: &[Mailbox], header: &str) -> String {
+    let mut out = String::new();
+    let mut line_len = header.len() + 2;
+    for (i, mailbox) in mailboxes.iter().enumerate() {
+        let mut tokens = mailbox.name.as_deref().map(name_tokens).unwrap_or_default();
+        tokens.push(format!("<{}>", mailbox.address));
+        if i + 1 < mailboxes.len() {
+            tokens.last_mut().expect("pushed above").push(',');
+        }
+        for token in tokens {
+            let first = out.is_empty();
+            if !first && line_len + 1 + token.len() > FOLD_AT {
+                out.push_str("\r\n ");
+                line_len = 1;
+            } else if !first {
+                out.push(' ');
+                line_len += 1;
+            }
+            out.push_str(&token);
+            line_len += token.len();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_strict_forms() {
+        for strict in [
+            "a@example.com",
+            "<noreply@acme.com>",
+            "\"re- AI Radio\" <re-ai-radio@reload.com.cn>",
+            "Support <support@acme.com>",
+            "John Q Public <john@example.com>",
+            "=?UTF-8?B?5byg5LiJ?= <zhangsan@qq.com>",
+            "=?GB2312?B?1cXI/Q==?= <zhangsan@qq.com>",
+            "\"a \\\"b\\\" c\" <x@y.z>",
+        ] {
+            assert!(is_strict_mailbox(strict), "{strict}");
+        }
+        for sloppy in [
+            "张三 <zhangsan@qq.com>",
+            "Dr. Who <who@x.org>",
+            "Support Team, ACME <support@acme.com>",
+            "support@acme.com (Support)",
+            "Two  Spaces <a@x.y>",
+            "NoSpace<a@x.y>",
+            "a@x.y, b@x.y",
+            "<a@x.y> trailing",
+            "Bob \"The Builder\" Smith <bob@x.org>",
+            "",
+        ] {
+            assert!(!is_strict_mailbox(sloppy), "{sloppy}");
+        }
+    }
+
+    fn first(value: &str) -> Mailbox {
+        parse_mailboxes(value)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no mailbox in {value:?}"))
+    }
+
+    fn mailbox(name: Option<&str>, address: &str) -> Mailbox {
+        Mailbox {
+            name: name.map(str::to_owned),
+            address: address.into(),
+        }
+    }
+
+    #[test]
+    fn reads_sloppy_values() {
+        assert_eq!(
+            first("张三 <zhangsan@qq.com>"),
+            mailbox(Some("张三"), "zhangsan@qq.com")
+        );
+        assert_eq!(
+            first("Support Team, ACME <support@acme.com>"),
+            mailbox(Some("Support Team, ACME"), "support@acme.com")
+        );
+        assert_eq!(
+            first("Dr. Who <who@x.org>"),
+            mailbox(Some("Dr. Who"), "who@x.org")
+        );
+        assert_eq!(
+            first("support@acme.com (Support)"),
+            mailbox(Some("Support"), "support@acme.com")
+        );
+        assert_eq!(
+            first("Bob \"The Builder\" Smith <bob@x.org>"),
+            mailbox(Some("Bob \"The Builder\" Smith"), "bob@x.org")
+        );
+        assert_eq!(
+            first("\"Quoted, Name\" <q@x.org>"),
+            mailbox(Some("Quoted, Name"), "q@x.org")
+        );
+        assert_eq!(
+            first("=?UTF-8?B?5byg5LiJ?= <z@qq.com>"),
+            mailbox(Some("张三"), "z@qq.com")
+        );
+        assert_eq!(
+            first("first@x.org, second@x.org"),
+            mailbox(None, "first@x.org")
+        );
+        assert_eq!(
+            first("Team: one@x.org, two@x.org;"),
+            mailbox(None, "one@x.org")
+        );
+        assert!(parse_mailboxes("Undisclosed recipients:;").is_empty());
+        assert!(parse_mailboxes("just a name").is_empty());
+    }
+
+    #[test]
+    fn renders_names_by_their_kind() {
+        let r = |name: &str, addr: &str| render(&[mailbox(Some(name), addr)], "From");
+        assert_eq!(
+            r("张三", "zhangsan@qq.com"),
+            "=?UTF-8?B?5byg5LiJ?= <zhangsan@qq.com>"
+        );
+        assert_eq!(
+            r("Support Team, ACME", "support@acme.com"),
+            "\"Support Team, ACME\" <support@acme.com>"
+        );
+        assert_eq!(r("Dr. Who", "who@x.org"), "\"Dr. Who\" <who@x.org>");
+        assert_eq!(
+            r("Support", "support@acme.com"),
+            "Support <support@acme.com>"
+        );
+        assert_eq!(
+            r("Bob \"The Builder\" Smith", "bob@x.org"),
+            "\"Bob \\\"The Builder\\\" Smith\" <bob@x.org>"
+        );
+        assert_eq!(r("back\\slash", "b@x.org"), "\"back\\\\slash\" <b@x.org>");
+        assert_eq!(render(&[mailbox(None, "a@x.org")], "From"), "<a@x.org>");
+    }
+
+    #[test]
+    fn long_non_ascii_names_fold_into_short_encoded_words() {
+        let name = "非常长的显示名称".repeat(8);
+        let value = render(&[mailbox(Some(&name), "a@example.com")], "From");
+        let header = format!("From: {value}");
+        for line in header.split("\r\n") {
+            assert!(line.len() <= 78, "line too long: {line:?}");
+        }
+        for word in value.split_whitespace().filter(|w| w.starts_with("=?")) {
+            assert!(word.len() <= 75 && is_encoded_word(word), "{word}");
+        }
+        let unfolded = value.replace("\r\n", "");
+        assert!(is_strict_mailbox(&unfolded), "{unfolded}");
+        assert_eq!(first(&unfolded), mailbox(Some(&name), "a@example.com"));
+    }
+
+    #[test]
+    fn decodes_legacy_charsets() {
+        let gbk = b"\xd5\xc5\xc8\xfd <zhangsan@qq.com>";
+        assert_eq!(decode_raw(gbk), "张三 <zhangsan@qq.com>");
+        assert_eq!(decode_raw("é <a@x.org>".as_bytes()), "é <a@x.org>");
+    }
+
+    #[test]
+    fn idn_domains_become_a_labels_without_smtputf8() {
+        assert_eq!(
+            ascii_domain("info@bücher.example", false),
+            "info@xn--bcher-kva.example"
+        );
+        assert_eq!(
+            ascii_domain("info@bücher.example", true),
+            "info@bücher.example"
+        );
+        assert_eq!(ascii_domain("a@plain.example", false), "a@plain.example");
+    }
+}

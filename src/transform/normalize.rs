@@ -1,0 +1,224 @@
+//! What every message gets once, at acceptance: strict From/Sender/Reply-To, a Date and
+//! a Message-ID if missing. Runs while the client is still connected, so a message that
+//! cannot be repaired is refused with a reason instead of bouncing later.
+
+use std::time::SystemTime;
+
+use super::TransformError;
+use super::from_rewrite::{
+    Mailbox, ascii_domain, decode_raw, is_strict_mailbox, parse_mailboxes, render,
+};
+use super::headers::Message;
+use super::trace::rfc5322_date;
+use crate::message::QueueId;
+use crate::proto::ReversePath;
+
+/// Facts the normalisation needs.
+pub struct Acceptance<'a> {
+    /// The envelope sender: the From of last resort.
+    pub sender: &'a ReversePath,
+    /// Our host name (Message-ID, postmaster address).
+    pub hostname: &'a str,
+    /// The message may carry UTF-8 addresses (SMTPUTF8).
+    pub smtputf8: bool,
+    /// The queue id (Message-ID).
+    pub id: QueueId,
+    /// The clock (Date).
+    pub now: SystemTime,
+}
+
+/// The header's mailboxes, with domains in A-labels unless SMTPUTF8 allows UTF-8.
+fn mailboxes(raw: &[u8], smtputf8: bool) -> Vec<Mailbox> {
+    parse_mailboxes(&decode_raw(raw))
+        .into_iter()
+        .map(|m| Mailbox {
+            address: ascii_domain(&m.address, smtputf8),
+            ..m
+        })
+        .collect()
+}
+
+/// Apply the acceptance-time rewrites.
+pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, TransformError> {
+    let mut msg = Message::parse(content);
+    let mut changed = false;
+
+    // From: exactly one field holding exactly one mailbox (RFC 5322 §3.6.2).
+    let from_fields: Vec<usize> = (0..msg.fields.len())
+        .filter(|i| msg.fields[*i].is("From"))
+        .collect();
+    match from_fields.first() {
+        Some(&first) => {
+            let raw = msg.fields[first].unfolded();
+            let strict = std::str::from_utf8(&raw).is_ok_and(is_strict_mailbox);
+            if !strict || from_fields.len() > 1 {
+                let mailbox = match mailboxes(&raw, ctx.smtputf8).into_iter().next() {
+                    Some(m) => m,
+                    None => {
+                        let ReversePath::Mailbox(sender) = ctx.sender else {
+                            return Err(TransformError::NoAddress);
+                        };
+                        Mailbox {
+                            name: None,
+                            address: sender.to_string(),
+                        }
+                    }
+                };
+                msg.set(first, &render(&[mailbox], "From"));
+                for extra in from_fields[1..].iter().rev() {
+                    msg.fields.remove(*extra);
+                }
+                changed = true;
+            }
+        }
+        None => {
+            let address = match ctx.sender {
+                ReversePath::Mailbox(a) => a.to_string(),
+                ReversePath::Null => format!("postmaster@{}", ctx.hostname),
+            };
+            msg.push(
+                "From",
+                &render(
+                    &[Mailbox {
+                        name: None,
+                        address,
+                    }],
+                    "From",
+                ),
+            );
+            changed = true;
+        }
+    }
+
+    // Sender (one mailbox) and Reply-To (a list) get the same treatment; a field with
+    // no usable address is dropped rather than passed on broken.
+    for (name, single) in [("Sender", true), ("Reply-To", false)] {
+        let Some(index) = msg.fields.iter().position(|f| f.is(name)) else {
+            continue;
+        };
+        let raw = msg.fields[index].unfolded();
+        if std::str::from_utf8(&raw).is_ok_and(is_strict_mailbox) {
+            continue;
+        }
+        let mut found = mailboxes(&raw, ctx.smtputf8);
+        if single {
+            found.truncate(1);
+        }
+        if found.is_empty() {
+            msg.fields.remove(index);
+        } else {
+            msg.set(index, &render(&found, name));
+        }
+        changed = true;
+    }
+
+    if !msg.has("Date") {
+        msg.push("Date", &rfc5322_date(ctx.now));
+        changed = true;
+    }
+    if !msg.has("Message-ID") {
+        msg.push("Message-ID", &format!("<{}@{}>", ctx.id, ctx.hostname));
+        changed = true;
+    }
+    Ok(if changed {
+        msg.to_bytes()
+    } else {
+        content.to_vec()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Address;
+
+    fn ctx(sender: &ReversePath) -> Acceptance<'_> {
+        Acceptance {
+            sender,
+            hostname: "relay.test",
+            smtputf8: false,
+            id: QueueId::parse("00000000000000AA").unwrap(),
+            now: std::time::UNIX_EPOCH,
+        }
+    }
+
+    fn sender() -> ReversePath {
+        ReversePath::Mailbox(Address::parse("app@example.com").unwrap())
+    }
+
+    #[test]
+    fn strict_messages_stay_byte_for_byte() {
+        let content = b"From: \"re- AI Radio\" <re-ai-radio@reload.com.cn>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nbody\r\n";
+        assert_eq!(normalize(content, &ctx(&sender())).unwrap(), content);
+    }
+
+    #[test]
+    fn adds_missing_from_date_and_message_id() {
+        let s = sender();
+        let out =
+            String::from_utf8(normalize(b"Subject: x\r\n\r\nbody\r\n", &ctx(&s)).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "Subject: x\r\nFrom: <app@example.com>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <00000000000000AA@relay.test>\r\n\r\nbody\r\n"
+        );
+        let out = String::from_utf8(
+            normalize(b"Subject: x\r\n\r\nb\r\n", &ctx(&ReversePath::Null)).unwrap(),
+        )
+        .unwrap();
+        assert!(out.contains("From: <postmaster@relay.test>\r\n"), "{out}");
+    }
+
+    #[test]
+    fn repairs_from_and_keeps_one() {
+        let s = sender();
+        let out = normalize("From: 张三 <zhangsan@qq.com>\r\nFrom: other@x.org\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n".as_bytes(), &ctx(&s)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "From: =?UTF-8?B?5byg5LiJ?= <zhangsan@qq.com>\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n"
+        );
+    }
+
+    #[test]
+    fn an_unusable_from_falls_back_to_the_envelope_or_is_refused() {
+        let s = sender();
+        let out = normalize(b"From: Undisclosed\r\n\r\nb\r\n", &ctx(&s)).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("From: <app@example.com>\r\n")
+        );
+        let null = ReversePath::Null;
+        assert!(matches!(
+            normalize(b"From: Undisclosed\r\n\r\nb\r\n", &ctx(&null)),
+            Err(TransformError::NoAddress)
+        ));
+    }
+
+    #[test]
+    fn sender_and_reply_to_are_repaired_or_dropped() {
+        let s = sender();
+        let content = b"From: a@x.org\r\nSender: Dr. No <no@x.org>\r\nReply-To: A <a@x.org>, B. <b@x.org>\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n";
+        let out = String::from_utf8(normalize(content, &ctx(&s)).unwrap()).unwrap();
+        assert!(out.contains("Sender: \"Dr. No\" <no@x.org>\r\n"), "{out}");
+        assert!(
+            out.contains("Reply-To: A <a@x.org>, \"B.\" <b@x.org>\r\n"),
+            "{out}"
+        );
+        let out = String::from_utf8(
+            normalize(
+                b"From: a@x.org\r\nReply-To: nobody\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n",
+                &ctx(&s),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!out.contains("Reply-To"), "{out}");
+    }
+
+    #[test]
+    fn raw_gbk_names_become_utf8_encoded_words() {
+        let s = sender();
+        let out = normalize(b"From: \xd5\xc5\xc8\xfd <zhangsan@qq.com>\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n", &ctx(&s)).unwrap();
+        assert!(out.starts_with(b"From: =?UTF-8?B?5byg5LiJ?= <zhangsan@qq.com>\r\n"));
+    }
+}
