@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::start_relay;
+use support::{STRICT_HEAD, start_relay};
 
 /// `BDAT n[ LAST]` followed by the chunk.
 fn bdat(chunk: &[u8], last: bool) -> Vec<u8> {
@@ -64,8 +64,9 @@ async fn bdat_0_last_ends_the_message() {
     let mut c = relay.client().await;
     c.expect("MAIL FROM:<a@example.com>", 250).await;
     c.expect("RCPT TO:<b@example.net>", 250).await;
-    let chunk = b"Subject: zero last\r\n\r\nbody\r\n";
-    let mut wire = bdat(chunk, false);
+    // Strict headers: the content arrives exactly as sent.
+    let chunk = format!("{STRICT_HEAD}Subject: zero last\r\n\r\nbody\r\n");
+    let mut wire = bdat(chunk.as_bytes(), false);
     wire.extend_from_slice(b"BDAT 0 LAST\r\n");
     c.send(&wire).await;
     c.expect_reply_esc(250, "2.0.0").await;
@@ -74,11 +75,7 @@ async fn bdat_0_last_ends_the_message() {
 
     let messages = relay.finish(1).await;
     assert_eq!(messages[0].body(), b"body\r\n");
-    assert!(
-        messages[0]
-            .text()
-            .ends_with("Subject: zero last\r\n\r\nbody\r\n")
-    );
+    assert!(messages[0].text().ends_with(&chunk), "{messages:?}");
 }
 
 #[tokio::test]

@@ -383,6 +383,7 @@ dialogs! {
     untrusted_client => "17-untrusted-client.txt",
     quit_ends_the_session => "18-quit-ends-the-session.txt",
     null_sender_and_smtputf8 => "19-null-sender-and-smtputf8.txt",
+    unusable_from_is_refused_at_data => "20-unusable-from.txt",
 }
 
 #[test]

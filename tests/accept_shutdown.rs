@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{HANG_GUARD, start_relay};
+use support::{HANG_GUARD, STRICT_HEAD, start_relay};
 
 #[tokio::test]
 async fn shutdown_lets_the_transaction_finish_and_closes_idle_sessions() {
@@ -23,7 +23,9 @@ async fn shutdown_lets_the_transaction_finish_and_closes_idle_sessions() {
 
     // The shutdown is under way (the idle session heard of it); the busy one finishes.
     busy.expect("DATA", 354).await;
-    busy.send("Subject: last one in\r\n\r\nbody\r\n.\r\n").await;
+    // Strict headers: the content arrives exactly as sent.
+    let content = format!("{STRICT_HEAD}Subject: last one in\r\n\r\nbody\r\n");
+    busy.send(format!("{content}.\r\n")).await;
     busy.expect_reply_esc(250, "2.0.0").await.queue_id();
     // Now idle too, it is closed the same way.
     busy.expect_reply_esc(421, "4.3.2").await;
@@ -36,11 +38,7 @@ async fn shutdown_lets_the_transaction_finish_and_closes_idle_sessions() {
 
     let messages = relay.wait_for_messages(1).await;
     assert_eq!(messages.len(), 1, "{messages:#?}");
-    assert!(
-        messages[0]
-            .text()
-            .ends_with("Subject: last one in\r\n\r\nbody\r\n")
-    );
+    assert!(messages[0].text().ends_with(&content), "{messages:?}");
 }
 
 #[tokio::test]

@@ -21,6 +21,11 @@ const FOLD_AT: usize = 78;
 /// Longest encoded word (RFC 2047 §2).
 const MAX_ENCODED_WORD: usize = 75;
 
+/// Longest token of a display name we write: it fits on the first line after the longest
+/// header name we render (`Reply-To: `) as well as on a continuation line, so no line
+/// is longer than [`FOLD_AT`] unless the address alone is.
+const MAX_NAME_TOKEN: usize = FOLD_AT - "Reply-To: ".len();
+
 /// A mailbox read from a header: display name (decoded) and address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mailbox {
@@ -43,6 +48,12 @@ fn is_dot_atom(s: &str) -> bool {
 
 /// `"..."` with only qtext, spaces and quoted-pairs inside.
 fn is_quoted_string(s: &str) -> bool {
+    is_quoted(s, false)
+}
+
+/// `"..."` as [`is_quoted_string`], or with `utf8` also non-ASCII text inside (RFC 6532
+/// §3.2), as sloppy and internationalised mail has it.
+fn is_quoted(s: &str, utf8: bool) -> bool {
     let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
         return false;
     };
@@ -54,11 +65,13 @@ fn is_quoted_string(s: &str) -> bool {
         match c {
             '\\' => match chars.next() {
                 Some(n) if n == ' ' || n == '\t' || n.is_ascii_graphic() => {}
+                Some(n) if utf8 && !n.is_ascii() => {}
                 _ => return false,
             },
             '"' => return false,
             ' ' => {}
             c if c.is_ascii_graphic() => {}
+            c if utf8 && !c.is_ascii() => {}
             _ => return false,
         }
     }
@@ -86,11 +99,23 @@ fn is_encoded_word(w: &str) -> bool {
         && text.chars().all(|c| c.is_ascii_graphic())
 }
 
+/// `"[" *dtext "]"` (RFC 5322 §3.4.1; no FWS inside, as we write it).
+fn is_domain_literal(s: &str) -> bool {
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|inner| {
+            inner
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !"[]\\".contains(c))
+        })
+}
+
 fn is_addr_spec(s: &str) -> bool {
     let Some((local, domain)) = s.rsplit_once('@') else {
         return false;
     };
-    (is_dot_atom(local) || is_quoted_string(local)) && is_dot_atom(domain)
+    (is_dot_atom(local) || is_quoted_string(local))
+        && (is_dot_atom(domain) || is_domain_literal(domain))
 }
 
 fn is_display_name(name: &str) -> bool {
@@ -114,7 +139,7 @@ pub fn is_strict_mailbox(value: &str) -> bool {
     let Some(rest) = value.strip_suffix('>') else {
         return false;
     };
-    let Some(open) = rest.rfind('<') else {
+    let [open] = angle_positions(rest)[..] else {
         return false;
     };
     let (name, addr) = (&rest[..open], &rest[open + 1..]);
@@ -144,17 +169,22 @@ pub fn decode_raw(bytes: &[u8]) -> String {
         .into_owned()
 }
 
-/// Whitespace runs become one space; control characters go.
+/// Whitespace runs become one space, leading and trailing white space goes, and so do
+/// control characters (before splitting, so that none leaves two spaces behind).
 fn tidy(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for word in text
+    let kept: String = text
+        .chars()
+        .filter(|c| c.is_whitespace() || !c.is_control())
+        .collect();
+    for word in kept
         .split(|c: char| c.is_whitespace())
         .filter(|w| !w.is_empty())
     {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.extend(word.chars().filter(|c| !c.is_control()));
+        out.push_str(word);
     }
     out
 }
@@ -172,9 +202,10 @@ fn unquote(quoted: &str) -> String {
     out
 }
 
-/// RFC 2047 encoded words in free text, decoded.
+/// RFC 2047 encoded words in free text, decoded. Text with a quoted string in it is
+/// taken literally: an encoded word inside quotes is not one (RFC 2047 §5 (3)).
 fn decode_words(text: &str) -> String {
-    if !text.contains("=?") {
+    if !text.contains("=?") || text.contains('"') {
         return text.to_owned();
     }
     let bytes = format!("{text}\r\n");
@@ -187,13 +218,81 @@ fn decode_words(text: &str) -> String {
 /// The display name as text from what stands before `<`.
 fn display_text(before: &str) -> Option<String> {
     let before = before.trim();
-    let text = if is_quoted_string(before) {
+    let text = if is_quoted(before, true) {
         unquote(before)
     } else {
         decode_words(before)
     };
     let text = tidy(&text);
     (!text.is_empty()).then_some(text)
+}
+
+/// `value` without its comments (RFC 5322 §3.2.2); quoted strings are kept as they are.
+/// Each comment becomes `instead` (a space between words, nothing inside an address).
+fn strip_comments(value: &str, instead: &str) -> String {
+    let (mut in_quote, mut depth, mut escaped) = (false, 0usize, false);
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        let in_comment = depth > 0;
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote || in_comment => escaped = true,
+            '"' if !in_comment => in_quote = !in_quote,
+            '(' if !in_quote => {
+                depth += 1;
+                if depth == 1 {
+                    out.push_str(instead);
+                }
+                continue;
+            }
+            ')' if in_comment => {
+                depth -= 1;
+                continue;
+            }
+            _ => {}
+        }
+        if !in_comment {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `value` split at the commas outside quoted strings and comments.
+fn split_list(value: &str) -> Vec<&str> {
+    let (mut in_quote, mut depth, mut escaped) = (false, 0usize, false);
+    let (mut parts, mut start) = (Vec::new(), 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote || depth > 0 => escaped = true,
+            '"' if depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            ',' if !in_quote && depth == 0 => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+}
+
+/// The `>` that closes the `<` at `open`, skipping quoted strings (`<">"@x.org>`).
+fn closing_angle(value: &str, open: usize) -> Option<usize> {
+    let (mut in_quote, mut escaped) = (false, false);
+    for (i, c) in value[open + 1..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '>' if !in_quote => return Some(open + 1 + i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Positions of `<` outside quoted strings and comments.
@@ -214,21 +313,76 @@ fn angle_positions(value: &str) -> Vec<usize> {
     found
 }
 
-fn usable(address: &str) -> Option<String> {
-    let address = address.trim();
-    Address::parse(address).ok().map(|a| a.to_string())
+/// The address in the strict `addr-spec` form (RFC 5322 §3.4.1) if it is a mailbox: a
+/// local part that is not a dot-atom (`joe..smith`) is quoted, which names the same
+/// mailbox (RFC 5321 §4.1.2), and a trailing dot after the domain goes. Non-ASCII stays
+/// (RFC 6532); whether it may is the caller's decision (SMTPUTF8).
+pub fn header_address(address: &str) -> Option<String> {
+    let parsed = Address::parse(address.trim()).ok()?;
+    let local = parsed.local();
+    let is_utf8_dot_atom = !local.is_empty()
+        && local
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| is_atext(c) || !c.is_ascii()));
+    let local = if is_utf8_dot_atom || local.starts_with('"') {
+        local.to_owned()
+    } else {
+        let mut quoted = String::with_capacity(local.len() + 2);
+        quoted.push('"');
+        for c in local.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
+        quoted
+    };
+    let domain = parsed.domain();
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    Some(format!("{local}@{domain}"))
+}
+
+/// Whether the text before a lone `<` holds a mailbox of its own before a comma
+/// (`a@x.org, Name <b@x.org>`): then the value is a list, not one sloppy display name
+/// with a comma in it (`Support Team, ACME <s@acme.com>`).
+fn is_list_head(before: &str) -> bool {
+    let parts = split_list(before);
+    parts[..parts.len() - 1]
+        .iter()
+        .any(|part| header_address(&strip_comments(part, "")).is_some())
+}
+
+/// The address between angle brackets, comments and obsolete white space removed
+/// (RFC 5322 §4.4: `<pete(his account)@silly.test>`, `<joe . smith@x.org>`).
+fn angle_address(inside: &str) -> Option<String> {
+    let bare = strip_comments(inside, "");
+    let (mut in_quote, mut escaped) = (false, false);
+    let mut compact = String::with_capacity(bare.len());
+    for c in bare.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            ' ' | '\t' if !in_quote => continue,
+            _ => {}
+        }
+        compact.push(c);
+    }
+    header_address(&compact)
 }
 
 /// Read every mailbox of a header value, leniently; groups are flattened.
 pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
     let angles = angle_positions(value);
     if let [open] = angles.as_slice()
-        && let Some(close) = value[*open..].find('>').map(|i| open + i)
-        && let Some(address) = usable(&value[open + 1..close])
+        && let Some(close) = closing_angle(value, *open)
+        && let Some(address) = angle_address(&value[open + 1..close])
         && is_comment_or_blank(&value[close + 1..])
+        && !is_list_head(&value[..*open])
     {
         return vec![Mailbox {
-            name: display_text(&value[..*open]),
+            name: display_text(&strip_comments(&value[..*open], " ")),
             address,
         }];
     }
@@ -244,7 +398,7 @@ pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
     addrs
         .into_iter()
         .filter_map(|a| {
-            let address = usable(a.address.as_deref()?)?;
+            let address = header_address(a.address.as_deref()?)?;
             let name = a
                 .name
                 .as_deref()
@@ -274,33 +428,45 @@ pub fn ascii_domain(address: &str, smtputf8: bool) -> String {
     }
 }
 
-/// The display name as tokens that may be separated by folding white space.
+/// The display name (already tidied) as tokens that may be separated by folding white
+/// space: atoms, or a quoted string cut at its spaces (RFC 5322 §3.2.4 allows FWS in
+/// it), or encoded words for non-ASCII text. Text that looks like an encoded word is
+/// encoded too, since readers differ on decoding it inside quotes (RFC 2047 §5), and so
+/// is a name with a word too long for any line.
 fn name_tokens(name: &str) -> Vec<String> {
-    if !name.is_ascii() {
+    if !name.is_ascii() || name.contains("=?") {
         return encode_words(name);
     }
-    if name
-        .split(' ')
-        .all(|w| !w.is_empty() && w.chars().all(is_atext))
-    {
-        return name.split(' ').map(str::to_owned).collect();
-    }
-    let mut quoted = String::with_capacity(name.len() + 2);
-    quoted.push('"');
-    for c in name.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
+    let tokens: Vec<String> = if name.chars().all(|c| c == ' ' || is_atext(c)) {
+        name.split(' ').map(str::to_owned).collect()
+    } else {
+        let mut quoted = String::with_capacity(name.len() + 2);
+        quoted.push('"');
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
         }
-        quoted.push(c);
+        quoted.push('"');
+        quoted.split(' ').map(str::to_owned).collect()
+    };
+    if tokens.iter().any(|t| t.len() > MAX_NAME_TOKEN) {
+        return encode_words(name);
     }
-    quoted.push('"');
-    vec![quoted]
+    tokens
 }
 
-/// `=?UTF-8?B?...?=` words of at most 75 characters, never splitting a character.
+/// `=?UTF-8?B?...?=` words of at most [`MAX_NAME_TOKEN`] characters (RFC 2047 allows
+/// 75), never splitting a character.
 pub fn encode_words(text: &str) -> Vec<String> {
-    // 12 characters of overhead leave 63 for base64: 45 octets of UTF-8 at most.
-    const MAX_OCTETS: usize = (MAX_ENCODED_WORD - "=?UTF-8?B??=".len()) / 4 * 3;
+    // 12 characters of overhead leave 56 for base64: 42 octets of UTF-8 at most.
+    const MAX_WORD: usize = if MAX_NAME_TOKEN < MAX_ENCODED_WORD {
+        MAX_NAME_TOKEN
+    } else {
+        MAX_ENCODED_WORD
+    };
+    const MAX_OCTETS: usize = (MAX_WORD - "=?UTF-8?B??=".len()) / 4 * 3;
     let mut words = Vec::new();
     let mut chunk = String::new();
     for c in text.chars() {
@@ -319,12 +485,15 @@ pub fn encode_words(text: &str) -> Vec<String> {
 }
 
 /// Render mailboxes strictly (comma-separated), folded at 78 characters for a header
-/// called `header` (the returned text goes after `Header: `).
+/// called `header` (the returned text goes after `Header: `). Names are tidied first
+/// (white space runs become one space, control characters go); an empty name is left
+/// out.
 pub fn render(mailboxes: &[Mailbox], header: &str) -> String {
     let mut out = String::new();
     let mut line_len = header.len() + 2;
     for (i, mailbox) in mailboxes.iter().enumerate() {
-        let mut tokens = mailbox.name.as_deref().map(name_tokens).unwrap_or_default();
+        let name = mailbox.name.as_deref().map(tidy).filter(|n| !n.is_empty());
+        let mut tokens = name.as_deref().map(name_tokens).unwrap_or_default();
         tokens.push(format!("<{}>", mailbox.address));
         if i + 1 < mailboxes.len() {
             tokens.last_mut().expect("pushed above").push(',');
@@ -360,6 +529,7 @@ mod tests {
             "=?UTF-8?B?5byg5LiJ?= <zhangsan@qq.com>",
             "=?GB2312?B?1cXI/Q==?= <zhangsan@qq.com>",
             "\"a \\\"b\\\" c\" <x@y.z>",
+            "Admin <admin@[192.0.2.1]>",
         ] {
             assert!(is_strict_mailbox(strict), "{strict}");
         }
@@ -431,6 +601,18 @@ mod tests {
             first("Team: one@x.org, two@x.org;"),
             mailbox(None, "one@x.org")
         );
+        assert_eq!(
+            first("first@x.org, Second <second@x.org>"),
+            mailbox(None, "first@x.org")
+        );
+        assert_eq!(
+            first("Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>"),
+            mailbox(Some("Pete"), "pete@silly.test")
+        );
+        assert_eq!(
+            first("Joe <joe..smith@example.com.>"),
+            mailbox(Some("Joe"), "\"joe..smith\"@example.com")
+        );
         assert!(parse_mailboxes("Undisclosed recipients:;").is_empty());
         assert!(parse_mailboxes("just a name").is_empty());
     }
@@ -457,6 +639,12 @@ mod tests {
         );
         assert_eq!(r("back\\slash", "b@x.org"), "\"back\\\\slash\" <b@x.org>");
         assert_eq!(render(&[mailbox(None, "a@x.org")], "From"), "<a@x.org>");
+        assert_eq!(r(" \t\u{1}", "e@x.org"), "<e@x.org>");
+        assert_eq!(r("a \u{1} b", "c@x.org"), "a b <c@x.org>");
+        assert_eq!(
+            r("=?UTF-8?B?5byg5LiJ?=", "l@x.org"),
+            "=?UTF-8?B?PT9VVEYtOD9CPzVieWc1TGlKPz0=?= <l@x.org>"
+        );
     }
 
     #[test]

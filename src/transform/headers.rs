@@ -64,6 +64,14 @@ impl Message {
             });
             pos = line_end;
         }
+        // A last header line without its line ending (content that ends inside the
+        // header section) gets one, so that a field added after it stays a field.
+        if pos == content.len()
+            && let Some(last) = fields.last_mut()
+            && !last.raw_value.ends_with(b"\n")
+        {
+            last.raw_value.extend_from_slice(b"\r\n");
+        }
         Message {
             fields,
             body: content[pos..].to_vec(),
@@ -107,6 +115,16 @@ impl Message {
             out.extend_from_slice(f.name.as_bytes());
             out.push(b':');
             out.extend_from_slice(&f.raw_value);
+        }
+        // A header section that a line other than a field ended (no empty line) gets its
+        // empty line: else that line would read as a continuation of the last field or
+        // as a field of its own, and the fields would change on every pass.
+        if !self.fields.is_empty()
+            && !self.body.is_empty()
+            && !self.body.starts_with(b"\r\n")
+            && !self.body.starts_with(b"\n")
+        {
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(&self.body);
         out
@@ -154,6 +172,26 @@ mod tests {
             msg.to_bytes(),
             b"From: <a@x>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\n\r\nb\r\n"
         );
+    }
+
+    #[test]
+    fn a_header_section_ended_by_a_non_field_line_gets_its_empty_line() {
+        let mut msg = Message::parse(b" indented first line\r\nFrom: x\r\n");
+        assert!(msg.fields.is_empty());
+        msg.push("From", "<a@x>");
+        assert_eq!(
+            msg.to_bytes(),
+            b"From: <a@x>\r\n\r\n indented first line\r\nFrom: x\r\n"
+        );
+        let mut msg = Message::parse(b"Subject: s\r\nno colon here\r\n");
+        msg.push("Date", "d");
+        assert_eq!(
+            msg.to_bytes(),
+            b"Subject: s\r\nDate: d\r\n\r\nno colon here\r\n"
+        );
+        let mut msg = Message::parse(b"Subject: no line ending");
+        msg.push("Date", "d");
+        assert_eq!(msg.to_bytes(), b"Subject: no line ending\r\nDate: d\r\n");
     }
 
     #[test]

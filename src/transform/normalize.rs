@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use super::TransformError;
 use super::from_rewrite::{
-    Mailbox, ascii_domain, decode_raw, is_strict_mailbox, parse_mailboxes, render,
+    Mailbox, ascii_domain, decode_raw, header_address, is_strict_mailbox, parse_mailboxes, render,
 };
 use super::headers::Message;
 use super::trace::rfc5322_date;
@@ -27,15 +27,24 @@ pub struct Acceptance<'a> {
     pub now: SystemTime,
 }
 
-/// The header's mailboxes, with domains in A-labels unless SMTPUTF8 allows UTF-8.
+/// The header's mailboxes, with domains in A-labels unless SMTPUTF8 allows UTF-8. Without
+/// SMTPUTF8 a mailbox whose local part is not ASCII is unusable: no upstream could
+/// take it (RFC 6531 §3.2); so is one whose A-label form is no valid domain (a label
+/// over 63 octets).
 fn mailboxes(raw: &[u8], smtputf8: bool) -> Vec<Mailbox> {
     parse_mailboxes(&decode_raw(raw))
         .into_iter()
-        .map(|m| Mailbox {
-            address: ascii_domain(&m.address, smtputf8),
-            ..m
+        .filter_map(|m| {
+            let address = header_address(&ascii_domain(&m.address, smtputf8))?;
+            (smtputf8 || address.is_ascii()).then_some(Mailbox { address, ..m })
         })
         .collect()
+}
+
+/// The envelope sender as a From address, in the strict form.
+fn envelope_address(sender: &crate::proto::Address) -> String {
+    let text = sender.to_string();
+    header_address(&text).unwrap_or(text)
 }
 
 /// Apply the acceptance-time rewrites.
@@ -60,7 +69,7 @@ pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, Transf
                         };
                         Mailbox {
                             name: None,
-                            address: sender.to_string(),
+                            address: envelope_address(sender),
                         }
                     }
                 };
@@ -73,7 +82,7 @@ pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, Transf
         }
         None => {
             let address = match ctx.sender {
-                ReversePath::Mailbox(a) => a.to_string(),
+                ReversePath::Mailbox(a) => envelope_address(a),
                 ReversePath::Null => format!("postmaster@{}", ctx.hostname),
             };
             msg.push(
@@ -93,9 +102,17 @@ pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, Transf
     // Sender (one mailbox) and Reply-To (a list) get the same treatment; a field with
     // no usable address is dropped rather than passed on broken.
     for (name, single) in [("Sender", true), ("Reply-To", false)] {
-        let Some(index) = msg.fields.iter().position(|f| f.is(name)) else {
+        let found_at: Vec<usize> = (0..msg.fields.len())
+            .filter(|i| msg.fields[*i].is(name))
+            .collect();
+        let Some(&index) = found_at.first() else {
             continue;
         };
+        // Each may occur once (RFC 5322 §3.6); as with From, the first one counts.
+        for extra in found_at[1..].iter().rev() {
+            msg.fields.remove(*extra);
+            changed = true;
+        }
         let raw = msg.fields[index].unfolded();
         if std::str::from_utf8(&raw).is_ok_and(is_strict_mailbox) {
             continue;

@@ -223,6 +223,7 @@ impl Builder {
 struct Log {
     lines: Vec<Line>,
     messages: Vec<Received>,
+    refused: Vec<Received>,
 }
 
 struct Shared {
@@ -297,6 +298,11 @@ impl FakeUpstream {
     /// The messages accepted so far.
     pub fn messages(&self) -> Vec<Received> {
         self.shared.log.lock().unwrap().messages.clone()
+    }
+
+    /// The messages whose content arrived but was refused at the end of DATA.
+    pub fn refused_messages(&self) -> Vec<Received> {
+        self.shared.log.lock().unwrap().refused.clone()
     }
 }
 
@@ -575,15 +581,21 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                         delivered += 1;
                         format!("250 2.0.0 ok: queued as {id}.{delivered}")
                     });
-                    if reply.starts_with('2') {
-                        shared.log.lock().unwrap().messages.push(Received {
-                            mail_from: session.mail_from.clone().unwrap_or_default(),
-                            rcpts: session.rcpts.clone(),
-                            content,
-                            tls: conn.tls,
-                            user: session.user.clone(),
-                            conn: id,
-                        });
+                    let received = Received {
+                        mail_from: session.mail_from.clone().unwrap_or_default(),
+                        rcpts: session.rcpts.clone(),
+                        content,
+                        tls: conn.tls,
+                        user: session.user.clone(),
+                        conn: id,
+                    };
+                    {
+                        let mut log = shared.log.lock().unwrap();
+                        if reply.starts_with('2') {
+                            log.messages.push(received);
+                        } else {
+                            log.refused.push(received);
+                        }
                     }
                     session.mail_from = None;
                     session.rcpts.clear();

@@ -32,6 +32,12 @@ pub const HANG_GUARD: Duration = Duration::from_secs(15);
 /// The host name every test relay uses (banner, EHLO, `Received: ... by`).
 pub const HOSTNAME: &str = "mx.relay.test";
 
+/// Header fields that acceptance leaves exactly as they are: a From in the strict form,
+/// a Date and a Message-ID. A message that starts with them is not normalised (nothing is
+/// added or rewritten), so what the upstream receives after our `Received` header is the
+/// submitted content byte for byte, and a test can compare all of it.
+pub const STRICT_HEAD: &str = "From: <app@example.com>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <fixture@client.test>\r\n";
+
 /// A relay running inside the test process.
 pub struct Relay {
     handle: Option<RelayHandle>,
