@@ -23,11 +23,15 @@ use smarthost::proto::{Address, ReversePath};
 /// A TLS SMTP sink: greets, offers PIPELINING, accepts every transaction.
 async fn sink(listener: TcpListener, acceptor: TlsAcceptor) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { return };
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
             let (read, mut write) = tokio::io::split(tls);
             let mut read = BufReader::new(read);
             let _ = write.write_all(b"220 sink ESMTP\r\n").await;
@@ -39,7 +43,9 @@ async fn sink(listener: TcpListener, acceptor: TlsAcceptor) {
                 }
                 let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
                 let reply: &[u8] = match verb.as_str() {
-                    "EHLO" => b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n",
+                    "EHLO" => {
+                        b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n"
+                    }
                     "DATA" => {
                         let _ = write.write_all(b"354 go\r\n").await;
                         let mut body = Vec::new();
@@ -71,9 +77,12 @@ async fn sink(listener: TcpListener, acceptor: TlsAcceptor) {
 }
 
 fn message(size: usize) -> Message {
-    let mut content = b"From: <app@example.com>\r\nTo: <user@example.net>\r\nSubject: bench\r\n\r\n".to_vec();
+    let mut content =
+        b"From: <app@example.com>\r\nTo: <user@example.net>\r\nSubject: bench\r\n\r\n".to_vec();
     while content.len() < size {
-        content.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n");
+        content.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n",
+        );
     }
     Message {
         id: QueueId::generate(),
@@ -89,7 +98,11 @@ fn message(size: usize) -> Message {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let ca_path = dir.path().join("ca.pem");
@@ -124,7 +137,10 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     group.measurement_time(std::time::Duration::from_secs(4));
     let msg = message(4096);
-    for (label, per_connection) in [("reused_connection", 1000), ("new_connection_per_message", 1)] {
+    for (label, per_connection) in [
+        ("reused_connection", 1000),
+        ("new_connection_per_message", 1),
+    ] {
         let d = deliverer(per_connection);
         group.bench_function(label, |b| {
             b.iter(|| {
