@@ -36,6 +36,7 @@ pub struct RelayHandle {
     state: watch::Sender<RunState>,
     listener: JoinHandle<()>,
     grace: Duration,
+    deliverer: Arc<Deliverer>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -50,7 +51,8 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         (Some(cert), Some(key)) => Some(crate::tls::server_acceptor(cert, key)?),
         _ => None,
     };
-    let handoff: Arc<dyn Handoff> = Arc::new(Deliverer::from_config(&config)?);
+    let deliverer = Arc::new(Deliverer::from_config(&config)?);
+    let handoff: Arc<dyn Handoff> = deliverer.clone();
     if config.delivery.mode == crate::config::DeliveryMode::Queue {
         info!(
             "delivery.mode = queue: until the durable spool is available, messages are delivered while the client waits and 250 means an upstream has the message"
@@ -66,6 +68,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         state,
         listener,
         grace: config.server.shutdown_grace,
+        deliverer,
     })
 }
 
@@ -93,6 +96,8 @@ impl RelayHandle {
                 self.listener.abort();
             }
         }
+        // Say goodbye to upstreams instead of dropping pooled connections.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.deliverer.close_idle()).await;
         info!("smarthost stopped");
     }
 }

@@ -62,6 +62,8 @@ pub enum TlsProblem {
     UnknownIssuer,
     /// The certificate has expired (or is not valid yet).
     Expired,
+    /// The server presents a self-signed CA certificate as its own certificate.
+    SelfSigned,
     /// The server closed the connection during the handshake.
     Closed,
     /// Anything else rustls reports.
@@ -260,6 +262,9 @@ impl Failure {
             Failure::Tls { problem: TlsProblem::UnknownIssuer, .. } => {
                 "the certificate is signed by a CA this relay does not trust: set ca_file to the CA certificate (PEM), or tls_verify = false for testing only".into()
             }
+            Failure::Tls { problem: TlsProblem::SelfSigned, .. } => {
+                "the server presents a self-signed certificate: for a private server give it a certificate issued by your own CA and set ca_file to that CA; tls_verify = false for testing only".into()
+            }
             Failure::Tls { problem: TlsProblem::Expired, .. } => {
                 "the server's certificate has expired (or the clock of this machine is wrong): tell the provider, or check the clock".into()
             }
@@ -328,6 +333,7 @@ fn tls_failure(error: std::io::Error) -> Failure {
             | C::ExpiredContext { .. }
             | C::NotValidYet
             | C::NotValidYetContext { .. } => TlsProblem::Expired,
+            other if format!("{other:?}").contains("CaUsedAsEndEntity") => TlsProblem::SelfSigned,
             other => TlsProblem::Other(format!("{other:?}")),
         },
         Some(other) => TlsProblem::Other(other.to_string()),
