@@ -9,8 +9,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::accept::{BindError, Handoff, Listener, RunState};
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
+use crate::deliver::scheduler::{Scheduler, Settings};
 use crate::deliver::{Deliverer, SetupError};
+use crate::spool::{Spool, SpoolError};
 use crate::tls::TlsSetupError;
 
 /// Why the relay could not start. Nothing is listening when this is returned.
@@ -28,6 +30,9 @@ pub enum StartError {
     /// A configured feature this version cannot honour.
     #[error("{0}")]
     Unsupported(String),
+    /// The spool cannot be opened (locked by another relay, unwritable).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 /// A running relay.
@@ -37,6 +42,7 @@ pub struct RelayHandle {
     listener: JoinHandle<()>,
     grace: Duration,
     deliverer: Arc<Deliverer>,
+    scheduler: Option<Scheduler>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -52,12 +58,19 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         _ => None,
     };
     let deliverer = Arc::new(Deliverer::from_config(&config)?);
-    let handoff: Arc<dyn Handoff> = deliverer.clone();
-    if config.delivery.mode == crate::config::DeliveryMode::Queue {
-        info!(
-            "delivery.mode = queue: until the durable spool is available, messages are delivered while the client waits and 250 means an upstream has the message"
-        );
-    }
+    let (handoff, scheduler): (Arc<dyn Handoff>, Option<Scheduler>) = match config.delivery.mode {
+        DeliveryMode::Queue => {
+            let spool = Arc::new(Spool::open(&config.spool.dir)?);
+            let scheduler =
+                Scheduler::start(spool, deliverer.clone(), Settings::from_config(&config));
+            info!(spool = %config.spool.dir.display(), queued = scheduler.queued(), "queue mode: 250 once the message is on disk");
+            (Arc::new(scheduler.clone()), Some(scheduler))
+        }
+        DeliveryMode::Passthrough => {
+            info!("passthrough mode: 250 once an upstream accepted the message");
+            (deliverer.clone(), None)
+        }
+    };
     let listener = Listener::bind(&config.server, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let (state, state_rx) = watch::channel(RunState::Running);
@@ -69,10 +82,16 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         listener,
         grace: config.server.shutdown_grace,
         deliverer,
+        scheduler,
     })
 }
 
 impl RelayHandle {
+    /// The queue-mode scheduler (none in passthrough mode).
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        self.scheduler.as_ref()
+    }
+
     /// The addresses the SMTP listeners are bound to.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -95,6 +114,10 @@ impl RelayHandle {
             {
                 self.listener.abort();
             }
+        }
+        if let Some(scheduler) = &self.scheduler {
+            // Deliveries under way finish (or stay queued: the spool keeps the rest).
+            scheduler.stop(Duration::from_secs(10)).await;
         }
         // Say goodbye to upstreams instead of dropping pooled connections.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.deliverer.close_idle()).await;

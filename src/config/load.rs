@@ -421,6 +421,20 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
             return Err((key("sender"), format!("{sender:?} is not an email address")));
         }
     }
+    if !(1..=100).contains(&config.spool.max_disk_usage) {
+        return Err((
+            "spool.max_disk_usage".into(),
+            "must be a percentage from 1 to 100".into(),
+        ));
+    }
+    if config.delivery.retry_base.is_zero()
+        || config.delivery.retry_base > config.delivery.retry_max
+    {
+        return Err((
+            "delivery.retry_base".into(),
+            "must be longer than zero and not longer than delivery.retry_max".into(),
+        ));
+    }
     if config.delivery.breaker_threshold == 0 {
         return Err((
             "delivery.breaker_threshold".into(),

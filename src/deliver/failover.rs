@@ -3,14 +3,14 @@
 //! recipients to the next upstream; a permanent refusal settles a recipient; no
 //! upstream sees the same message twice in one walk.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use rand::Rng;
 use tracing::{info, warn};
 
 use super::breaker::Admission;
 use super::client::RcptReply;
-use super::outcome::{Failure, Scope};
+use super::outcome::{Failure, Scope, is_throttling};
 use super::{Target, TargetKind};
 use crate::message::Message;
 use crate::proto::{Address, Response};
@@ -59,6 +59,10 @@ impl std::fmt::Display for Reason {
 pub struct Report {
     /// Per recipient, in envelope order.
     pub recipients: Vec<(Address, RcptStatus)>,
+    /// Whether any upstream was actually tried (not skipped, held or unsuitable).
+    pub attempted: bool,
+    /// The earliest time a budget-held upstream may send again.
+    pub held_until: Option<SystemTime>,
 }
 
 impl Report {
@@ -95,6 +99,8 @@ enum Attempt {
     Unsuitable(String),
     /// The message itself was refused for good; no other upstream will differ.
     Permanent(Reason),
+    /// The upstream's sending budget is used up until then.
+    Held(SystemTime),
 }
 
 /// Try one target with the pending recipients.
@@ -113,6 +119,10 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
         }
         TargetKind::Smtp(up) => up,
     };
+    if let Err(until) = up.budget.take(SystemTime::now()) {
+        info!(queue_id = %message.id, upstream = %up.name, "held: sending budget of this upstream used up");
+        return Attempt::Held(until);
+    }
     let admission = up.breaker.admit(Instant::now());
     if admission == Admission::Skip {
         info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open");
@@ -179,6 +189,8 @@ pub async fn walk(targets: &[Target], message: &Message) -> Report {
         .collect();
     let mut last_transient: Option<Reason> = None;
     let mut unsuitable: Vec<String> = Vec::new();
+    let mut attempted = false;
+    let mut held_until: Option<SystemTime> = None;
 
     for target in ordered {
         let pending: Vec<Address> = status
@@ -193,7 +205,9 @@ pub async fn walk(targets: &[Target], message: &Message) -> Report {
             .iter_mut()
             .filter(|(_, s)| s.is_none())
             .map(|(_, s)| s);
-        match attempt(target, message, &pending).await {
+        let result = attempt(target, message, &pending).await;
+        attempted |= !matches!(result, Attempt::Held(_) | Attempt::Unsuitable(_));
+        match result {
             Attempt::Replies(replies) => {
                 for (slot, (accepted, response)) in open.zip(replies) {
                     match response {
@@ -203,7 +217,7 @@ pub async fn walk(targets: &[Target], message: &Message) -> Report {
                                 response,
                             })
                         }
-                        Some(response) if response.is_permanent() => {
+                        Some(response) if response.is_permanent() && !is_throttling(&response) => {
                             *slot = Some(RcptStatus::Failed(Reason::Reply {
                                 upstream: target.name.clone(),
                                 response,
@@ -221,6 +235,13 @@ pub async fn walk(targets: &[Target], message: &Message) -> Report {
             }
             Attempt::Transient(reason) => last_transient = Some(reason),
             Attempt::Unsuitable(why) => unsuitable.push(why),
+            Attempt::Held(until) => {
+                held_until = Some(held_until.map_or(until, |h: SystemTime| h.min(until)));
+                last_transient.get_or_insert(Reason::Text(format!(
+                    "{}: sending budget used up (rate_limit/daily_limit)",
+                    target.name
+                )));
+            }
             Attempt::Permanent(reason) => {
                 for slot in open {
                     *slot = Some(RcptStatus::Failed(reason.clone()));
@@ -240,6 +261,8 @@ pub async fn walk(targets: &[Target], message: &Message) -> Report {
         None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
     };
     Report {
+        attempted,
+        held_until,
         recipients: status
             .into_iter()
             .map(|(a, s)| (a, s.unwrap_or_else(|| leftover.clone())))

@@ -230,7 +230,9 @@ impl Failure {
     /// Whether retrying (here or elsewhere) cannot help.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Failure::Refused { response, .. } => response.is_permanent(),
+            Failure::Refused { response, .. } => {
+                response.is_permanent() && !is_throttling(response)
+            }
             _ => false,
         }
     }
@@ -299,6 +301,24 @@ impl Failure {
         };
         Some(text)
     }
+}
+
+/// A refusal that means "you are sending too much", not "this message is bad": it is
+/// retried later instead of bounced, whatever its code (providers use 5xx for quotas).
+pub fn is_throttling(response: &Response) -> bool {
+    let text = response.text().to_ascii_lowercase();
+    [
+        "quota",
+        "rate limit",
+        "ratelimit",
+        "too many messages",
+        "sending limit",
+        "exceeded the maximum",
+        "try again later",
+        "throttl",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 /// Providers' wordings for "From must be the authenticated account".
