@@ -201,7 +201,49 @@ fn main() -> ExitCode {
             DkimAction::Keygen { .. } => "dkim keygen",
             DkimAction::Dns { .. } => "dkim dns",
         }),
-        Command::Queue { .. } => not_yet("queue"),
+        Command::Queue { action } => queue(action),
+    }
+}
+
+fn queue(action: QueueAction) -> ExitCode {
+    let (path, run): (
+        Option<PathBuf>,
+        Box<dyn FnOnce(&std::path::Path) -> Result<String, ops::queue::QueueError>>,
+    ) = match action {
+        QueueAction::List { config } => (config, Box::new(ops::queue::list)),
+        QueueAction::Show { id, config } => {
+            (config, Box::new(move |dir| ops::queue::show(dir, &id)))
+        }
+        QueueAction::Retry { id, all, config } => {
+            if id.is_some() == all {
+                eprintln!("smarthost queue retry: give either a queue id or --all");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            (
+                config,
+                Box::new(move |dir| ops::queue::retry(dir, id.as_deref())),
+            )
+        }
+        QueueAction::Delete { id, config } => {
+            (config, Box::new(move |dir| ops::queue::delete(dir, &id)))
+        }
+    };
+    let (config, _) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match run(&config.spool.dir) {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smarthost queue: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

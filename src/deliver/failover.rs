@@ -127,7 +127,7 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
     if admission == Admission::Skip {
         info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open");
         return Attempt::Transient(Reason::Text(format!(
-            "{}: temporarily skipped after repeated failures",
+            "{}: skipped while its circuit breaker is open after repeated failures (the log has the errors)",
             up.name
         )));
     }

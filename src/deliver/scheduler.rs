@@ -310,7 +310,7 @@ impl Scheduler {
             state.next_attempt = next.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1;
             let updated = spool.update(message.id, state.clone()).await;
             if updated.is_ok() {
-                info!(queue_id = %message.id, attempts = state.attempts, retry_in = ?Duration::from_secs(delay.as_secs()), reason = %state.last_error, "deferred");
+                info!(queue_id = %message.id, attempts = state.attempts, retry_in = ?Duration::from_millis(delay.as_millis() as u64), reason = %state.last_error, "deferred");
                 self.schedule(message.id, next);
             }
             updated

@@ -1,4 +1,5 @@
-//! Operator commands behind the CLI: `send` and `check`.
+//! Operator commands behind the CLI: `send`, `check`, `queue`.
 
 pub mod check;
+pub mod queue;
 pub mod send;
