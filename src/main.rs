@@ -206,33 +206,30 @@ fn main() -> ExitCode {
 }
 
 fn queue(action: QueueAction) -> ExitCode {
-    let (path, run): (
-        Option<PathBuf>,
-        Box<dyn FnOnce(&std::path::Path) -> Result<String, ops::queue::QueueError>>,
-    ) = match action {
-        QueueAction::List { config } => (config, Box::new(ops::queue::list)),
-        QueueAction::Show { id, config } => {
-            (config, Box::new(move |dir| ops::queue::show(dir, &id)))
-        }
-        QueueAction::Retry { id, all, config } => {
-            if id.is_some() == all {
-                eprintln!("smarthost queue retry: give either a queue id or --all");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            (
-                config,
-                Box::new(move |dir| ops::queue::retry(dir, id.as_deref())),
-            )
-        }
-        QueueAction::Delete { id, config } => {
-            (config, Box::new(move |dir| ops::queue::delete(dir, &id)))
-        }
+    let path = match &action {
+        QueueAction::List { config }
+        | QueueAction::Show { config, .. }
+        | QueueAction::Retry { config, .. }
+        | QueueAction::Delete { config, .. } => config.clone(),
     };
+    if let QueueAction::Retry { id, all, .. } = &action
+        && id.is_some() == *all
+    {
+        eprintln!("smarthost queue retry: give either a queue id or --all");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let (config, _) = match load_config(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    match run(&config.spool.dir) {
+    let dir = &config.spool.dir;
+    let result = match action {
+        QueueAction::List { .. } => ops::queue::list(dir),
+        QueueAction::Show { id, .. } => ops::queue::show(dir, &id),
+        QueueAction::Retry { id, .. } => ops::queue::retry(dir, id.as_deref()),
+        QueueAction::Delete { id, .. } => ops::queue::delete(dir, &id),
+    };
+    match result {
         Ok(text) => {
             print!("{text}");
             if !text.ends_with('\n') {

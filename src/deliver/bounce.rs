@@ -98,13 +98,16 @@ pub fn bounce(
         content.extend_from_slice(&field.raw_value);
     }
     content.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    // Only 8-bit octets need 8BITMIME: a bounce that claimed it always could not go
+    // through an upstream without it, and would be dropped (a bounce never bounces).
+    let eight_bit = !content.is_ascii();
     Some(Message {
         id,
         envelope: Envelope {
             sender: ReversePath::Null,
             recipients: vec![sender.clone()],
-            smtputf8: false,
-            eight_bit: true,
+            smtputf8: !sender.is_ascii(),
+            eight_bit,
         },
         content,
         received_at: now,
@@ -173,6 +176,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dsn.envelope.sender, ReversePath::Null);
+        assert!(
+            !dsn.envelope.eight_bit,
+            "an ASCII bounce does not need 8BITMIME"
+        );
         assert_eq!(dsn.envelope.recipients[0].to_string(), "app@example.com");
         let text = String::from_utf8(dsn.content).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));

@@ -74,6 +74,8 @@ struct Queue {
     /// Waiting messages by due time; an entry whose time differs from `due` is stale.
     waiting: BinaryHeap<Reverse<(SystemTime, QueueId)>>,
     due: HashMap<QueueId, SystemTime>,
+    /// Being delivered right now; a retry request for these is not queued twice.
+    in_flight: std::collections::HashSet<QueueId>,
 }
 
 struct Inner {
@@ -117,12 +119,19 @@ impl Scheduler {
                 UNIX_EPOCH + Duration::from_secs(entry.state.next_attempt),
             );
         }
-        for _ in 0..workers {
-            let this = scheduler.clone();
-            tokio::spawn(async move { this.work().await });
-        }
         let this = scheduler.clone();
-        tokio::spawn(async move { this.maintain().await });
+        tokio::spawn(async move {
+            // Requests left while no relay ran come before any delivery: a message the
+            // operator deleted meanwhile must not go out because it happened to be due.
+            for request in ctl::take(this.inner.spool.dir()) {
+                this.apply(request).await;
+            }
+            for _ in 0..workers {
+                let worker = this.clone();
+                tokio::spawn(async move { worker.work().await });
+            }
+            this.maintain().await
+        });
         scheduler
     }
 
@@ -137,6 +146,12 @@ impl Scheduler {
         self.inner.wake.notify_waiters();
         let deadline = tokio::time::Instant::now() + grace;
         while self.inner.busy.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Idle workers and the maintenance task notice within a second; wait for them so
+        // the spool (and its lock) is released when this returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -200,14 +215,27 @@ impl Scheduler {
                 Ok(ready) => {
                     self.inner.busy.fetch_add(1, Ordering::SeqCst);
                     let cached = ready.message.as_ref().map_or(0, |m| m.content.len() as u64);
+                    let id = ready.id;
+                    self.inner
+                        .queue
+                        .lock()
+                        .expect("queue lock")
+                        .in_flight
+                        .insert(id);
                     self.deliver(ready).await;
+                    self.inner
+                        .queue
+                        .lock()
+                        .expect("queue lock")
+                        .in_flight
+                        .remove(&id);
                     self.inner.cached_bytes.fetch_sub(cached, Ordering::SeqCst);
                     self.inner.busy.fetch_sub(1, Ordering::SeqCst);
                 }
                 Err(wait) => {
                     let wait = wait
-                        .unwrap_or(Duration::from_secs(3600))
-                        .min(Duration::from_secs(3600));
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(Duration::from_secs(1));
                     tokio::select! {
                         _ = self.inner.wake.notified() => {}
                         _ = tokio::time::sleep(wait) => {}
@@ -359,6 +387,17 @@ impl Scheduler {
 
     async fn apply(&self, request: Request) {
         match request {
+            Request::Retry(id)
+                if self
+                    .inner
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .in_flight
+                    .contains(&id) =>
+            {
+                info!(queue_id = %id, "retry requested for a message being delivered right now; nothing to do");
+            }
             Request::Retry(id) if self.inner.spool.entry(id).is_some() => {
                 info!(queue_id = %id, "retry requested");
                 self.enqueue(id, None);

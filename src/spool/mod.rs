@@ -227,14 +227,20 @@ fn replay(seq: u64, bytes: &[u8], index: &mut Index) -> (usize, Vec<(usize, Vec<
                 pos += len;
                 valid_end = pos;
             }
-            Err(DecodeError::Incomplete) => break,
-            Err(_) => {
+            Err(e) => {
                 // Skip to the next record marker that starts a valid record.
                 let next = (pos + 1..bytes.len().saturating_sub(3))
                     .find(|&i| {
                         bytes[i..].starts_with(&codec::MAGIC) && codec::decode(&bytes[i..]).is_ok()
                     })
                     .unwrap_or(bytes.len());
+                // A torn write is always the last thing in its segment (after a failed
+                // write the committer moves to a new one). An "incomplete" record with
+                // a valid one after it has a corrupt length: quarantine it, do not cut
+                // the acknowledged records behind it.
+                if e == DecodeError::Incomplete && next == bytes.len() {
+                    break;
+                }
                 corrupt.push((pos, bytes[pos..next].to_vec()));
                 pos = next;
                 valid_end = pos;
@@ -475,7 +481,7 @@ impl Spool {
     /// Delete segments that hold no queued message any more, oldest first, and copy
     /// the messages of an old segment forward once it has been closed for `compact_after`,
     /// so it can go too. Returns how many segments were deleted.
-    pub async fn maintain(&self, compact_after: Duration) -> Result<usize, SpoolError> {
+    pub async fn maintain(self: &Arc<Self>, compact_after: Duration) -> Result<usize, SpoolError> {
         let mut deleted = 0;
         loop {
             let (seq, live, closed_at) = {
@@ -513,10 +519,13 @@ impl Spool {
                         .collect()
                 };
                 for (id, state) in movers {
-                    let message = {
-                        let this = &*self;
-                        tokio::task::block_in_place(|| this.load(id))
-                    };
+                    let this = self.clone();
+                    let message = tokio::task::spawn_blocking(move || this.load(id))
+                        .await
+                        .map_err(|e| SpoolError::Io {
+                            path: self.dir.display().to_string(),
+                            source: std::io::Error::other(e),
+                        })?;
                     match message {
                         Ok(message) => self.put_with_state(&message, state).await?,
                         Err(SpoolError::Unknown(_)) => {}
@@ -823,6 +832,38 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_corrupt_length_is_quarantined_not_taken_for_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (message(1), message(2), message(3));
+        {
+            let spool = Spool::open(dir.path()).unwrap();
+            for m in [&a, &b, &c] {
+                spool.put(m).await.unwrap();
+            }
+        }
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let (_, a_len) = codec::decode(&bytes).unwrap();
+        // b's length now reaches past the end of the file.
+        bytes[a_len + 5..a_len + 9].copy_from_slice(&(1u32 << 29).to_le_bytes());
+        fs::write(&seg, &bytes).unwrap();
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.entry(a.id).is_some());
+        assert!(spool.entry(b.id).is_none());
+        assert_eq!(
+            spool.load(c.id).unwrap().content,
+            c.content,
+            "the records after the damage are not cut off"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            1
+        );
+        assert_eq!(fs::metadata(&seg).unwrap().len() as usize, bytes.len());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn finished_segments_are_deleted_and_old_ones_compacted() {
         let dir = tempfile::tempdir().unwrap();
@@ -834,7 +875,7 @@ mod tests {
             spool.remove(a.id).await.unwrap();
         }
         // Reopening closes segment 1 and starts segment 2.
-        let spool = Spool::open(dir.path()).unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
         assert_eq!(
             spool.maintain(Duration::from_secs(3600)).await.unwrap(),
             0,
