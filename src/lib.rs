@@ -33,6 +33,7 @@ pub mod message;
 pub mod ops;
 pub mod proto;
 pub mod relay;
+pub mod spool;
 pub mod tls;
 pub mod transform;
 

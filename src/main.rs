@@ -198,7 +198,46 @@ fn main() -> ExitCode {
             }
         }
         Command::Dkim { action } => dkim(action),
-        Command::Queue { .. } => not_yet("queue"),
+        Command::Queue { action } => queue(action),
+    }
+}
+
+fn queue(action: QueueAction) -> ExitCode {
+    let path = match &action {
+        QueueAction::List { config }
+        | QueueAction::Show { config, .. }
+        | QueueAction::Retry { config, .. }
+        | QueueAction::Delete { config, .. } => config.clone(),
+    };
+    if let QueueAction::Retry { id, all, .. } = &action
+        && id.is_some() == *all
+    {
+        eprintln!("smarthost queue retry: give either a queue id or --all");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let (config, _) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let dir = &config.spool.dir;
+    let result = match action {
+        QueueAction::List { .. } => ops::queue::list(dir),
+        QueueAction::Show { id, .. } => ops::queue::show(dir, &id),
+        QueueAction::Retry { id, .. } => ops::queue::retry(dir, id.as_deref()),
+        QueueAction::Delete { id, .. } => ops::queue::delete(dir, &id),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smarthost queue: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -256,11 +295,6 @@ fn read_message(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     } else {
         std::fs::read(path)
     }
-}
-
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("smarthost {what}: not implemented in this version yet");
-    ExitCode::from(EXIT_CONFIG)
 }
 
 fn init_logging() {

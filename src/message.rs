@@ -32,6 +32,16 @@ impl QueueId {
         }
     }
 
+    /// The numeric value (for the spool's encoding).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// From the numeric value.
+    pub fn from_u64(value: u64) -> QueueId {
+        QueueId(value)
+    }
+
     /// Parse the text form (16 hex digits).
     pub fn parse(text: &str) -> Option<QueueId> {
         (text.len() == 16)
@@ -60,7 +70,7 @@ pub struct ClientInfo {
 }
 
 /// The SMTP envelope: who sends, who receives, and what the body needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// `MAIL FROM`.
     pub sender: ReversePath,

@@ -9,8 +9,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::accept::{BindError, Handoff, Listener, RunState};
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
+use crate::deliver::scheduler::{Scheduler, Settings};
 use crate::deliver::{Deliverer, SetupError};
+use crate::spool::{Spool, SpoolError};
 use crate::tls::TlsSetupError;
 use crate::transform::Transformer;
 use crate::transform::dkim::{DkimError, DkimKeys};
@@ -30,6 +32,9 @@ pub enum StartError {
     /// A DKIM key is missing, unreadable, malformed or exposed.
     #[error(transparent)]
     Dkim(#[from] DkimError),
+    /// The spool cannot be opened (locked by another relay, unwritable).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 /// A running relay.
@@ -38,6 +43,8 @@ pub struct RelayHandle {
     state: watch::Sender<RunState>,
     listener: JoinHandle<()>,
     grace: Duration,
+    deliverer: Arc<Deliverer>,
+    scheduler: Option<Scheduler>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -51,12 +58,20 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         (Some(cert), Some(key)) => Some(crate::tls::server_acceptor(cert, key)?),
         _ => None,
     };
-    let handoff: Arc<dyn Handoff> = Arc::new(Deliverer::from_config(&config, transformer)?);
-    if config.delivery.mode == crate::config::DeliveryMode::Queue {
-        info!(
-            "delivery.mode = queue: until the durable spool is available, messages are delivered while the client waits and 250 means an upstream has the message"
-        );
-    }
+    let deliverer = Arc::new(Deliverer::from_config(&config, transformer)?);
+    let (handoff, scheduler): (Arc<dyn Handoff>, Option<Scheduler>) = match config.delivery.mode {
+        DeliveryMode::Queue => {
+            let spool = Arc::new(Spool::open(&config.spool.dir)?);
+            let scheduler =
+                Scheduler::start(spool, deliverer.clone(), Settings::from_config(&config));
+            info!(spool = %config.spool.dir.display(), queued = scheduler.queued(), "queue mode: 250 once the message is on disk");
+            (Arc::new(scheduler.clone()), Some(scheduler))
+        }
+        DeliveryMode::Passthrough => {
+            info!("passthrough mode: 250 once an upstream accepted the message");
+            (deliverer.clone(), None)
+        }
+    };
     let listener = Listener::bind(&config.server, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let (state, state_rx) = watch::channel(RunState::Running);
@@ -67,10 +82,17 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         state,
         listener,
         grace: config.server.shutdown_grace,
+        deliverer,
+        scheduler,
     })
 }
 
 impl RelayHandle {
+    /// The queue-mode scheduler (none in passthrough mode).
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        self.scheduler.as_ref()
+    }
+
     /// The addresses the SMTP listeners are bound to.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -94,6 +116,12 @@ impl RelayHandle {
                 self.listener.abort();
             }
         }
+        if let Some(scheduler) = &self.scheduler {
+            // Deliveries under way finish (or stay queued: the spool keeps the rest).
+            scheduler.stop(Duration::from_secs(10)).await;
+        }
+        // Say goodbye to upstreams instead of dropping pooled connections.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.deliverer.close_idle()).await;
         info!("smarthost stopped");
     }
 }

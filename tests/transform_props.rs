@@ -154,8 +154,11 @@ proptest! {
         let froms: Vec<_> = msg.fields.iter().filter(|f| f.is("From")).collect();
         prop_assert_eq!(froms.len(), 1);
         let raw = format!("From:{}", String::from_utf8(froms[0].raw_value.clone()).unwrap());
+        // A value that was already strict is kept byte for byte, however long; one we
+        // wrote ourselves is folded at 78.
+        let kept = froms[0].raw_value == format!(" {from}\r\n").into_bytes();
         for line in raw.trim_end().split("\r\n") {
-            prop_assert!(line.len() <= 78, "line over 78: {line:?}");
+            prop_assert!(kept || line.len() <= 78, "line over 78: {line:?}");
         }
         let value = String::from_utf8(froms[0].unfolded()).unwrap();
         prop_assert!(is_strict_mailbox(&value), "not strict: {value:?} from {from:?}");

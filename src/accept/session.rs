@@ -166,7 +166,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        self.rbuf.reserve(16 * 1024);
+        // Small for commands (an idle session holds little memory), large for message data.
+        self.rbuf.reserve(if idle { 1024 } else { 16 * 1024 });
         let stop_at = if idle {
             RunState::Draining
         } else {
@@ -191,6 +192,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         shutdown: &mut watch::Receiver<RunState>,
         idle: bool,
     ) -> Result<Line, End> {
+        if self.unread().is_empty() && self.rbuf.capacity() > 4096 {
+            // Give back the message-sized buffer while the session waits for commands.
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+        }
         let mut discarding = false;
         loop {
             if let Some(nl) = memchr::memchr(b'\n', self.unread()) {

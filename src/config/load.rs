@@ -120,7 +120,25 @@ pub fn load(source: &ConfigSource, env: &[(String, String)]) -> Result<Config, C
         })?;
 
     let mut config: Config = serde_path_to_error::deserialize(layers).map_err(|e| {
-        let key = e.path().to_string();
+        let mut key = e.path().to_string();
+        let inner = e.inner().to_string();
+        // The config crate words a missing field its own way, with the path glued on.
+        if let Some(field) = inner
+            .strip_prefix("missing configuration field \"")
+            .and_then(|r| r.split('"').next())
+        {
+            let name = field.rsplit(['.', ']']).next().unwrap_or(field).to_owned();
+            if key == "." || key.is_empty() {
+                key = name.clone();
+            } else {
+                key = format!("{key}.{name}");
+            }
+            return ConfigError::Key {
+                origin: overrides.origin_of(&key).unwrap_or_else(|| origin.clone()),
+                message: format!("missing required key `{name}`"),
+                key,
+            };
+        }
         ConfigError::Key {
             origin: overrides.origin_of(&key).unwrap_or_else(|| origin.clone()),
             message: humanize(&e.inner().to_string()),
@@ -403,6 +421,20 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
             return Err((key("sender"), format!("{sender:?} is not an email address")));
         }
     }
+    if !(1..=100).contains(&config.spool.max_disk_usage) {
+        return Err((
+            "spool.max_disk_usage".into(),
+            "must be a percentage from 1 to 100".into(),
+        ));
+    }
+    if config.delivery.retry_base.is_zero()
+        || config.delivery.retry_base > config.delivery.retry_max
+    {
+        return Err((
+            "delivery.retry_base".into(),
+            "must be longer than zero and not longer than delivery.retry_max".into(),
+        ));
+    }
     if config.delivery.breaker_threshold == 0 {
         return Err((
             "delivery.breaker_threshold".into(),
@@ -576,6 +608,11 @@ mod tests {
                 MINIMAL,
                 &[("SMARTHOST__SERVER__BOGUS", "1")],
                 "environment variable SMARTHOST__SERVER__BOGUS: `server.bogus`: unknown key",
+            ),
+            (
+                "[[upstream]]\nurl = \"maildir:x\"\n[[dkim]]\ndomain = \"example.com\"\n",
+                &[],
+                "FILE: `dkim[0].key_file`: missing required key `key_file`",
             ),
             (
                 "[server]\nlisten = [\"localhost:25\"]\n",

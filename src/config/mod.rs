@@ -104,12 +104,20 @@ impl Default for ServerConfig {
 pub struct SpoolConfig {
     /// Directory of the durable queue.
     pub dir: PathBuf,
+    /// New mail is refused with `451 4.3.1` while the spool's file system is fuller than
+    /// this (percent).
+    pub max_disk_usage: u8,
+    /// Message content kept in memory for delivery, in octets; beyond it queued mail
+    /// waits on disk only and is read back when due.
+    pub memory_limit: u64,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             dir: "data/spool".into(),
+            max_disk_usage: 95,
+            memory_limit: 64 * 1024 * 1024,
         }
     }
 }
@@ -133,6 +141,12 @@ pub struct DeliveryConfig {
     /// How long a message may wait for delivery before it is bounced.
     #[serde(deserialize_with = "values::duration")]
     pub max_queue_lifetime: Duration,
+    /// First delay after a failed attempt; it doubles per attempt (with jitter).
+    #[serde(deserialize_with = "values::duration")]
+    pub retry_base: Duration,
+    /// Longest delay between attempts.
+    #[serde(deserialize_with = "values::duration")]
+    pub retry_max: Duration,
     /// Consecutive upstream-level failures (connection, TLS, AUTH, 421) that open an
     /// upstream's circuit breaker.
     pub breaker_threshold: u32,
@@ -149,6 +163,8 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             mode: DeliveryMode::Queue,
             max_queue_lifetime: Duration::from_secs(2 * 24 * 3600),
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(30),
             breaker_max_cooldown: Duration::from_secs(600),
@@ -205,6 +221,44 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Name to give in EHLO (default: `server.hostname`).
     pub helo_name: Option<String>,
+    /// Most messages per time unit, e.g. `"30/min"` (Microsoft 365's limit); mail over
+    /// it waits in the queue.
+    pub rate_limit: Option<RateLimit>,
+    /// Most messages per day (UTC); mail over it waits in the queue for the next day.
+    pub daily_limit: Option<u64>,
+}
+
+/// `N/s`, `N/min`, `N/h`: at most N messages per period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RateLimit {
+    /// Messages allowed per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl TryFrom<String> for RateLimit {
+    type Error = String;
+    fn try_from(text: String) -> Result<RateLimit, String> {
+        let bad =
+            || format!("invalid rate {text:?}: write it like \"30/min\", \"5/s\" or \"1000/h\"");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "min" | "minute" | "m" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "invalid rate {text:?}: the count must be at least 1"
+            ));
+        }
+        Ok(RateLimit { count, per })
+    }
 }
 
 impl UpstreamConfig {

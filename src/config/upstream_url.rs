@@ -153,7 +153,8 @@ impl std::str::FromStr for UpstreamUrl {
             (true, Some(TlsMode::Auto)) => TlsMode::Auto,
             (true, Some(other)) => {
                 return Err(format!(
-                    "smtps:// always means implicit TLS, but tls={other} was given; for {other} write smtp://{host}:{port}?tls={other}"
+                    "smtps:// always means implicit TLS, but tls={other} was given; for {other} write smtp://{host}{}?tls={other}",
+                    url.port().map(|p| format!(":{p}")).unwrap_or_default()
                 ));
             }
             (false, Some(mode)) => mode,

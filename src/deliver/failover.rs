@@ -3,14 +3,14 @@
 //! recipients to the next upstream; a permanent refusal settles a recipient; no
 //! upstream sees the same message twice in one walk.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use rand::Rng;
 use tracing::{info, warn};
 
 use super::breaker::Admission;
 use super::client::RcptReply;
-use super::outcome::{Failure, Scope};
+use super::outcome::{Failure, Scope, is_throttling};
 use super::{Target, TargetKind};
 use crate::message::Message;
 use crate::proto::{Address, Response, ReversePath};
@@ -62,6 +62,10 @@ impl std::fmt::Display for Reason {
 pub struct Report {
     /// Per recipient, in envelope order.
     pub recipients: Vec<(Address, RcptStatus)>,
+    /// Whether any upstream was actually tried (not skipped, held or unsuitable).
+    pub attempted: bool,
+    /// The earliest time a budget-held upstream may send again.
+    pub held_until: Option<SystemTime>,
 }
 
 impl Report {
@@ -98,6 +102,8 @@ enum Attempt {
     Unsuitable(String),
     /// The message itself was refused for good; no other upstream will differ.
     Permanent(Reason),
+    /// The upstream's sending budget is used up until then.
+    Held(SystemTime),
 }
 
 /// Try one target with the pending recipients.
@@ -116,11 +122,15 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
         }
         TargetKind::Smtp(up) => up,
     };
+    if let Err(until) = up.budget.take(SystemTime::now()) {
+        info!(queue_id = %message.id, upstream = %up.name, "held: sending budget of this upstream used up");
+        return Attempt::Held(until);
+    }
     let admission = up.breaker.admit(Instant::now());
     if admission == Admission::Skip {
         info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open");
         return Attempt::Transient(Reason::Text(format!(
-            "{}: temporarily skipped after repeated failures",
+            "{}: skipped while its circuit breaker is open after repeated failures (the log has the errors)",
             up.name
         )));
     }
@@ -215,6 +225,8 @@ pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &
         .collect();
     let mut last_transient: Option<Reason> = None;
     let mut unsuitable: Vec<String> = Vec::new();
+    let mut attempted = false;
+    let mut held_until: Option<SystemTime> = None;
 
     for target in ordered {
         let pending: Vec<Address> = status
@@ -244,7 +256,9 @@ pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &
                 }
             },
         };
-        match attempt(target, &for_target, &pending).await {
+        let result = attempt(target, &for_target, &pending).await;
+        attempted |= !matches!(result, Attempt::Held(_) | Attempt::Unsuitable(_));
+        match result {
             Attempt::Replies(replies) => {
                 for (slot, (accepted, response)) in open.zip(replies) {
                     match response {
@@ -254,7 +268,7 @@ pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &
                                 response,
                             })
                         }
-                        Some(response) if response.is_permanent() => {
+                        Some(response) if response.is_permanent() && !is_throttling(&response) => {
                             *slot = Some(RcptStatus::Failed(Reason::Reply {
                                 upstream: target.name.clone(),
                                 response,
@@ -272,6 +286,13 @@ pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &
             }
             Attempt::Transient(reason) => last_transient = Some(reason),
             Attempt::Unsuitable(why) => unsuitable.push(why),
+            Attempt::Held(until) => {
+                held_until = Some(held_until.map_or(until, |h: SystemTime| h.min(until)));
+                last_transient.get_or_insert(Reason::Text(format!(
+                    "{}: sending budget used up (rate_limit/daily_limit)",
+                    target.name
+                )));
+            }
             Attempt::Permanent(reason) => {
                 for slot in open {
                     *slot = Some(RcptStatus::Failed(reason.clone()));
@@ -291,6 +312,8 @@ pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &
         None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
     };
     Report {
+        attempted,
+        held_until,
         recipients: status
             .into_iter()
             .map(|(a, s)| (a, s.unwrap_or_else(|| leftover.clone())))

@@ -8,12 +8,15 @@
 //! Until the durable spool lands, delivery happens while the submitting client waits
 //! (passthrough): the client hears `250` only once an upstream accepted the message.
 
+pub mod bounce;
 pub mod breaker;
 pub mod client;
 pub mod connect;
 pub mod failover;
 pub mod maildir;
 pub mod outcome;
+pub mod ratelimit;
+pub mod scheduler;
 pub mod upstream;
 
 use std::sync::Arc;

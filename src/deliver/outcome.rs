@@ -62,6 +62,8 @@ pub enum TlsProblem {
     UnknownIssuer,
     /// The certificate has expired (or is not valid yet).
     Expired,
+    /// The server presents a self-signed CA certificate as its own certificate.
+    SelfSigned,
     /// The server closed the connection during the handshake.
     Closed,
     /// Anything else rustls reports.
@@ -228,7 +230,9 @@ impl Failure {
     /// Whether retrying (here or elsewhere) cannot help.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Failure::Refused { response, .. } => response.is_permanent(),
+            Failure::Refused { response, .. } => {
+                response.is_permanent() && !is_throttling(response)
+            }
             _ => false,
         }
     }
@@ -259,6 +263,9 @@ impl Failure {
             ),
             Failure::Tls { problem: TlsProblem::UnknownIssuer, .. } => {
                 "the certificate is signed by a CA this relay does not trust: set ca_file to the CA certificate (PEM), or tls_verify = false for testing only".into()
+            }
+            Failure::Tls { problem: TlsProblem::SelfSigned, .. } => {
+                "the server presents a self-signed certificate: for a private server give it a certificate issued by your own CA and set ca_file to that CA; tls_verify = false for testing only".into()
             }
             Failure::Tls { problem: TlsProblem::Expired, .. } => {
                 "the server's certificate has expired (or the clock of this machine is wrong): tell the provider, or check the clock".into()
@@ -296,6 +303,24 @@ impl Failure {
     }
 }
 
+/// A refusal that means "you are sending too much", not "this message is bad": it is
+/// retried later instead of bounced, whatever its code (providers use 5xx for quotas).
+pub fn is_throttling(response: &Response) -> bool {
+    let text = response.text().to_ascii_lowercase();
+    [
+        "quota",
+        "rate limit",
+        "ratelimit",
+        "too many messages",
+        "sending limit",
+        "exceeded the maximum",
+        "try again later",
+        "throttl",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 /// Providers' wordings for "From must be the authenticated account".
 fn looks_like_sender_mismatch(response: &Response) -> bool {
     let text = response.text().to_ascii_lowercase();
@@ -328,6 +353,7 @@ fn tls_failure(error: std::io::Error) -> Failure {
             | C::ExpiredContext { .. }
             | C::NotValidYet
             | C::NotValidYetContext { .. } => TlsProblem::Expired,
+            other if format!("{other:?}").contains("CaUsedAsEndEntity") => TlsProblem::SelfSigned,
             other => TlsProblem::Other(format!("{other:?}")),
         },
         Some(other) => TlsProblem::Other(other.to_string()),

@@ -11,6 +11,7 @@ use super::breaker::Breaker;
 use super::client::{Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
 use super::outcome::{Failure, Stage};
+use super::ratelimit::Budget;
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
 use crate::proto::{Address, ReversePath};
@@ -49,6 +50,8 @@ pub struct SmtpUpstream {
     idle: Mutex<Vec<Idle>>,
     /// Health: skipped while open.
     pub breaker: Breaker,
+    /// Sending budget (`rate_limit`, `daily_limit`).
+    pub budget: Budget,
 }
 
 /// A pooled connection waiting for its next message.
@@ -112,6 +115,7 @@ impl SmtpUpstream {
             slots: Arc::new(Semaphore::new(up.max_connections)),
             idle: Mutex::new(Vec::new()),
             breaker: breaker(&config.delivery, up.timeout),
+            budget: Budget::new(up.rate_limit, up.daily_limit),
         })
     }
 

@@ -1,5 +1,6 @@
-//! Operator commands behind the CLI: `send` and `check`.
+//! Operator commands behind the CLI: `send`, `check`, `queue`.
 
 pub mod check;
 pub mod dkim;
+pub mod queue;
 pub mod send;

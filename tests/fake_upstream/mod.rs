@@ -11,11 +11,12 @@
 
 pub mod pki;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -79,6 +80,8 @@ pub struct Line {
     pub read: usize,
     /// Which connection (1-based, in accept order).
     pub conn: usize,
+    /// When the fake read it.
+    pub at: Instant,
 }
 
 /// A message the fake accepted.
@@ -96,6 +99,8 @@ pub struct Received {
     pub user: Option<String>,
     /// Which connection carried it.
     pub conn: usize,
+    /// When the fake accepted it (after the content).
+    pub at: Instant,
 }
 
 impl Received {
@@ -116,8 +121,17 @@ struct Script {
     unhealthy_greeting: String,
     replies: HashMap<Verb, String>,
     rcpt_replies: HashMap<String, String>,
+    /// Replies used once each, in order, before the steady ones above.
+    sequences: HashMap<SequenceKey, VecDeque<String>>,
     only_sender: Option<(String, String)>,
     hang_up_after_message: bool,
+}
+
+/// What a scripted sequence of replies answers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SequenceKey {
+    Verb(Verb),
+    Rcpt(String),
 }
 
 /// Scripts a [`FakeUpstream`].
@@ -173,6 +187,26 @@ impl Builder {
         self
     }
 
+    /// Answer the first `replies.len()` commands `verb` with `replies`, one each in order,
+    /// then as scripted otherwise (e.g. `451` twice, then accept).
+    pub fn replies_then(mut self, verb: Verb, replies: &[&str]) -> Builder {
+        self.script.sequences.insert(
+            SequenceKey::Verb(verb),
+            replies.iter().map(|r| r.to_string()).collect(),
+        );
+        self
+    }
+
+    /// Answer the first `replies.len()` `RCPT TO:<addr>` with `replies`, one each in
+    /// order, then as scripted otherwise.
+    pub fn rcpt_replies_then(mut self, addr: &str, replies: &[&str]) -> Builder {
+        self.script.sequences.insert(
+            SequenceKey::Rcpt(addr.to_ascii_lowercase()),
+            replies.iter().map(|r| r.to_string()).collect(),
+        );
+        self
+    }
+
     /// Refuse any `MAIL FROM` but `addr` with `reply`, as providers do that insist on
     /// mail from the account (QQ: "Mail from address must be same as authorization
     /// user"; SendGrid: "does not match a verified Sender Identity").
@@ -199,6 +233,7 @@ impl Builder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
         let addr = listener.local_addr().expect("fake address");
         let shared = Arc::new(Shared {
+            sequences: Mutex::new(self.script.sequences.clone()),
             script: self.script,
             healthy: AtomicBool::new(true),
             connections: AtomicUsize::new(0),
@@ -228,6 +263,7 @@ struct Log {
 
 struct Shared {
     script: Script,
+    sequences: Mutex<HashMap<SequenceKey, VecDeque<String>>>,
     healthy: AtomicBool,
     connections: AtomicUsize,
     reads: AtomicUsize,
@@ -261,6 +297,7 @@ impl FakeUpstream {
                 unhealthy_greeting: "421 4.3.2 fake.test busy, try again later".into(),
                 replies: HashMap::new(),
                 rcpt_replies: HashMap::new(),
+                sequences: HashMap::new(),
                 only_sender: None,
                 hang_up_after_message: false,
             },
@@ -351,6 +388,7 @@ impl Conn {
                     tls: self.tls,
                     read: self.read,
                     conn: self.id,
+                    at: Instant::now(),
                 });
                 return Some(text);
             }
@@ -403,6 +441,7 @@ impl Conn {
                 tls: false,
                 read,
                 conn: id,
+                at: Instant::now(),
             });
         }
         let config = shared.script.tls.clone().expect("certificate");
@@ -478,7 +517,17 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
     let mut delivered = 0;
     while let Some(line) = conn.line().await {
         let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-        let scripted = |verb: Verb| script.replies.get(&verb).cloned();
+        let next_in_sequence = |key: SequenceKey| {
+            shared
+                .sequences
+                .lock()
+                .unwrap()
+                .get_mut(&key)
+                .and_then(VecDeque::pop_front)
+        };
+        let scripted = |verb: Verb| {
+            next_in_sequence(SequenceKey::Verb(verb)).or_else(|| script.replies.get(&verb).cloned())
+        };
         let reply = match verb.as_str() {
             "EHLO" => scripted(Verb::Ehlo).unwrap_or_else(|| {
                 let name = line.split(' ').nth(1).unwrap_or("");
@@ -550,6 +599,8 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                 let addr = address(line.split_once(':').map_or("", |(_, arg)| arg));
                 let reply = if session.mail_from.is_none() {
                     "503 5.5.1 need MAIL first".into()
+                } else if let Some(reply) = next_in_sequence(SequenceKey::Rcpt(addr.clone())) {
+                    reply
                 } else if let Some(reply) = script.rcpt_replies.get(&addr) {
                     reply.clone()
                 } else {
@@ -588,6 +639,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                         tls: conn.tls,
                         user: session.user.clone(),
                         conn: id,
+                        at: Instant::now(),
                     };
                     {
                         let mut log = shared.log.lock().unwrap();

@@ -1,0 +1,485 @@
+//! Queue mode: take messages from the spool when they are due, deliver them, and
+//! record every outcome durably.
+//!
+//! A message just accepted is handed over with its content, so the hot path never
+//! reads it back from disk (within `spool.memory_limit`); a message waiting for a retry
+//! keeps only its small index entry in memory and is read back when due. Retries back
+//! off exponentially with jitter up to `delivery.retry_max`; after
+//! `delivery.max_queue_lifetime` the remaining recipients bounce (RFC 3464). Recipients
+//! already delivered are never tried again.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use super::Deliverer;
+use super::bounce::{FailedRecipient, bounce, status_of};
+use super::failover::{RcptStatus, Reason};
+use crate::accept::{Handoff, HandoffError, HandoffFuture};
+use crate::config::Config;
+use crate::message::{Message, QueueId};
+use crate::proto::{Enhanced, Reply, ReversePath};
+use crate::spool::ctl::{self, Request};
+use crate::spool::{RcptState, Spool};
+
+/// Settings of the scheduler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Our host name (bounces).
+    pub hostname: String,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How long a message may stay queued.
+    pub lifetime: Duration,
+    /// Deliveries at the same time.
+    pub workers: usize,
+    /// Content bytes kept in memory for queued messages.
+    pub memory_limit: u64,
+    /// Refuse new mail above this disk usage (percent).
+    pub max_disk_usage: u8,
+}
+
+impl Settings {
+    /// From the configuration: one worker per upstream connection allowed.
+    pub fn from_config(config: &Config) -> Settings {
+        let connections: usize = config.upstream.iter().map(|u| u.max_connections).sum();
+        Settings {
+            hostname: config.server.hostname.clone(),
+            retry_base: config.delivery.retry_base,
+            retry_max: config.delivery.retry_max,
+            lifetime: config.delivery.max_queue_lifetime,
+            workers: connections.clamp(1, 256),
+            memory_limit: config.spool.memory_limit,
+            max_disk_usage: config.spool.max_disk_usage,
+        }
+    }
+}
+
+struct Ready {
+    id: QueueId,
+    message: Option<Arc<Message>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<Ready>,
+    /// Waiting messages by due time; an entry whose time differs from `due` is stale.
+    waiting: BinaryHeap<Reverse<(SystemTime, QueueId)>>,
+    due: HashMap<QueueId, SystemTime>,
+    /// Being delivered right now; a retry request for these is not queued twice.
+    in_flight: std::collections::HashSet<QueueId>,
+}
+
+struct Inner {
+    spool: Arc<Spool>,
+    deliverer: Arc<Deliverer>,
+    settings: Settings,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    stopping: AtomicBool,
+    busy: AtomicUsize,
+    cached_bytes: AtomicU64,
+    disk_full: AtomicBool,
+}
+
+/// The queue-mode delivery engine.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl Scheduler {
+    /// Start the workers and the maintenance task; every message already in the spool
+    /// is scheduled at its recorded time.
+    pub fn start(spool: Arc<Spool>, deliverer: Arc<Deliverer>, settings: Settings) -> Scheduler {
+        let workers = settings.workers;
+        let inner = Arc::new(Inner {
+            spool,
+            deliverer,
+            settings,
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            cached_bytes: AtomicU64::new(0),
+            disk_full: AtomicBool::new(false),
+        });
+        let scheduler = Scheduler { inner };
+        for (id, entry) in scheduler.inner.spool.entries() {
+            scheduler.schedule(
+                id,
+                UNIX_EPOCH + Duration::from_secs(entry.state.next_attempt),
+            );
+        }
+        let this = scheduler.clone();
+        tokio::spawn(async move {
+            // Requests left while no relay ran come before any delivery: a message the
+            // operator deleted meanwhile must not go out because it happened to be due.
+            for request in ctl::take(this.inner.spool.dir()) {
+                this.apply(request).await;
+            }
+            for _ in 0..workers {
+                let worker = this.clone();
+                tokio::spawn(async move { worker.work().await });
+            }
+            this.maintain().await
+        });
+        scheduler
+    }
+
+    /// Messages in the queue.
+    pub fn queued(&self) -> usize {
+        self.inner.spool.len()
+    }
+
+    /// Stop taking messages; wait up to `grace` for deliveries under way.
+    pub async fn stop(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_waiters();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.busy.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Idle workers and the maintenance task notice within a second; wait for them so
+        // the spool (and its lock) is released when this returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Queue `id` for delivery now; with its content if memory allows.
+    fn enqueue(&self, id: QueueId, message: Option<Arc<Message>>) {
+        let message = message.filter(|m| {
+            let len = m.content.len() as u64;
+            let held = self.inner.cached_bytes.fetch_add(len, Ordering::SeqCst);
+            if held + len > self.inner.settings.memory_limit {
+                self.inner.cached_bytes.fetch_sub(len, Ordering::SeqCst);
+                false
+            } else {
+                true
+            }
+        });
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        queue.due.remove(&id);
+        queue.ready.push_back(Ready { id, message });
+        drop(queue);
+        self.inner.wake.notify_one();
+    }
+
+    /// Queue `id` for `at`.
+    fn schedule(&self, id: QueueId, at: SystemTime) {
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        queue.due.insert(id, at);
+        queue.waiting.push(Reverse((at, id)));
+        drop(queue);
+        self.inner.wake.notify_one();
+    }
+
+    /// The next message to deliver, or how long to sleep.
+    fn next(&self) -> Result<Ready, Option<Duration>> {
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        if let Some(ready) = queue.ready.pop_front() {
+            return Ok(ready);
+        }
+        let now = SystemTime::now();
+        while let Some(Reverse((at, id))) = queue.waiting.peek().copied() {
+            if queue.due.get(&id) != Some(&at) {
+                queue.waiting.pop();
+                continue;
+            }
+            if at > now {
+                return Err(Some(at.duration_since(now).unwrap_or_default()));
+            }
+            queue.waiting.pop();
+            queue.due.remove(&id);
+            return Ok(Ready { id, message: None });
+        }
+        Err(None)
+    }
+
+    async fn work(&self) {
+        loop {
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match self.next() {
+                Ok(ready) => {
+                    self.inner.busy.fetch_add(1, Ordering::SeqCst);
+                    let cached = ready.message.as_ref().map_or(0, |m| m.content.len() as u64);
+                    let id = ready.id;
+                    self.inner
+                        .queue
+                        .lock()
+                        .expect("queue lock")
+                        .in_flight
+                        .insert(id);
+                    self.deliver(ready).await;
+                    self.inner
+                        .queue
+                        .lock()
+                        .expect("queue lock")
+                        .in_flight
+                        .remove(&id);
+                    self.inner.cached_bytes.fetch_sub(cached, Ordering::SeqCst);
+                    self.inner.busy.fetch_sub(1, Ordering::SeqCst);
+                }
+                Err(wait) => {
+                    let wait = wait
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(Duration::from_secs(1));
+                    tokio::select! {
+                        _ = self.inner.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One delivery attempt of one message, and its durable outcome.
+    async fn deliver(&self, ready: Ready) {
+        let spool = &self.inner.spool;
+        let Some(entry) = spool.entry(ready.id) else {
+            return;
+        };
+        let message = match ready.message {
+            Some(m) => m,
+            None => {
+                let (spool, id) = (spool.clone(), ready.id);
+                match tokio::task::spawn_blocking(move || spool.load(id)).await {
+                    Ok(Ok(m)) => Arc::new(m),
+                    Ok(Err(e)) => {
+                        error!(queue_id = %ready.id, error = %e, "cannot read a queued message; retrying later");
+                        self.schedule(ready.id, SystemTime::now() + self.inner.settings.retry_max);
+                        return;
+                    }
+                    Err(e) => {
+                        error!(queue_id = %ready.id, error = %e, "spool read task failed");
+                        return;
+                    }
+                }
+            }
+        };
+        let pending: Vec<usize> = (0..entry.state.rcpts.len())
+            .filter(|i| entry.state.rcpts[*i] == RcptState::Pending)
+            .collect();
+        let mut attempt = (*message).clone();
+        attempt.envelope.recipients = pending
+            .iter()
+            .map(|i| entry.envelope.recipients[*i].clone())
+            .collect();
+        let report = self.inner.deliverer.deliver(&attempt).await;
+
+        let now = SystemTime::now();
+        let mut state = entry.state.clone();
+        if report.attempted || report.held_until.is_none() {
+            state.attempts += 1;
+        }
+        let mut failed = Vec::new();
+        for (index, (rcpt, status)) in pending.iter().zip(&report.recipients) {
+            match status {
+                RcptStatus::Delivered { .. } => state.rcpts[*index] = RcptState::Delivered,
+                RcptStatus::Failed(reason) => {
+                    state.rcpts[*index] = RcptState::Failed;
+                    failed.push(failed_recipient(rcpt, reason, true));
+                }
+                RcptStatus::Deferred(reason) => state.last_error = reason.to_string(),
+            }
+        }
+        let age = now.duration_since(entry.received_at).unwrap_or_default();
+        if !state.is_complete() && age >= self.inner.settings.lifetime {
+            for (index, (rcpt, status)) in pending.iter().zip(&report.recipients) {
+                if let RcptStatus::Deferred(reason) = status {
+                    state.rcpts[*index] = RcptState::Failed;
+                    let mut f = failed_recipient(rcpt, reason, true);
+                    f.diagnostic = format!(
+                        "gave up after {} attempts over {}: {}",
+                        state.attempts,
+                        humantime::format_duration(Duration::from_secs(age.as_secs())),
+                        f.diagnostic
+                    );
+                    failed.push(f);
+                }
+            }
+            warn!(queue_id = %message.id, attempts = state.attempts, "expired: max_queue_lifetime reached, bouncing the remaining recipients");
+        }
+        if !failed.is_empty()
+            && let Some(dsn) = bounce(&message, &failed, &self.inner.settings.hostname, now)
+        {
+            let dsn_id = dsn.id;
+            match spool.put(&dsn).await {
+                Ok(()) => {
+                    info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "bounce queued to the sender");
+                    self.enqueue(dsn_id, Some(Arc::new(dsn)));
+                }
+                Err(e) => error!(queue_id = %message.id, error = %e, "cannot queue the bounce"),
+            }
+        } else if !failed.is_empty() && message.envelope.sender == ReversePath::Null {
+            info!(queue_id = %message.id, "failed recipients of a null-sender message are not bounced");
+        }
+
+        let result = if state.is_complete() {
+            spool.remove(message.id).await
+        } else {
+            let delay = match report.held_until {
+                Some(until) if !report.attempted => until.duration_since(now).unwrap_or_default(),
+                _ => self.backoff(state.attempts),
+            };
+            let next = now + delay;
+            state.next_attempt = next.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1;
+            let updated = spool.update(message.id, state.clone()).await;
+            if updated.is_ok() {
+                info!(queue_id = %message.id, attempts = state.attempts, retry_in = ?Duration::from_millis(delay.as_millis() as u64), reason = %state.last_error, "deferred");
+                self.schedule(message.id, next);
+            }
+            updated
+        };
+        if let Err(e) = result {
+            error!(queue_id = %message.id, error = %e, "cannot record the delivery outcome; it will be retried (possible duplicate)");
+            self.schedule(message.id, now + self.inner.settings.retry_base);
+        }
+    }
+
+    /// `retry_base · 2^(attempts-1)`, capped at `retry_max`, ±20 % jitter so retries
+    /// of a burst do not arrive together.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let s = &self.inner.settings;
+        let exp = attempts.saturating_sub(1).min(20);
+        let base = s.retry_base.saturating_mul(1 << exp).min(s.retry_max);
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter).min(s.retry_max)
+    }
+
+    /// Every second: operator requests, disk usage, segment clean-up.
+    async fn maintain(&self) {
+        let mut ticks: u64 = 0;
+        while !self.inner.stopping.load(Ordering::SeqCst) {
+            for request in ctl::take(self.inner.spool.dir()) {
+                self.apply(request).await;
+            }
+            if ticks.is_multiple_of(5) {
+                let usage = disk_usage_percent(self.inner.spool.dir());
+                let full = usage.is_some_and(|u| u > self.inner.settings.max_disk_usage);
+                if full != self.inner.disk_full.swap(full, Ordering::SeqCst) {
+                    if full {
+                        warn!(usage = ?usage, limit = self.inner.settings.max_disk_usage, "spool disk above spool.max_disk_usage: refusing new mail with 451 4.3.1");
+                    } else {
+                        info!(usage = ?usage, "spool disk usage back below the limit: accepting mail");
+                    }
+                }
+            }
+            if let Err(e) = self.inner.spool.maintain(Duration::from_secs(600)).await {
+                error!(error = %e, "spool maintenance failed");
+            }
+            ticks += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn apply(&self, request: Request) {
+        match request {
+            Request::Retry(id)
+                if self
+                    .inner
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .in_flight
+                    .contains(&id) =>
+            {
+                info!(queue_id = %id, "retry requested for a message being delivered right now; nothing to do");
+            }
+            Request::Retry(id) if self.inner.spool.entry(id).is_some() => {
+                info!(queue_id = %id, "retry requested");
+                self.enqueue(id, None);
+            }
+            Request::RetryAll => {
+                let ids: Vec<QueueId> = self
+                    .inner
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .due
+                    .keys()
+                    .copied()
+                    .collect();
+                info!(
+                    messages = ids.len(),
+                    "retry of all waiting messages requested"
+                );
+                for id in ids {
+                    self.enqueue(id, None);
+                }
+            }
+            Request::Delete(id) if self.inner.spool.entry(id).is_some() => {
+                self.inner.queue.lock().expect("queue lock").due.remove(&id);
+                match self.inner.spool.remove(id).await {
+                    Ok(()) => info!(queue_id = %id, "deleted from the queue by the operator"),
+                    Err(e) => error!(queue_id = %id, error = %e, "cannot delete"),
+                }
+            }
+            Request::Retry(id) | Request::Delete(id) => {
+                warn!(queue_id = %id, "queue request for a message that is not queued")
+            }
+        }
+    }
+}
+
+fn failed_recipient(
+    rcpt: &crate::proto::Address,
+    reason: &Reason,
+    permanent: bool,
+) -> FailedRecipient {
+    let diagnostic = reason.to_string();
+    let status = match reason {
+        Reason::Reply { response, .. } => status_of(&response.text(), permanent),
+        Reason::Text(_) => "5.0.0".into(),
+    };
+    FailedRecipient {
+        address: rcpt.clone(),
+        status,
+        diagnostic,
+    }
+}
+
+/// Percent of the file system holding `dir` that is in use, if it can be read.
+fn disk_usage_percent(dir: &std::path::Path) -> Option<u8> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    let total = stat.f_blocks;
+    if total == 0 {
+        return None;
+    }
+    let used = total.saturating_sub(stat.f_bavail);
+    Some(((used * 100) / total).min(100) as u8)
+}
+
+impl Handoff for Scheduler {
+    fn submit(&self, message: Message) -> HandoffFuture<'_> {
+        Box::pin(async move {
+            if self.inner.disk_full.load(Ordering::SeqCst) {
+                return Err(HandoffError::Refused(Reply::new(
+                    451,
+                    Enhanced(4, 3, 1),
+                    "Insufficient system storage, please try again later",
+                )));
+            }
+            self.inner
+                .spool
+                .put(&message)
+                .await
+                .map_err(|e| HandoffError::Unavailable(e.to_string()))?;
+            let id = message.id;
+            self.enqueue(id, Some(Arc::new(message)));
+            Ok(())
+        })
+    }
+}
