@@ -85,15 +85,25 @@ pub fn client_connector(
     let config = if verify {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut pinned = Vec::new();
         if let Some(path) = ca_file {
             for cert in load_certificates(path)? {
-                roots.add(cert).map_err(|e| TlsSetupError::Certificate {
-                    path: path.display().to_string(),
-                    reason: format!("not a usable CA certificate: {e}"),
-                })?;
+                // A server's own self-signed certificate is also accepted: it is then
+                // trusted as exactly that certificate (see PinnedOrWebPki).
+                let _ = roots.add(cert.clone());
+                pinned.push(cert);
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        let webpki = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| TlsSetupError::Certificate {
+                path: ca_file.map_or_else(String::new, |p| p.display().to_string()),
+                reason: format!("no usable CA certificate: {e}"),
+            })?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { webpki, pinned }))
+            .with_no_client_auth()
     } else {
         builder
             .dangerous()
@@ -101,6 +111,68 @@ pub fn client_connector(
             .with_no_client_auth()
     };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Normal WebPKI verification (public roots plus `ca_file`), and one addition: a server
+/// whose certificate is byte for byte one of the certificates in `ca_file` is trusted.
+/// That is how private relays with a self-signed certificate (often marked as a CA,
+/// which WebPKI refuses as a server certificate) are configured elsewhere too.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => Ok(verified),
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// `tls_verify = false`: accept any certificate (the handshake signatures are still
@@ -156,5 +228,57 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A self-signed certificate marked as a CA (what `openssl req -x509` makes).
+    fn self_signed_ca(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join("server.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        (path, Arc::new(server))
+    }
+
+    async fn handshake(
+        connector: tokio_rustls::TlsConnector,
+        server: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<()> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = TlsAcceptor::from(server);
+        let server = tokio::spawn(async move { acceptor.accept(server_io).await.map(|_| ()) });
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let client = connector.connect(name, client_io).await.map(|_| ());
+        let _ = server.await;
+        client
+    }
+
+    #[tokio::test]
+    async fn a_self_signed_server_certificate_in_ca_file_is_trusted_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, server) = self_signed_ca(dir.path());
+        let pinned = client_connector(Some(&path), true).unwrap();
+        handshake(pinned, server.clone())
+            .await
+            .expect("the pinned certificate is trusted");
+        let unpinned = client_connector(None, true).unwrap();
+        assert!(
+            handshake(unpinned, server).await.is_err(),
+            "without ca_file it is refused"
+        );
     }
 }

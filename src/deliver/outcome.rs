@@ -265,7 +265,7 @@ impl Failure {
                 "the certificate is signed by a CA this relay does not trust: set ca_file to the CA certificate (PEM), or tls_verify = false for testing only".into()
             }
             Failure::Tls { problem: TlsProblem::SelfSigned, .. } => {
-                "the server presents a self-signed certificate: for a private server give it a certificate issued by your own CA and set ca_file to that CA; tls_verify = false for testing only".into()
+                "the server presents a self-signed certificate: set ca_file to that certificate (PEM) to trust exactly it; tls_verify = false for testing only".into()
             }
             Failure::Tls { problem: TlsProblem::Expired, .. } => {
                 "the server's certificate has expired (or the clock of this machine is wrong): tell the provider, or check the clock".into()
