@@ -323,6 +323,7 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     info!(source = %source, "configuration loaded");
     log_effective_config(&config);
+    raise_open_file_limit();
     let config = Arc::new(config);
     let relay = match smarthost::start(config).await {
         Ok(relay) => relay,
@@ -346,12 +347,40 @@ fn log_effective_config(config: &Config) {
         max_connections_per_client = s.max_connections_per_client, max_recipients = s.max_recipients,
         starttls = s.tls_cert_file.is_some(), "config: server"
     );
-    info!(mode = %config.delivery.mode, max_queue_lifetime = ?config.delivery.max_queue_lifetime, "config: delivery");
+    info!(
+        mode = %config.delivery.mode, max_queue_lifetime = ?config.delivery.max_queue_lifetime,
+        retry_base = ?config.delivery.retry_base, retry_max = ?config.delivery.retry_max,
+        breaker_threshold = config.delivery.breaker_threshold, breaker_cooldown = ?config.delivery.breaker_cooldown,
+        "config: delivery"
+    );
+    info!(
+        dir = %config.spool.dir.display(), max_disk_usage = config.spool.max_disk_usage,
+        memory_limit = config.spool.memory_limit, "config: spool"
+    );
+    for key in &config.dkim {
+        info!(domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm, key_file = %key.key_file.display(), generate = key.generate, "config: dkim");
+    }
     for up in &config.upstream {
         info!(
             name = %up.display_name(), url = %up.url, priority = up.priority, weight = up.weight,
             auth = up.username.is_some(), sender = ?up.sender, tls_verify = up.tls_verify, "config: upstream"
         );
+    }
+}
+
+/// Every connection is a file descriptor: allow as many as the hard limit permits
+/// (the soft limit is often 1024, below `server.max_connections` plus upstream connections).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, "cannot raise the open-file limit");
+        }
     }
 }
 
@@ -388,7 +417,9 @@ async fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {
     println!("config ok: {source}");
     let report = ops::check::check_upstreams(&config, send_to.as_deref()).await;
     print!("{}", report.text);
-    if report.all_ok {
+    let keys = ops::check::check_dkim(&config);
+    print!("{}", keys.text);
+    if report.all_ok && keys.all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -420,6 +420,33 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
         {
             return Err((key("sender"), format!("{sender:?} is not an email address")));
         }
+        if up.max_messages_per_connection == 0 {
+            return Err((
+                key("max_messages_per_connection"),
+                "must be at least 1".into(),
+            ));
+        }
+        if up.timeout.is_zero() {
+            return Err((key("timeout"), "must be longer than zero".into()));
+        }
+        if up.daily_limit == Some(0) {
+            return Err((
+                key("daily_limit"),
+                "must be at least 1 (leave it out for no daily limit)".into(),
+            ));
+        }
+        if up.oauth_token.is_some() && up.oauth_token_file.is_some() {
+            return Err((
+                key("oauth_token_file"),
+                "give either oauth_token or oauth_token_file, not both".into(),
+            ));
+        }
+        if (up.oauth_token.is_some() || up.oauth_token_file.is_some()) && up.password.is_some() {
+            return Err((
+                key("oauth_token"),
+                "give either a password or an OAuth token, not both".into(),
+            ));
+        }
     }
     if !(1..=100).contains(&config.spool.max_disk_usage) {
         return Err((
@@ -447,7 +474,17 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
             "must not be longer than delivery.breaker_max_cooldown".into(),
         ));
     }
-    for (i, dkim) in config.dkim.iter().enumerate() {
+    for (i, dkim) in config.dkim.iter_mut().enumerate() {
+        // Signing matches the From domain as rewritten (A-labels), so the key's domain is
+        // kept in A-labels too.
+        if !dkim.domain.is_ascii() {
+            dkim.domain = idna::domain_to_ascii(&dkim.domain).map_err(|_| {
+                (
+                    format!("dkim[{i}].domain"),
+                    format!("{:?} is not a valid domain name", dkim.domain),
+                )
+            })?;
+        }
         if dkim.domain.trim().is_empty() || dkim.domain.contains(['@', ' ']) {
             return Err((
                 format!("dkim[{i}].domain"),
@@ -650,6 +687,45 @@ mod tests {
             let got = error(text, vars);
             assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn upstream_values_are_checked() {
+        for (extra, want) in [
+            (
+                "max_messages_per_connection = 0",
+                "`upstream[0].max_messages_per_connection`: must be at least 1",
+            ),
+            (
+                "timeout = \"0s\"",
+                "`upstream[0].timeout`: must be longer than zero",
+            ),
+            (
+                "daily_limit = 0",
+                "`upstream[0].daily_limit`: must be at least 1",
+            ),
+            (
+                "username = \"u\"\npassword = \"p\"\noauth_token = \"t\"",
+                "give either a password or an OAuth token",
+            ),
+        ] {
+            let got = error(
+                &format!("[[upstream]]\nurl = \"smtps://x\"\n{extra}\n"),
+                &[],
+            );
+            assert!(got.contains(want), "{extra}: {got}");
+        }
+    }
+
+    #[test]
+    fn idn_dkim_domains_are_kept_in_a_labels() {
+        let (_f, src) = file(
+            "[[upstream]]\nurl = \"maildir:x\"\n[[dkim]]\ndomain = \"bücher.example\"\nkey_file = \"k.pem\"\n",
+        );
+        assert_eq!(
+            load(&src, &[]).unwrap().dkim[0].domain,
+            "xn--bcher-kva.example"
+        );
     }
 
     #[test]

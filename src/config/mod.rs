@@ -117,7 +117,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             dir: "data/spool".into(),
             max_disk_usage: 95,
-            memory_limit: 64 * 1024 * 1024,
+            memory_limit: 16 * 1024 * 1024,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! [`connect`], [`client`]) guarded by circuit breakers ([`breaker`]), or local
 //! Maildirs ([`maildir`]). Failures are classified in [`outcome`].
 //!
-//! Until the durable spool lands, delivery happens while the submitting client waits
-//! (passthrough): the client hears `250` only once an upstream accepted the message.
+//! In queue mode the [`scheduler`] calls it for messages from the spool; in passthrough
+//! mode it is the session's [`Handoff`](crate::accept::Handoff) and the client hears
+//! `250` only once an upstream accepted the message.
 
 pub mod bounce;
 pub mod breaker;

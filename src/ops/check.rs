@@ -262,3 +262,56 @@ fn step_of(failure: &Failure) -> &'static str {
         Stage::Transaction => "send",
     }
 }
+
+/// Load every `[[dkim]]` key without creating any; a key `serve` would generate is
+/// reported as such.
+pub fn check_dkim(config: &Config) -> CheckReport {
+    let mut text = String::new();
+    let mut all_ok = true;
+    for cfg in &config.dkim {
+        let what = format!(
+            "{} (selector {}, {})",
+            cfg.domain, cfg.selector, cfg.algorithm
+        );
+        if cfg.generate && !cfg.key_file.exists() {
+            let _ = writeln!(text, "dkim {what}");
+            line(
+                &mut text,
+                true,
+                "key",
+                &format!(
+                    "{} will be created on the first start",
+                    cfg.key_file.display()
+                ),
+                None,
+            );
+            continue;
+        }
+        let started = Instant::now();
+        let _ = writeln!(text, "dkim {what}");
+        match crate::transform::dkim::DkimKey::load(cfg) {
+            Ok(key) => line(
+                &mut text,
+                true,
+                "key",
+                &format!(
+                    "{} loads; publish {}",
+                    cfg.key_file.display(),
+                    key.dns_name()
+                ),
+                Some(started.elapsed()),
+            ),
+            Err(e) => {
+                all_ok = false;
+                line(
+                    &mut text,
+                    false,
+                    "key",
+                    &e.to_string(),
+                    Some(started.elapsed()),
+                );
+            }
+        }
+    }
+    CheckReport { text, all_ok }
+}

@@ -15,6 +15,28 @@ pub fn keygen(
     bits: u32,
     out_dir: &Path,
 ) -> Result<(PathBuf, String), DkimError> {
+    let invalid = |reason: String| DkimError::Generate {
+        path: out_dir.to_owned(),
+        reason,
+    };
+    let domain_ok = !domain.is_empty()
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'));
+    if !domain_ok {
+        return Err(invalid(format!("--domain {domain:?} is not a domain name")));
+    }
+    let selector_ok = !selector.is_empty()
+        && selector.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !selector_ok {
+        return Err(invalid(format!(
+            "--selector {selector:?} is not a DKIM selector (letters, digits, - and _, dot-separated)"
+        )));
+    }
     let path = out_dir.join(format!("{domain}.{selector}.pem"));
     generate_key_file(&path, algorithm, bits)?;
     let cfg = DkimConfig {
@@ -53,6 +75,15 @@ pub fn dns_records(config: &Config) -> Result<String, DkimError> {
         );
     }
     for cfg in &config.dkim {
+        if cfg.generate && !cfg.key_file.exists() {
+            let _ = writeln!(
+                text,
+                "; DKIM for {}: the key {} does not exist yet; `smarthost serve` creates it on its first start (generate = true), then run this command again\n",
+                cfg.domain,
+                cfg.key_file.display()
+            );
+            continue;
+        }
         let key = DkimKey::load(cfg)?;
         let _ = writeln!(
             text,
