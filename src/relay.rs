@@ -12,6 +12,7 @@ use crate::accept::{BindError, Handoff, Listener, RunState};
 use crate::config::{Config, DeliveryMode};
 use crate::deliver::scheduler::{Scheduler, Settings};
 use crate::deliver::{Deliverer, SetupError};
+use crate::ops::metrics;
 use crate::spool::{Spool, SpoolError};
 use crate::tls::TlsSetupError;
 use crate::transform::Transformer;
@@ -32,6 +33,16 @@ pub enum StartError {
     /// A DKIM key is missing, unreadable, malformed or exposed.
     #[error(transparent)]
     Dkim(#[from] DkimError),
+    /// The metrics endpoint cannot listen.
+    #[error(
+        "cannot listen on {addr} for metrics: {source} (set [metrics] listen to another address, or \"off\")"
+    )]
+    Metrics {
+        /// `metrics.listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The spool cannot be opened (locked by another relay, unwritable).
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -45,6 +56,8 @@ pub struct RelayHandle {
     grace: Duration,
     deliverer: Arc<Deliverer>,
     scheduler: Option<Scheduler>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -72,9 +85,36 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
             (deliverer.clone(), None)
         }
     };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
+            Some(listener)
+        }
+        None => None,
+    };
     let listener = Listener::bind(&config.server, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let (state, state_rx) = watch::channel(RunState::Running);
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_task = metrics_listener.map(|listener| {
+        for target in deliverer.targets() {
+            metrics::gauge_up(&target.name);
+        }
+        let (deliverer, scheduler, state) =
+            (deliverer.clone(), scheduler.clone(), state_rx.clone());
+        let ready: metrics::Readiness = Arc::new(move || {
+            if *state.borrow() != RunState::Running {
+                return Err("shutting down".into());
+            }
+            if let Some(s) = &scheduler {
+                s.ready()?;
+            }
+            deliverer.usable()
+        });
+        tokio::spawn(metrics::serve(listener, ready))
+    });
     let listener = listener.spawn(state_rx);
     info!(listen = ?addrs, hostname = %config.server.hostname, "smarthost accepting mail");
     Ok(RelayHandle {
@@ -84,10 +124,17 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         grace: config.server.shutdown_grace,
         deliverer,
         scheduler,
+        metrics_addr,
+        metrics_task,
     })
 }
 
 impl RelayHandle {
+    /// The address of the metrics and health endpoint, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The queue-mode scheduler (none in passthrough mode).
     pub fn scheduler(&self) -> Option<&Scheduler> {
         self.scheduler.as_ref()
@@ -122,6 +169,9 @@ impl RelayHandle {
         }
         // Say goodbye to upstreams instead of dropping pooled connections.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.deliverer.close_idle()).await;
+        if let Some(task) = self.metrics_task.take() {
+            task.abort();
+        }
         info!("smarthost stopped");
     }
 }

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::message::Message;
+use crate::ops::metrics::name;
 use crate::proto::{Enhanced, Reply};
 use limits::ClientCounter;
 use phase::Rules;
@@ -206,6 +207,7 @@ impl AcceptLoop {
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             let text = format!("{hostname} Too many connections, please try again later");
             warn!(client = %peer, "refused: server.max_connections reached");
+            metrics::counter!(name::REJECTED, "reason" => "max_connections").increment(1);
             return turn_away(stream, Reply::new(421, Enhanced(4, 3, 2), text));
         };
         let client_ip = normalize(peer.ip());
@@ -216,6 +218,8 @@ impl AcceptLoop {
                 self.per_client.limit()
             );
             warn!(client = %peer, "refused: server.max_connections_per_client reached");
+            metrics::counter!(name::REJECTED, "reason" => "max_connections_per_client")
+                .increment(1);
             return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
         };
         let refusal = (!self.trusted.iter().any(|net| net.contains(&client_ip)))
@@ -224,7 +228,13 @@ impl AcceptLoop {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             debug!(client = %peer, "connected");
+            if refusal.is_some() {
+                metrics::counter!(name::REJECTED, "reason" => "not_trusted").increment(1);
+            }
+            let active = metrics::gauge!(name::CONNECTIONS);
+            active.increment(1.0);
             session::run(stream, peer, refusal, ctx, shutdown).await;
+            active.decrement(1.0);
             drop(client_slot);
             drop(permit);
         });

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::phase::{Completion, Phase, Rules, Step};
 use super::{Handoff, HandoffError, RunState};
 use crate::message::{ClientInfo, Message, QueueId};
+use crate::ops::metrics::name;
 use crate::proto::{Enhanced, MAX_COMMAND_LINE, Reply, parse_command};
 use crate::transform::normalize::{Acceptance, normalize};
 use crate::transform::trace::received_header;
@@ -478,6 +479,12 @@ async fn complete(
         Completion::Accept { envelope, content } => (envelope, content),
         Completion::Reject(reply) => {
             info!(client = %peer, reply = %reply, "message rejected");
+            let reason = match reply.code {
+                552 => "size",
+                554 => "loop",
+                _ => "other",
+            };
+            metrics::counter!(name::REJECTED, "reason" => reason).increment(1);
             return (next, reply);
         }
     };
@@ -501,6 +508,7 @@ async fn complete(
         Err(e) => {
             info!(client = %peer, error = %e, "message refused: no usable sender address");
             let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
+            metrics::counter!(name::REJECTED, "reason" => "no_address").increment(1);
             return (next, Reply::new(550, Enhanced(5, 6, 0), text));
         }
     };
@@ -519,14 +527,17 @@ async fn complete(
     };
     let reply = match ctx.handoff.submit(message).await {
         Ok(()) => {
+            metrics::counter!(name::RECEIVED).increment(1);
             info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, "message accepted");
             Reply::new(250, Enhanced(2, 0, 0), format!("queued as {id}"))
         }
         Err(HandoffError::Refused(reply)) => {
+            metrics::counter!(name::REJECTED, "reason" => "delivery").increment(1);
             info!(queue_id = %id, client = %peer, from = %sender, reply = %reply, "message refused by delivery");
             reply
         }
         Err(HandoffError::Unavailable(detail)) => {
+            metrics::counter!(name::REJECTED, "reason" => "local_error").increment(1);
             warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: local failure");
             Reply::temporary_failure()
         }

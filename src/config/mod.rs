@@ -308,14 +308,14 @@ pub struct DkimConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
-    pub listen: SocketAddr,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); `"off"` (the
+    /// default when a file leaves it out) serves none.
+    #[serde(deserialize_with = "values::optional_addr")]
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
-        }
+        MetricsConfig { listen: None }
     }
 }

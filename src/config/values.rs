@@ -88,6 +88,22 @@ pub fn socket_addrs<'de, D: Deserializer<'de>>(
         .collect()
 }
 
+/// One `IP:PORT`, or `"off"` / `""` for none.
+pub fn optional_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        de::Error::custom(format!(
+            "invalid address {text:?}: expected IP:PORT such as \"127.0.0.1:9025\", or \"off\""
+        ))
+    })
+}
+
 /// A list of networks; see [`parse_network`].
 pub fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     string_list(d)?

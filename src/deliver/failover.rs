@@ -137,6 +137,8 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
     let failure = match up.send(message, pending).await {
         Ok(replies) => {
             up.breaker.record_success();
+            metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone())
+                .set(1.0);
             return Attempt::Replies(
                 replies
                     .into_iter()
@@ -151,6 +153,8 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
     };
     let (host, port, mode) = up.describe();
     let fix = failure.diagnosis(host, port, mode);
+    let up_gauge =
+        metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone());
     if failure.scope() == Scope::Upstream {
         if up.breaker.record_failure(Instant::now()) {
             warn!(upstream = %up.name, "circuit breaker opened: skipping this upstream for a while");
@@ -159,6 +163,7 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
         // The upstream answered; it is up even if this message did not suit it.
         up.breaker.record_success();
     }
+    up_gauge.set(if up.breaker.is_up() { 1.0 } else { 0.0 });
     warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
     let permanent = failure.is_permanent();
     match failure {

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::{Config, UpstreamUrl};
 use crate::message::Message;
+use crate::ops::metrics::name;
 use crate::proto::{Enhanced, Reply, Response};
 use crate::transform::Transformer;
 use failover::{RcptStatus, Reason, Report};
@@ -133,6 +134,20 @@ impl Deliverer {
         })
     }
 
+    /// Whether at least one upstream is usable now (a Maildir, or an SMTP upstream whose
+    /// circuit breaker is closed); the reason otherwise.
+    pub fn usable(&self) -> Result<(), String> {
+        let up = self.targets.iter().any(|t| match &t.kind {
+            TargetKind::Maildir(_) => true,
+            TargetKind::Smtp(up) => up.breaker.is_up(),
+        });
+        if up {
+            Ok(())
+        } else {
+            Err("every upstream is failing (circuit breakers open)".into())
+        }
+    }
+
     /// The targets (for `check` and metrics).
     pub fn targets(&self) -> &[Target] {
         &self.targets
@@ -140,8 +155,23 @@ impl Deliverer {
 
     /// Deliver one message and report per recipient.
     pub async fn deliver(&self, message: &Message) -> Report {
+        let started = std::time::Instant::now();
         let report = failover::walk(&self.targets, &self.transformer, message).await;
+        metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
+            match status {
+                RcptStatus::Delivered { upstream, .. } => {
+                    metrics::counter!(name::DELIVERED, "upstream" => upstream.clone()).increment(1);
+                }
+                RcptStatus::Deferred(reason) => {
+                    let upstream = match reason {
+                        Reason::Reply { upstream, .. } => upstream.clone(),
+                        Reason::Text(_) => "none".to_owned(),
+                    };
+                    metrics::counter!(name::DEFERRED, "upstream" => upstream).increment(1);
+                }
+                RcptStatus::Failed(_) => {}
+            }
             match status {
                 RcptStatus::Delivered { upstream, response } => {
                     let reply = response

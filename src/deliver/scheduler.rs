@@ -140,6 +140,17 @@ impl Scheduler {
         self.inner.spool.len()
     }
 
+    /// Whether new mail can be spooled (for `/readyz`).
+    pub fn ready(&self) -> Result<(), String> {
+        if self.inner.disk_full.load(Ordering::SeqCst) {
+            return Err(format!(
+                "spool disk above spool.max_disk_usage ({} %)",
+                self.inner.settings.max_disk_usage
+            ));
+        }
+        Ok(())
+    }
+
     /// Stop taking messages; wait up to `grace` for deliveries under way.
     pub async fn stop(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::SeqCst);
@@ -318,6 +329,7 @@ impl Scheduler {
             let dsn_id = dsn.id;
             match spool.put(&dsn).await {
                 Ok(()) => {
+                    metrics::counter!(crate::ops::metrics::name::BOUNCED).increment(1);
                     info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "bounce queued to the sender");
                     self.enqueue(dsn_id, Some(Arc::new(dsn)));
                 }
@@ -365,6 +377,16 @@ impl Scheduler {
         while !self.inner.stopping.load(Ordering::SeqCst) {
             for request in ctl::take(self.inner.spool.dir()) {
                 self.apply(request).await;
+            }
+            {
+                use crate::ops::metrics::name;
+                metrics::gauge!(name::QUEUE).set(self.inner.spool.len() as f64);
+                let oldest = self
+                    .inner
+                    .spool
+                    .oldest()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok());
+                metrics::gauge!(name::QUEUE_OLDEST).set(oldest.map_or(0.0, |d| d.as_secs_f64()));
             }
             if ticks.is_multiple_of(5) {
                 let usage = disk_usage_percent(self.inner.spool.dir());

@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod dkim;
+pub mod metrics;
 pub mod queue;
 pub mod send;

@@ -356,6 +356,17 @@ impl Spool {
         self.index.lock().expect("spool index").messages.len()
     }
 
+    /// When the oldest queued message was accepted.
+    pub fn oldest(&self) -> Option<SystemTime> {
+        self.index
+            .lock()
+            .expect("spool index")
+            .messages
+            .values()
+            .map(|e| e.received_at)
+            .min()
+    }
+
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -121,12 +121,15 @@ impl Transformer {
         let Some(key) = self.keys.for_domain(&domain) else {
             return Ok(content);
         };
+        let started = std::time::Instant::now();
         let header = key
             .sign(&content)
             .map_err(|reason| TransformError::Signing {
                 domain: key.domain.clone(),
                 reason,
             })?;
+        metrics::histogram!(crate::ops::metrics::name::DKIM_DURATION)
+            .record(started.elapsed().as_secs_f64());
         let mut signed = Vec::with_capacity(header.len() + content.len());
         signed.extend_from_slice(header.as_bytes());
         signed.extend_from_slice(&content);
