@@ -305,7 +305,7 @@ pub struct DkimConfig {
 }
 
 /// `[metrics]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); `"off"` (the
@@ -314,8 +314,3 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { listen: None }
-    }
-}
