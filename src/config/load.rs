@@ -110,6 +110,7 @@ pub fn load(source: &ConfigSource, env: &[(String, String)]) -> Result<Config, C
     }
 
     let overrides = EnvOverrides::from_env(env);
+    overrides.replace_lower_layer_upstream_target(&mut base);
     let layers = Layers::builder()
         .add_source(Layer(base))
         .add_source(overrides.clone())
@@ -250,6 +251,33 @@ impl EnvOverrides {
         EnvOverrides { entries }
     }
 
+    /// A `url` or `provider` set in the environment replaces the other one of the two
+    /// from the file (or the embedded default), so `SMARTHOST__UPSTREAM__0__PROVIDER=gmail`
+    /// works on top of the embedded default's Maildir URL. Both in one layer stay a
+    /// conflict.
+    fn replace_lower_layer_upstream_target(&self, base: &mut Map<String, Value>) {
+        let Some(ValueKind::Array(entries)) = base.get_mut("upstream").map(|v| &mut v.kind) else {
+            return;
+        };
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let ValueKind::Table(table) = &mut entry.kind else {
+                continue;
+            };
+            let set = |k: &str| {
+                self.entries
+                    .iter()
+                    .any(|(key, _, _)| *key == format!("upstream[{i}].{k}"))
+            };
+            let (url, provider) = (set("url"), set("provider"));
+            if url && !provider {
+                table.remove("provider");
+            }
+            if provider && !url {
+                table.remove("url");
+            }
+        }
+    }
+
     /// The variable that set `key` or one of its parents/children, if any.
     fn origin_of(&self, key: &str) -> Option<String> {
         self.entries
@@ -347,12 +375,29 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
             "STARTTLS needs both server.tls_cert_file and server.tls_key_file".into(),
         ));
     }
+    if !server.allow_open_relay
+        && let Some(net) = server.trusted_networks.iter().find(|n| n.prefix_len() == 0)
+    {
+        return Err((
+            "server.trusted_networks".into(),
+            format!(
+                "{net} trusts every address, which makes this relay an open relay: anyone who can reach \
+                 the SMTP port can send mail through your upstream accounts (spam under your name, suspended \
+                 accounts, blocklisted addresses). List only the networks of your apps, e.g. \
+                 \"10.0.0.0/8, 172.16.0.0/12\" (Docker's default bridge networks are in 172.16.0.0/12); \
+                 if a firewall or a private network already limits who reaches the port and you accept \
+                 the risk, set server.allow_open_relay = true (SMARTHOST__SERVER__ALLOW_OPEN_RELAY=true)"
+            ),
+        ));
+    }
     if config.upstream.is_empty() {
         return Err((
             "upstream".into(),
-            "no upstream configured: add an [[upstream]] with url = \"smtps://host:465\", \"smtp://host:587\" or \"maildir:PATH\" \
-             (or set SMARTHOST__UPSTREAM__0__URL)"
-                .into(),
+            format!(
+                "no upstream configured: add an [[upstream]] with url = \"smtps://host:465\", \"smtp://host:587\" or \"maildir:PATH\", \
+                 or with provider = one of {} (or set SMARTHOST__UPSTREAM__0__URL or SMARTHOST__UPSTREAM__0__PROVIDER)",
+                super::provider::PRESETS
+            ),
         ));
     }
     let mut names = std::collections::HashSet::new();
@@ -399,6 +444,11 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
                 up.password = password.clone();
             }
         }
+        if up.username.is_none()
+            && let Some(default) = up.provider.as_ref().and_then(|p| p.default_username())
+        {
+            up.username = Some(default.to_owned());
+        }
         // Empty credentials mean "no AUTH", never an AUTH with empty strings.
         if up.username.as_deref() == Some("") {
             up.username = None;
@@ -414,6 +464,22 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
                 "a password or token is configured but no username; set username (or put it in the URL)"
                     .into(),
             ));
+        }
+        if let Some(provider) = &up.provider
+            && provider.from_must_be_account()
+            && up.sender.is_none()
+            && let Some(username) = &up.username
+        {
+            if crate::proto::Address::parse(username).is_err() {
+                return Err((
+                    key("username"),
+                    format!(
+                        "{provider} accepts mail only From the account, so sender defaults to the username, \
+                         but {username:?} is not an email address; give the full address as username (or set sender)"
+                    ),
+                ));
+            }
+            up.sender = Some(username.clone());
         }
         if let Some(sender) = &up.sender
             && crate::proto::Address::parse(sender).is_err()
@@ -632,9 +698,14 @@ mod tests {
                 "FILE: `upstream[0].url`: port 465 expects TLS from the first byte",
             ),
             (
-                "[[upstream]]\nurl = \"smtps://x\"\nprovider = \"gmial\"\n",
+                "[[upstream]]\nprovider = \"gmial\"\n",
                 &[],
-                "FILE: `upstream[0].provider`: unknown key `provider`",
+                "FILE: `upstream[0].provider`: unknown provider preset \"gmial\"; valid presets are \"gmail\", \"outlook\", \"office365\", \"qq\", \"exmail\", \"163\", \"ses:REGION\" (e.g. \"ses:us-east-1\"), \"sendgrid\", \"mailgun\"",
+            ),
+            (
+                MINIMAL,
+                &[("SMARTHOST__UPSTREAM__0__PROVIDER", "gmial")],
+                "environment variable SMARTHOST__UPSTREAM__0__PROVIDER: `upstream[0].provider`: unknown provider preset \"gmial\"",
             ),
             (
                 MINIMAL,
@@ -734,6 +805,224 @@ mod tests {
             file("[[upstream]]\nurl = \"smtps://x\"\nusername = \"\"\npassword = \"\"\n");
         let c = load(&src, &[]).unwrap();
         assert!(c.upstream[0].username.is_none() && c.upstream[0].password.is_none());
+    }
+
+    fn upstream(text: &str, vars: &[(&str, &str)]) -> crate::config::UpstreamConfig {
+        let (_f, src) = file(text);
+        load(&src, &env(vars)).unwrap().upstream.remove(0)
+    }
+
+    #[test]
+    fn every_provider_preset_fills_the_url() {
+        let cases = [
+            ("gmail", "smtp.gmail.com", 465, TlsMode::Implicit),
+            ("outlook", "smtp-mail.outlook.com", 587, TlsMode::StartTls),
+            ("office365", "smtp.office365.com", 587, TlsMode::StartTls),
+            ("qq", "smtp.qq.com", 465, TlsMode::Implicit),
+            ("exmail", "smtp.exmail.qq.com", 465, TlsMode::Implicit),
+            ("163", "smtp.163.com", 465, TlsMode::Implicit),
+            (
+                "ses:us-east-1",
+                "email-smtp.us-east-1.amazonaws.com",
+                587,
+                TlsMode::StartTls,
+            ),
+            (
+                "ses:eu-west-2",
+                "email-smtp.eu-west-2.amazonaws.com",
+                587,
+                TlsMode::StartTls,
+            ),
+            ("sendgrid", "smtp.sendgrid.net", 587, TlsMode::StartTls),
+            ("mailgun", "smtp.mailgun.org", 587, TlsMode::StartTls),
+            ("Gmail", "smtp.gmail.com", 465, TlsMode::Implicit),
+        ];
+        for (preset, want_host, want_port, want_tls) in cases {
+            let up = upstream(
+                &format!(
+                    "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+                ),
+                &[],
+            );
+            let UpstreamUrl::Smtp {
+                host, port, tls, ..
+            } = &up.url
+            else {
+                panic!("{preset}: {:?}", up.url);
+            };
+            assert_eq!(
+                (host.as_str(), *port, *tls),
+                (want_host, want_port, want_tls),
+                "{preset}"
+            );
+            assert_eq!(
+                up.provider.as_ref().unwrap().to_string(),
+                preset.to_ascii_lowercase()
+            );
+            assert_eq!(up.display_name(), format!("{want_host}:{want_port}"));
+            assert_eq!(up.username.as_deref(), Some("me@example.com"), "{preset}");
+        }
+        // 163 is also accepted as a TOML integer.
+        let up = upstream("[[upstream]]\nprovider = 163\n", &[]);
+        assert_eq!(up.url, "smtps://smtp.163.com:465".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_ses_regions_are_refused() {
+        for region in [
+            "ses:",
+            "ses:virginia",
+            "ses:us-east",
+            "ses:us-east-1.evil.example",
+        ] {
+            let got = error(&format!("[[upstream]]\nprovider = \"{region}\"\n"), &[]);
+            assert!(
+                got.starts_with("FILE: `upstream[0].provider`: invalid SES region"),
+                "{region}: {got}"
+            );
+            assert!(got.contains("\"ses:us-east-1\""), "{got}");
+        }
+    }
+
+    #[test]
+    fn url_and_provider_are_exclusive() {
+        let got = error(
+            "[[upstream]]\nurl = \"smtps://smtp.example.com\"\nprovider = \"gmail\"\n",
+            &[],
+        );
+        assert!(
+            got.starts_with("FILE: `upstream[0]`: both `url` and `provider` (\"gmail\") are set; give exactly one"),
+            "{got}"
+        );
+        let got = error("[[upstream]]\nname = \"x\"\n", &[]);
+        assert!(
+            got.starts_with("FILE: `upstream[0]`: needs `url`") && got.contains("\"sendgrid\""),
+            "{got}"
+        );
+        // Both from the environment, in one layer: a conflict too.
+        let got = error(
+            "[server]\n",
+            &[
+                ("SMARTHOST__UPSTREAM__0__URL", "smtps://smtp.example.com"),
+                ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
+            ],
+        );
+        assert!(got.contains("both `url` and `provider`"), "{got}");
+    }
+
+    #[test]
+    fn provider_from_the_environment_replaces_the_files_url() {
+        let vars = env(&[
+            ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
+            ("SMARTHOST__UPSTREAM__0__USERNAME", "me@gmail.com"),
+            ("SMARTHOST__UPSTREAM__0__PASSWORD", "app-password"),
+        ]);
+        let c = load(&ConfigSource::Embedded, &vars).unwrap();
+        assert_eq!(
+            c.upstream[0].url,
+            "smtps://smtp.gmail.com:465".parse().unwrap()
+        );
+        assert_eq!(c.upstream[0].sender.as_deref(), Some("me@gmail.com"));
+        // And a URL from the environment replaces the file's provider.
+        let up = upstream(
+            "[[upstream]]\nprovider = \"gmail\"\n",
+            &[("SMARTHOST__UPSTREAM__0__URL", "smtp://mx.example.com")],
+        );
+        assert_eq!(up.url, "smtp://mx.example.com:587".parse().unwrap());
+        assert!(up.provider.is_none());
+    }
+
+    #[test]
+    fn sender_defaults_to_the_account_where_the_provider_requires_it() {
+        for preset in ["gmail", "outlook", "office365", "qq", "exmail", "163"] {
+            let up = upstream(
+                &format!(
+                    "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+                ),
+                &[],
+            );
+            assert_eq!(up.sender.as_deref(), Some("me@example.com"), "{preset}");
+        }
+        // An explicit sender wins.
+        let up = upstream(
+            "[[upstream]]\nprovider = \"gmail\"\nusername = \"me@gmail.com\"\npassword = \"p\"\nsender = \"alias@example.com\"\n",
+            &[],
+        );
+        assert_eq!(up.sender.as_deref(), Some("alias@example.com"));
+        // Relay services do not force the From.
+        for preset in ["ses:us-east-1", "sendgrid", "mailgun"] {
+            let up = upstream(
+                &format!(
+                    "[[upstream]]\nprovider = \"{preset}\"\nusername = \"AKIAEXAMPLE\"\npassword = \"p\"\n"
+                ),
+                &[],
+            );
+            assert_eq!(up.sender, None, "{preset}");
+        }
+        // Without credentials there is no account to default to.
+        assert_eq!(
+            upstream("[[upstream]]\nprovider = \"qq\"\n", &[]).sender,
+            None
+        );
+        // A username that is not an address cannot be the From.
+        let got = error(
+            "[[upstream]]\nprovider = \"office365\"\nusername = \"relay\"\npassword = \"p\"\n",
+            &[],
+        );
+        assert!(
+            got.starts_with(
+                "FILE: `upstream[0].username`: office365 accepts mail only From the account"
+            ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn sendgrid_username_defaults_to_apikey() {
+        let up = upstream(
+            "[[upstream]]\nprovider = \"sendgrid\"\npassword = \"SG.key\"\n",
+            &[],
+        );
+        assert_eq!(up.username.as_deref(), Some("apikey"));
+        let up = upstream(
+            "[[upstream]]\nprovider = \"sendgrid\"\nusername = \"other\"\npassword = \"SG.key\"\n",
+            &[],
+        );
+        assert_eq!(up.username.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn a_network_covering_everything_needs_allow_open_relay() {
+        for nets in ["0.0.0.0/0", "::/0", "10.0.0.0/8, 128.0.0.0/0"] {
+            let text = format!("[server]\ntrusted_networks = \"{nets}\"\n{MINIMAL}");
+            let got = error(&text, &[]);
+            assert!(
+                got.starts_with("FILE: `server.trusted_networks`: ")
+                    && got.contains("open relay: anyone who can reach the SMTP port can send mail through your upstream accounts")
+                    && got.contains("server.allow_open_relay = true"),
+                "{nets}: {got}"
+            );
+            let got = error(MINIMAL, &[("SMARTHOST__SERVER__TRUSTED_NETWORKS", nets)]);
+            assert!(
+                got.starts_with("environment variable SMARTHOST__SERVER__TRUSTED_NETWORKS: `server.trusted_networks`"),
+                "{got}"
+            );
+            let (_f, src) = file(&format!(
+                "[server]\ntrusted_networks = \"{nets}\"\nallow_open_relay = true\n{MINIMAL}"
+            ));
+            assert!(load(&src, &[]).unwrap().server.allow_open_relay);
+            let (_f, src) = file(MINIMAL);
+            let vars = env(&[
+                ("SMARTHOST__SERVER__TRUSTED_NETWORKS", nets),
+                ("SMARTHOST__SERVER__ALLOW_OPEN_RELAY", "true"),
+            ]);
+            assert!(load(&src, &vars).is_ok(), "{nets}");
+        }
+        // Wide but not everything is fine.
+        let (_f, src) = file(&format!(
+            "[server]\ntrusted_networks = [\"0.0.0.0/1\", \"::/1\"]\n{MINIMAL}"
+        ));
+        assert!(!load(&src, &[]).unwrap().server.allow_open_relay);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! then shared read-only behind an `Arc`.
 
 mod load;
+mod provider;
 mod upstream_url;
 mod values;
 
@@ -17,6 +18,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use load::{ConfigError, ConfigSource, load, load_from_process};
+pub use provider::Provider;
 pub use upstream_url::{TlsMode, UpstreamUrl};
 pub use values::Secret;
 
@@ -78,6 +80,8 @@ pub struct ServerConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// Private key (PEM) for inbound STARTTLS.
     pub tls_key_file: Option<PathBuf>,
+    /// Permit a `trusted_networks` entry that covers every address (`0.0.0.0/0`, `::/0`).
+    pub allow_open_relay: bool,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +98,7 @@ impl Default for ServerConfig {
             command_timeout: Duration::from_secs(300),
             tls_cert_file: None,
             tls_key_file: None,
+            allow_open_relay: false,
         }
     }
 }
@@ -173,13 +178,67 @@ impl Default for DeliveryConfig {
 }
 
 /// One `[[upstream]]`.
+///
+/// Deserialized from [`RawUpstream`], which has `url` and `provider` both optional;
+/// exactly one must be given, and `url` is always set here.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawUpstream")]
 pub struct UpstreamConfig {
     /// Name in logs and metrics; defaults to the URL's host (or `maildir`).
     pub name: Option<String>,
-    /// Where and how to connect; see [`UpstreamUrl`].
+    /// Where and how to connect; see [`UpstreamUrl`]. Filled from `provider` if given.
     pub url: UpstreamUrl,
+    /// The preset this upstream was configured with, if any.
+    pub provider: Option<Provider>,
+    /// Account for AUTH (overrides the URL's user).
+    pub username: Option<String>,
+    /// Password for AUTH (overrides the URL's password).
+    pub password: Option<Secret>,
+    /// File holding the password (Docker secrets); trailing newlines are ignored.
+    pub password_file: Option<PathBuf>,
+    /// Lower is tried first.
+    pub priority: i32,
+    /// Share among upstreams of equal priority.
+    pub weight: u32,
+    /// Simultaneous connections to this upstream.
+    pub max_connections: usize,
+    /// Force the envelope sender and From address to this account. With a provider
+    /// that requires From = the account, it defaults to the username.
+    pub sender: Option<String>,
+    /// Verify the upstream's certificate (default true).
+    pub tls_verify: bool,
+    /// Extra CA certificate(s) (PEM) to trust for this upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Allow AUTH over a connection without TLS (default false).
+    pub allow_plaintext_auth: bool,
+    /// OAuth 2.0 access token for AUTH XOAUTH2 (instead of a password).
+    pub oauth_token: Option<Secret>,
+    /// File holding the OAuth 2.0 access token; read again for every new connection, so
+    /// an external refresher can keep it current.
+    pub oauth_token_file: Option<PathBuf>,
+    /// Messages sent over one connection before it is closed and a new one opened.
+    pub max_messages_per_connection: usize,
+    /// Limit for connecting, the TLS handshake, and each reply.
+    pub timeout: Duration,
+    /// Name to give in EHLO (default: `server.hostname`).
+    pub helo_name: Option<String>,
+    /// Most messages per time unit, e.g. `"30/min"` (Microsoft 365's limit); mail over
+    /// it waits in the queue.
+    pub rate_limit: Option<RateLimit>,
+    /// Most messages per day (UTC); mail over it waits in the queue for the next day.
+    pub daily_limit: Option<u64>,
+}
+
+/// One `[[upstream]]` as written: `url` or `provider`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Name in logs and metrics; defaults to the URL's host (or `maildir`).
+    pub name: Option<String>,
+    /// Where and how to connect; see [`UpstreamUrl`].
+    pub url: Option<UpstreamUrl>,
+    /// A provider preset standing for the URL; see [`Provider`].
+    pub provider: Option<Provider>,
     /// Account for AUTH (overrides the URL's user).
     pub username: Option<String>,
     /// Password for AUTH (overrides the URL's password).
@@ -226,6 +285,51 @@ pub struct UpstreamConfig {
     pub rate_limit: Option<RateLimit>,
     /// Most messages per day (UTC); mail over it waits in the queue for the next day.
     pub daily_limit: Option<u64>,
+}
+
+impl TryFrom<RawUpstream> for UpstreamConfig {
+    type Error = String;
+
+    fn try_from(raw: RawUpstream) -> Result<UpstreamConfig, String> {
+        let url = match (raw.url, &raw.provider) {
+            (Some(url), None) => url,
+            (None, Some(provider)) => provider.url(),
+            (Some(_), Some(provider)) => {
+                return Err(format!(
+                    "both `url` and `provider` (\"{provider}\") are set; give exactly one: the preset stands for the URL {}",
+                    provider.url()
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "needs `url` (\"smtps://host:465\", \"smtp://host:587\" or \"maildir:PATH\") or `provider` (one of {})",
+                    provider::PRESETS
+                ));
+            }
+        };
+        Ok(UpstreamConfig {
+            url,
+            provider: raw.provider,
+            name: raw.name,
+            username: raw.username,
+            password: raw.password,
+            password_file: raw.password_file,
+            priority: raw.priority,
+            weight: raw.weight,
+            max_connections: raw.max_connections,
+            sender: raw.sender,
+            tls_verify: raw.tls_verify,
+            ca_file: raw.ca_file,
+            allow_plaintext_auth: raw.allow_plaintext_auth,
+            oauth_token: raw.oauth_token,
+            oauth_token_file: raw.oauth_token_file,
+            max_messages_per_connection: raw.max_messages_per_connection,
+            timeout: raw.timeout,
+            helo_name: raw.helo_name,
+            rate_limit: raw.rate_limit,
+            daily_limit: raw.daily_limit,
+        })
+    }
 }
 
 /// `N/s`, `N/min`, `N/h`: at most N messages per period.
