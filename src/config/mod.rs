@@ -417,4 +417,3 @@ pub struct MetricsConfig {
     #[serde(deserialize_with = "values::optional_addr")]
     pub listen: Option<SocketAddr>,
 }
-
