@@ -317,7 +317,7 @@ fn load_config(path: Option<PathBuf>) -> Result<(Config, ConfigSource), ExitCode
 }
 
 async fn serve(path: Option<PathBuf>) -> ExitCode {
-    let (config, source) = match load_config(path) {
+    let (config, source) = match load_config(path.clone()) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -333,9 +333,33 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_stop_signal().await;
+    while let Signal::Reload = next_signal().await {
+        reload(&relay, path.as_deref()).await;
+    }
     relay.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: read the configuration again the way it was read at start; apply it, or keep
+/// the running one and say why.
+async fn reload(relay: &smarthost::RelayHandle, path: Option<&std::path::Path>) {
+    let config = match config::load_from_process(path) {
+        Ok((config, _)) => config,
+        Err(e) => {
+            error!("reload refused, the running configuration stays: {e}");
+            return;
+        }
+    };
+    log_effective_config(&config);
+    match relay.reload(config).await {
+        Ok(notes) => {
+            for note in notes {
+                warn!("{note}");
+            }
+            info!("configuration reloaded");
+        }
+        Err(e) => error!("reload refused, the running configuration stays: {e}"),
+    }
 }
 
 /// One line per section; secrets are redacted by their types.
@@ -384,29 +408,53 @@ fn raise_open_file_limit() {
     }
 }
 
+/// What a signal asks for.
+enum Signal {
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
 #[cfg(unix)]
-async fn wait_for_stop_signal() {
+async fn next_signal() -> Signal {
+    use std::sync::OnceLock;
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    use tokio::sync::Mutex;
+    // The handlers live for the whole process, so no signal is missed between calls.
+    type Handlers = (
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    );
+    static HANDLERS: OnceLock<Option<Mutex<Handlers>>> = OnceLock::new();
+    let handlers = HANDLERS.get_or_init(|| {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(i), Ok(h)) => Some(Mutex::new((t, i, h))),
+            _ => None,
+        }
+    });
+    let Some(handlers) = handlers else {
         warn!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received"); return }
-            _ = int.recv() => { info!("SIGINT received"); return }
-            _ = hup.recv() => warn!("SIGHUP received: live reload is not available in this version yet; restart to apply configuration changes"),
-        }
+    let mut guard = handlers.lock().await;
+    let (term, int, hup) = &mut *guard;
+    tokio::select! {
+        _ = term.recv() => { info!("SIGTERM received"); Signal::Stop }
+        _ = int.recv() => { info!("SIGINT received"); Signal::Stop }
+        _ = hup.recv() => { info!("SIGHUP received: reloading the configuration"); Signal::Reload }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_stop_signal() {
+async fn next_signal() -> Signal {
     let _ = tokio::signal::ctrl_c().await;
+    Signal::Stop
 }
 
 async fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {

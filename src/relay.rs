@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::accept::{BindError, Handoff, Listener, RunState};
+use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
 use crate::config::{Config, DeliveryMode};
 use crate::deliver::scheduler::{Scheduler, Settings};
 use crate::deliver::{Deliverer, SetupError};
@@ -58,6 +58,8 @@ pub struct RelayHandle {
     scheduler: Option<Scheduler>,
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<JoinHandle<()>>,
+    control: ListenerControl,
+    running: std::sync::Mutex<Arc<Config>>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -96,11 +98,12 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
     };
     let listener = Listener::bind(&config.server, handoff, tls).await?;
     let addrs = listener.local_addrs();
+    let control = listener.control();
     let (state, state_rx) = watch::channel(RunState::Running);
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let metrics_task = metrics_listener.map(|listener| {
-        for target in deliverer.targets() {
-            metrics::gauge_up(&target.name);
+        for name in deliverer.target_names() {
+            metrics::gauge_up(&name);
         }
         let (deliverer, scheduler, state) =
             (deliverer.clone(), scheduler.clone(), state_rx.clone());
@@ -126,10 +129,66 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         scheduler,
         metrics_addr,
         metrics_task,
+        control,
+        running: std::sync::Mutex::new(config.clone()),
     })
 }
 
 impl RelayHandle {
+    /// Apply a new configuration without dropping sessions or deliveries under way:
+    /// upstreams, DKIM keys, trusted networks, limits, host name and the inbound
+    /// certificate change for new connections and deliveries. If anything in `config`
+    /// cannot be set up, nothing changes and the error says why. Returns notes about
+    /// changed keys that only a restart applies.
+    pub async fn reload(&self, config: Config) -> Result<Vec<String>, StartError> {
+        let keys = DkimKeys::load(&config.dkim)?;
+        let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_acceptor(cert, key)?),
+            _ => None,
+        };
+        self.deliverer
+            .replace(&config, Arc::new(Transformer::new(keys)))?;
+        self.control.update(&config.server, tls);
+        let mut running = self.running.lock().expect("running config");
+        let old = running.clone();
+        let mut notes = Vec::new();
+        let restart_only: [(&str, bool); 6] = [
+            ("server.listen", old.server.listen != config.server.listen),
+            (
+                "server.max_connections",
+                old.server.max_connections != config.server.max_connections,
+            ),
+            (
+                "server.shutdown_grace",
+                old.server.shutdown_grace != config.server.shutdown_grace,
+            ),
+            (
+                "spool",
+                old.spool.dir != config.spool.dir
+                    || old.spool.memory_limit != config.spool.memory_limit
+                    || old.spool.max_disk_usage != config.spool.max_disk_usage,
+            ),
+            (
+                "delivery (mode, retries, lifetime)",
+                old.delivery.mode != config.delivery.mode
+                    || old.delivery.retry_base != config.delivery.retry_base
+                    || old.delivery.retry_max != config.delivery.retry_max
+                    || old.delivery.max_queue_lifetime != config.delivery.max_queue_lifetime,
+            ),
+            (
+                "metrics.listen",
+                old.metrics.listen != config.metrics.listen,
+            ),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                notes.push(format!("{key} changed: it takes effect after a restart"));
+            }
+        }
+        *running = Arc::new(config);
+        Ok(notes)
+    }
+
     /// The address of the metrics and health endpoint, if configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr

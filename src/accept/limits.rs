@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -9,7 +10,7 @@ use dashmap::DashMap;
 #[derive(Clone)]
 pub(crate) struct ClientCounter {
     open: Arc<DashMap<IpAddr, usize>>,
-    limit: usize,
+    limit: Arc<AtomicUsize>,
 }
 
 /// One connection's place in the count, given back on drop.
@@ -22,18 +23,23 @@ impl ClientCounter {
     pub(crate) fn new(limit: usize) -> ClientCounter {
         ClientCounter {
             open: Arc::new(DashMap::new()),
-            limit,
+            limit: Arc::new(AtomicUsize::new(limit)),
         }
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit for connections opened from now on.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Count one more connection from `ip`, unless it already has `limit` open.
     pub(crate) fn try_acquire(&self, ip: IpAddr) -> Option<ClientSlot> {
         let mut count = self.open.entry(ip).or_insert(0);
-        if *count >= self.limit {
+        if *count >= self.limit() {
             return None;
         }
         *count += 1;

@@ -13,7 +13,7 @@ mod session;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
@@ -63,11 +63,62 @@ pub trait Handoff: Send + Sync + 'static {
 /// The listening sockets and what their sessions share.
 pub struct Listener {
     sockets: Vec<TcpListener>,
-    ctx: Arc<SessionContext>,
-    trusted: Vec<IpNet>,
+    live: Arc<RwLock<Arc<Live>>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_client: ClientCounter,
+}
+
+/// What a new connection is judged and served by; replaced as a whole on reload, while
+/// sessions already running keep the one they started with.
+struct Live {
+    ctx: Arc<SessionContext>,
+    trusted: Vec<IpNet>,
+}
+
+/// Changes the rules of a running listener (SIGHUP reload).
+#[derive(Clone)]
+pub struct ListenerControl {
+    live: Arc<RwLock<Arc<Live>>>,
+    per_client: ClientCounter,
+}
+
+impl ListenerControl {
+    /// New connections from now on use these trusted networks, limits, host name and
+    /// STARTTLS certificate. Listen addresses and `max_connections` need a restart.
+    pub fn update(&self, server: &ServerConfig, tls: Option<TlsAcceptor>) {
+        let handoff = self
+            .live
+            .read()
+            .expect("listener settings")
+            .ctx
+            .handoff
+            .clone();
+        let live = Live {
+            ctx: Arc::new(context(server, handoff, tls)),
+            trusted: server.trusted_networks.clone(),
+        };
+        *self.live.write().expect("listener settings") = Arc::new(live);
+        self.per_client.set_limit(server.max_connections_per_client);
+    }
+}
+
+fn context(
+    server: &ServerConfig,
+    handoff: Arc<dyn Handoff>,
+    tls: Option<TlsAcceptor>,
+) -> SessionContext {
+    SessionContext {
+        rules: Rules {
+            hostname: server.hostname.clone(),
+            max_message_size: server.max_message_size,
+            max_recipients: server.max_recipients,
+            starttls_available: tls.is_some(),
+        },
+        command_timeout: server.command_timeout,
+        tls,
+        handoff,
+    }
 }
 
 /// A listening address could not be opened.
@@ -108,21 +159,13 @@ impl Listener {
             })?;
             sockets.push(socket);
         }
-        let ctx = SessionContext {
-            rules: Rules {
-                hostname: server.hostname.clone(),
-                max_message_size: server.max_message_size,
-                max_recipients: server.max_recipients,
-                starttls_available: tls.is_some(),
-            },
-            command_timeout: server.command_timeout,
-            tls,
-            handoff,
+        let live = Live {
+            ctx: Arc::new(context(server, handoff, tls)),
+            trusted: server.trusted_networks.clone(),
         };
         Ok(Listener {
             sockets,
-            ctx: Arc::new(ctx),
-            trusted: server.trusted_networks.clone(),
+            live: Arc::new(RwLock::new(Arc::new(live))),
             connections: Arc::new(Semaphore::new(server.max_connections)),
             max_connections: server.max_connections,
             per_client: ClientCounter::new(server.max_connections_per_client),
@@ -137,25 +180,30 @@ impl Listener {
             .collect()
     }
 
+    /// A handle to change the rules of this listener while it runs.
+    pub fn control(&self) -> ListenerControl {
+        ListenerControl {
+            live: self.live.clone(),
+            per_client: self.per_client.clone(),
+        }
+    }
+
     /// Serve until `shutdown` leaves [`RunState::Running`]; the returned task ends when
     /// every session has ended.
     pub fn spawn(self, shutdown: watch::Receiver<RunState>) -> JoinHandle<()> {
         let Listener {
             sockets,
-            ctx,
-            trusted,
+            live,
             connections,
             max_connections,
             per_client,
         } = self;
-        let trusted = Arc::new(trusted);
         tokio::spawn(async move {
             let loops: Vec<_> = sockets
                 .into_iter()
                 .map(|socket| {
                     let acceptor = AcceptLoop {
-                        ctx: ctx.clone(),
-                        trusted: trusted.clone(),
+                        live: live.clone(),
                         connections: connections.clone(),
                         per_client: per_client.clone(),
                         shutdown: shutdown.clone(),
@@ -173,8 +221,7 @@ impl Listener {
 }
 
 struct AcceptLoop {
-    ctx: Arc<SessionContext>,
-    trusted: Arc<Vec<IpNet>>,
+    live: Arc<RwLock<Arc<Live>>>,
     connections: Arc<Semaphore>,
     per_client: ClientCounter,
     shutdown: watch::Receiver<RunState>,
@@ -203,7 +250,8 @@ impl AcceptLoop {
     }
 
     fn start_session(&self, stream: TcpStream, peer: SocketAddr) {
-        let hostname = &self.ctx.rules.hostname;
+        let live = self.live.read().expect("listener settings").clone();
+        let hostname = &live.ctx.rules.hostname;
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             let text = format!("{hostname} Too many connections, please try again later");
             warn!(client = %peer, "refused: server.max_connections reached");
@@ -222,9 +270,9 @@ impl AcceptLoop {
                 .increment(1);
             return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
         };
-        let refusal = (!self.trusted.iter().any(|net| net.contains(&client_ip)))
+        let refusal = (!live.trusted.iter().any(|net| net.contains(&client_ip)))
             .then(|| format!("Relay access denied: {client_ip} is not in trusted_networks"));
-        let ctx = self.ctx.clone();
+        let ctx = live.ctx.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             debug!(client = %peer, "connected");

@@ -20,7 +20,7 @@ pub mod ratelimit;
 pub mod scheduler;
 pub mod upstream;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
 
@@ -81,6 +81,12 @@ pub enum TargetKind {
 
 /// Delivers messages by walking the upstreams.
 pub struct Deliverer {
+    routing: RwLock<Arc<Routing>>,
+}
+
+/// The upstreams and the transformer in force; replaced as a whole on reload, while a
+/// delivery under way finishes with the one it started with.
+struct Routing {
     targets: Arc<Vec<Target>>,
     transformer: Arc<Transformer>,
 }
@@ -92,52 +98,87 @@ impl Deliverer {
         config: &Config,
         transformer: Arc<Transformer>,
     ) -> Result<Deliverer, SetupError> {
-        let mut targets = Vec::new();
-        for up in &config.upstream {
-            let name = up.display_name();
-            let kind = match &up.url {
-                UpstreamUrl::Maildir { path } => {
-                    let maildir =
-                        Maildir::open(path, &config.server.hostname).map_err(|source| {
-                            SetupError::Maildir {
-                                name: name.clone(),
-                                path: path.display().to_string(),
-                                source,
-                            }
-                        })?;
-                    TargetKind::Maildir(maildir)
-                }
-                UpstreamUrl::Smtp { .. } => {
-                    if !up.tls_verify {
-                        warn!(upstream = %name, "tls_verify = false: the upstream's certificate is not checked; anyone on the path can read the mail and credentials");
-                    }
-                    let smtp = SmtpUpstream::from_config(up, config).map_err(|source| {
-                        SetupError::Tls {
-                            name: name.clone(),
-                            source,
-                        }
-                    })?;
-                    TargetKind::Smtp(Arc::new(smtp))
-                }
-            };
-            targets.push(Target {
-                name,
-                priority: up.priority,
-                weight: up.weight,
-                sender: up.sender.clone(),
-                kind,
-            });
-        }
+        let targets = build_targets(config)?;
         Ok(Deliverer {
-            targets: Arc::new(targets),
-            transformer,
+            routing: RwLock::new(Arc::new(Routing {
+                targets: Arc::new(targets),
+                transformer,
+            })),
         })
     }
 
+    /// Use the upstreams of `config` and `transformer` for deliveries from now on (SIGHUP
+    /// reload). On error nothing changes. Idle connections of the old upstreams are closed.
+    pub fn replace(
+        &self,
+        config: &Config,
+        transformer: Arc<Transformer>,
+    ) -> Result<(), SetupError> {
+        let targets = build_targets(config)?;
+        let new = Arc::new(Routing {
+            targets: Arc::new(targets),
+            transformer,
+        });
+        let old = std::mem::replace(&mut *self.routing.write().expect("routing lock"), new);
+        tokio::spawn(async move {
+            for target in old.targets.iter() {
+                if let TargetKind::Smtp(up) = &target.kind {
+                    up.close_idle().await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Routing> {
+        self.routing.read().expect("routing lock").clone()
+    }
+}
+
+/// Build every upstream of the configuration.
+fn build_targets(config: &Config) -> Result<Vec<Target>, SetupError> {
+    let mut targets = Vec::new();
+    for up in &config.upstream {
+        let name = up.display_name();
+        let kind = match &up.url {
+            UpstreamUrl::Maildir { path } => {
+                let maildir = Maildir::open(path, &config.server.hostname).map_err(|source| {
+                    SetupError::Maildir {
+                        name: name.clone(),
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                TargetKind::Maildir(maildir)
+            }
+            UpstreamUrl::Smtp { .. } => {
+                if !up.tls_verify {
+                    warn!(upstream = %name, "tls_verify = false: the upstream's certificate is not checked; anyone on the path can read the mail and credentials");
+                }
+                let smtp =
+                    SmtpUpstream::from_config(up, config).map_err(|source| SetupError::Tls {
+                        name: name.clone(),
+                        source,
+                    })?;
+                TargetKind::Smtp(Arc::new(smtp))
+            }
+        };
+        targets.push(Target {
+            name,
+            priority: up.priority,
+            weight: up.weight,
+            sender: up.sender.clone(),
+            kind,
+        });
+    }
+    Ok(targets)
+}
+
+impl Deliverer {
     /// Whether at least one upstream is usable now (a Maildir, or an SMTP upstream whose
     /// circuit breaker is closed); the reason otherwise.
     pub fn usable(&self) -> Result<(), String> {
-        let up = self.targets.iter().any(|t| match &t.kind {
+        let up = self.current().targets.iter().any(|t| match &t.kind {
             TargetKind::Maildir(_) => true,
             TargetKind::Smtp(up) => up.breaker.is_up(),
         });
@@ -148,15 +189,20 @@ impl Deliverer {
         }
     }
 
-    /// The targets (for `check` and metrics).
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
+    /// The upstream names (for metrics).
+    pub fn target_names(&self) -> Vec<String> {
+        self.current()
+            .targets
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// Deliver one message and report per recipient.
     pub async fn deliver(&self, message: &Message) -> Report {
         let started = std::time::Instant::now();
-        let report = failover::walk(&self.targets, &self.transformer, message).await;
+        let routing = self.current();
+        let report = failover::walk(&routing.targets, &routing.transformer, message).await;
         metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
             match status {
@@ -193,7 +239,7 @@ impl Deliverer {
 
     /// Close idle pooled connections.
     pub async fn close_idle(&self) {
-        for target in self.targets.iter() {
+        for target in self.current().targets.iter() {
             if let TargetKind::Smtp(up) = &target.kind {
                 up.close_idle().await;
             }

@@ -165,6 +165,12 @@ impl Daemon {
         daemon
     }
 
+    /// The process id (to send signals).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The SMTP listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
