@@ -145,7 +145,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `serve` sets up logging once its configuration (with `[log] format`) is loaded.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(config::LogFormat::Text);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -297,16 +300,26 @@ fn read_message(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SMARTHOST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => {
+            use std::io::IsTerminal as _;
+            builder.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+        // One JSON object per line; the event's fields are flattened into it.
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<(Config, ConfigSource), ExitCode> {
@@ -321,6 +334,7 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    init_logging(config.log.format);
     info!(source = %source, "configuration loaded");
     log_effective_config(&config);
     raise_open_file_limit();
@@ -377,6 +391,7 @@ fn log_effective_config(config: &Config) {
         breaker_threshold = config.delivery.breaker_threshold, breaker_cooldown = ?config.delivery.breaker_cooldown,
         "config: delivery"
     );
+    info!(format = %config.log.format, "config: log");
     info!(
         dir = %config.spool.dir.display(), max_disk_usage = config.spool.max_disk_usage,
         memory_limit = config.spool.memory_limit, "config: spool"

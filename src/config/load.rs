@@ -642,6 +642,18 @@ mod tests {
     }
 
     #[test]
+    fn log_format_defaults_to_text_and_is_set_by_file_or_environment() {
+        use crate::config::LogFormat;
+        let (_f, src) = file(MINIMAL);
+        assert_eq!(load(&src, &[]).unwrap().log.format, LogFormat::Text);
+        let (_f, src) = file(&format!("[log]\nformat = \"json\"\n{MINIMAL}"));
+        assert_eq!(load(&src, &[]).unwrap().log.format, LogFormat::Json);
+        let vars = env(&[("SMARTHOST__LOG__FORMAT", "JSON")]);
+        let c = load(&ConfigSource::Embedded, &vars).unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
     fn env_without_index_means_the_first_entry() {
         let vars = env(&[("SMARTHOST__UPSTREAM__URL", "smtp://mail.example.com")]);
         let c = load(&ConfigSource::Embedded, &vars).unwrap();
@@ -751,6 +763,16 @@ mod tests {
                 "[[upstream]]\nurl = \"smtps://x\"\npassword = \"p\"\n",
                 &[],
                 "FILE: `upstream[0].username`: a password or token is configured but no username",
+            ),
+            (
+                "[log]\nformat = \"xml\"\n[[upstream]]\nurl = \"maildir:x\"\n",
+                &[],
+                "FILE: `log.format`: unknown value \"xml\"; valid values are \"text\", \"json\"",
+            ),
+            (
+                MINIMAL,
+                &[("SMARTHOST__LOG__FORMAT", "yaml")],
+                "environment variable SMARTHOST__LOG__FORMAT: `log.format`: unknown value \"yaml\"; valid values are \"text\", \"json\"",
             ),
             ("[server\n", &[], "FILE: not valid TOML"),
         ];

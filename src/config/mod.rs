@@ -47,6 +47,9 @@ pub struct Config {
     /// `[metrics]`: the Prometheus and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[log]`: how `serve` writes its log.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// `[server]`
@@ -388,6 +391,7 @@ pub enum DkimAlgorithm {
 
 values::word_enum!(DkimAlgorithm { RsaSha256 = "rsa-sha256", Ed25519Sha256 = "ed25519-sha256" });
 values::word_enum!(DeliveryMode { Queue = "queue", Passthrough = "passthrough" });
+values::word_enum!(LogFormat { Text = "text", Json = "json" });
 
 /// One `[[dkim]]` signing key.
 #[derive(Clone, Debug, Deserialize)]
@@ -416,4 +420,23 @@ pub struct MetricsConfig {
     /// default when a file leaves it out) serves none.
     #[serde(deserialize_with = "values::optional_addr")]
     pub listen: Option<SocketAddr>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
 }

@@ -152,13 +152,14 @@ impl Builder {
         self
     }
 
-    /// Offer these AUTH mechanisms (the fake implements PLAIN and LOGIN).
+    /// Offer these AUTH mechanisms (the fake implements PLAIN, LOGIN and XOAUTH2).
     pub fn auth(mut self, mechanisms: &[&str]) -> Builder {
         self.script.auth = mechanisms.iter().map(|m| m.to_string()).collect();
         self
     }
 
     /// Accept these credentials (`535` for any other); with an account, MAIL needs AUTH.
+    /// For XOAUTH2 the password is the bearer token.
     pub fn account(mut self, user: &str, password: &str) -> Builder {
         self.script
             .accounts
@@ -676,7 +677,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
     }
 }
 
-/// AUTH PLAIN or LOGIN; `None` if the client went away.
+/// AUTH PLAIN, LOGIN or XOAUTH2; `None` if the client went away.
 async fn auth(conn: &mut Conn, session: &mut Session, line: &str) -> Option<String> {
     let shared = conn.shared.clone();
     let script = &shared.script;
@@ -715,6 +716,20 @@ async fn auth(conn: &mut Conn, session: &mut Session, line: &str) -> Option<Stri
             conn.send("334 UGFzc3dvcmQ6").await.ok()?;
             let password = b64(&conn.line().await?).unwrap_or_default();
             (user, password)
+        }
+        "XOAUTH2" => {
+            // base64("user=USER\x01auth=Bearer TOKEN\x01\x01")
+            let decoded = b64(&initial.unwrap_or_default()).unwrap_or_default();
+            let mut user = String::new();
+            let mut token = String::new();
+            for part in decoded.split('\x01') {
+                if let Some(u) = part.strip_prefix("user=") {
+                    user = u.to_owned();
+                } else if let Some(t) = part.strip_prefix("auth=Bearer ") {
+                    token = t.to_owned();
+                }
+            }
+            (user, token)
         }
         _ => return Some("504 5.5.4 mechanism not implemented by the fake".into()),
     };

@@ -1,0 +1,143 @@
+//! A relay configured by environment variables alone (the container case): no file, no
+//! `SMARTHOST_CONFIG`, only `SMARTHOST__*` over the embedded default. One message sent
+//! with `smarthost send` reaches an implicit-TLS upstream with AUTH, From rewritten to
+//! the upstream's sender and DKIM-signed for the configured domain.
+
+mod child;
+mod fake_upstream;
+
+use std::path::Path;
+use std::process::Command;
+
+use child::{Proc, free_port, port_in};
+use fake_upstream::pki::TestCa;
+use fake_upstream::{FakeUpstream, Mode};
+
+const USER: &str = "relay@example.org";
+const PASSWORD: &str = "env-only-pw-5521";
+
+/// The binary with nothing of the test's environment but `PATH`, plus `vars`.
+fn smarthost(args: &[&str], cwd: &Path, vars: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smarthost"));
+    cmd.args(args).current_dir(cwd).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.envs(vars.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// The value of the first `name:` header in `message` (unfolded).
+fn header(message: &str, name: &str) -> Option<String> {
+    let head = message.split("\r\n\r\n").next()?;
+    let mut found: Option<String> = None;
+    for line in head.split("\r\n") {
+        if let Some(value) = found.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                value.push_str(line);
+                continue;
+            }
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':')
+            && n.eq_ignore_ascii_case(name)
+        {
+            found = Some(v.trim().to_owned());
+        }
+    }
+    found
+}
+
+#[test]
+fn environment_variables_alone_configure_a_working_relay() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = TestCa::new();
+    let fake = rt.block_on(
+        FakeUpstream::builder(Mode::Implicit)
+            .cert(&ca.leaf("localhost"))
+            .auth(&["PLAIN", "LOGIN"])
+            .account(USER, PASSWORD)
+            .start(),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = free_port();
+    let vars = [
+        ("SMARTHOST__SERVER__LISTEN", format!("127.0.0.1:{listen}")),
+        ("SMARTHOST__SERVER__TRUSTED_NETWORKS", "127.0.0.0/8".into()),
+        ("SMARTHOST__SERVER__SHUTDOWN_GRACE", "2s".into()),
+        ("SMARTHOST__SPOOL__DIR", "queue".into()),
+        ("SMARTHOST__METRICS__LISTEN", "off".into()),
+        (
+            "SMARTHOST__UPSTREAM__0__URL",
+            format!("smtps://localhost:{}", fake.port()),
+        ),
+        (
+            "SMARTHOST__UPSTREAM__0__CA_FILE",
+            ca.ca_file().display().to_string(),
+        ),
+        ("SMARTHOST__UPSTREAM__0__USERNAME", USER.into()),
+        ("SMARTHOST__UPSTREAM__0__PASSWORD", PASSWORD.into()),
+        ("SMARTHOST__UPSTREAM__0__SENDER", USER.into()),
+        ("SMARTHOST__DKIM__0__DOMAIN", "example.org".into()),
+        ("SMARTHOST__DKIM__0__SELECTOR", "envsel".into()),
+        (
+            "SMARTHOST__DKIM__0__KEY_FILE",
+            "keys/example.org.pem".into(),
+        ),
+        ("SMARTHOST__DKIM__0__GENERATE", "true".into()),
+    ];
+
+    let mut relay = Proc::spawn(smarthost(&["serve"], dir.path(), &vars));
+    let started = relay.wait_for_line("smarthost accepting mail");
+    assert_eq!(port_in(&started), listen, "{started}");
+    let log = relay.stderr();
+    assert!(log.contains("the embedded default configuration"), "{log}");
+
+    let sent = Proc::spawn(smarthost(
+        &[
+            "send",
+            "--server",
+            &format!("127.0.0.1:{listen}"),
+            "--from",
+            "app@example.com",
+            "--to",
+            "user@example.net",
+            "--subject",
+            "env only",
+            "--timeout",
+            "15",
+        ],
+        dir.path(),
+        &[],
+    ))
+    .wait();
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert!(sent.stdout.starts_with("250"), "{sent:?}");
+
+    relay.wait_for_line("delivered");
+    let out = relay.stop();
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 1, "{out:?}");
+    let message = &messages[0];
+    assert!(message.tls, "not over TLS");
+    assert_eq!(message.user.as_deref(), Some(USER), "no AUTH");
+    assert!(message.mail_from.contains(USER), "{}", message.mail_from);
+    assert_eq!(message.rcpts, ["user@example.net"]);
+    let text = message.text();
+    let from = header(&text, "From").expect("From");
+    assert!(from.contains(USER), "{from}");
+    let signature = header(&text, "DKIM-Signature").expect("DKIM-Signature");
+    let tags: String = signature.split_whitespace().collect();
+    assert!(tags.contains("d=example.org;"), "{signature}");
+    assert!(tags.contains("s=envsel;"), "{signature}");
+    // The key was generated where the environment said, relative to the working directory.
+    assert!(dir.path().join("keys/example.org.pem").is_file());
+    assert!(dir.path().join("queue").is_dir());
+    // Nothing of the embedded default's Maildir upstream or example.com key was used.
+    assert!(!dir.path().join("data").exists(), "{out:?}");
+    assert!(!out.stderr.contains(PASSWORD), "{out:?}");
+    drop(fake);
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+}

@@ -1,0 +1,194 @@
+//! Secrets never reach a log: the real binary, at `SMARTHOST_LOG=trace`, delivers a
+//! message through an upstream that needs AUTH (PLAIN, LOGIN, XOAUTH2 over implicit
+//! TLS), and neither the secret nor any of its base64 forms appears in its output.
+//! In `[log] format = "json"` every line of the log is a JSON object.
+
+mod child;
+mod fake_upstream;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+
+use child::{CHILD_GUARD, Proc, port_in};
+use fake_upstream::pki::TestCa;
+use fake_upstream::{FakeUpstream, Mode};
+use smarthost::ops::send::{SendRequest, send};
+
+const USER: &str = "relay@example.com";
+/// Distinctive enough that any occurrence in the output is the secret itself.
+const PASSWORD: &str = "Pw-q7Zx9-NOT-IN-LOGS-31k";
+const TOKEN: &str = "ya29-Tok-K4mL2-NOT-IN-LOGS-88";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Plain,
+    Login,
+    XOAuth2,
+}
+
+/// Every form in which `auth`'s secret could leak.
+fn forbidden(auth: Auth) -> Vec<String> {
+    let b64 = |s: &str| BASE64_STANDARD.encode(s.as_bytes());
+    match auth {
+        Auth::Plain | Auth::Login => vec![
+            PASSWORD.to_owned(),
+            // AUTH PLAIN's initial response, and the same without the authzid separator.
+            b64(&format!("\0{USER}\0{PASSWORD}")),
+            b64(&format!("{USER}\0{PASSWORD}")),
+            // AUTH LOGIN's password line.
+            b64(PASSWORD),
+        ],
+        Auth::XOAuth2 => vec![
+            TOKEN.to_owned(),
+            b64(&format!("user={USER}\x01auth=Bearer {TOKEN}\x01\x01")),
+            b64(TOKEN),
+        ],
+    }
+}
+
+fn write_config(dir: &Path, fake: &FakeUpstream, ca: &TestCa, auth: Auth, json: bool) -> String {
+    let secret = match auth {
+        Auth::Plain | Auth::Login => format!("password = \"{PASSWORD}\""),
+        Auth::XOAuth2 => format!("oauth_token = \"{TOKEN}\""),
+    };
+    let text = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n\n\
+         [metrics]\nlisten = \"off\"\n\n[spool]\ndir = {spool:?}\n\n[log]\nformat = \"{format}\"\n\n\
+         [[upstream]]\nname = \"auth\"\nurl = \"smtps://localhost:{port}\"\nca_file = {ca:?}\n\
+         timeout = \"5s\"\nusername = \"{USER}\"\n{secret}\n",
+        spool = dir.join("spool").display().to_string(),
+        format = if json { "json" } else { "text" },
+        port = fake.port(),
+        ca = ca.ca_file().display().to_string(),
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+fn run(auth: Auth, json: bool) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = TestCa::new();
+    let (mechanism, secret) = match auth {
+        Auth::Plain => ("PLAIN", PASSWORD),
+        Auth::Login => ("LOGIN", PASSWORD),
+        Auth::XOAuth2 => ("XOAUTH2", TOKEN),
+    };
+    let fake = rt.block_on(
+        FakeUpstream::builder(Mode::Implicit)
+            .cert(&ca.leaf("localhost"))
+            .auth(&[mechanism])
+            .account(USER, secret)
+            .start(),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &fake, &ca, auth, json);
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smarthost"));
+    cmd.args(["serve", "-c", &config]).current_dir(dir.path());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SMARTHOST") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("SMARTHOST_LOG", "trace").env_remove("RUST_LOG");
+    let mut relay = Proc::spawn(cmd);
+    let port = port_in(&relay.wait_for_line("smarthost accepting mail"));
+
+    let request = SendRequest {
+        server: format!("127.0.0.1:{port}"),
+        from: "app@example.com".into(),
+        to: vec!["user@example.net".into()],
+        subject: "secret test".into(),
+        body: "Nothing to see here.\n".into(),
+        raw: None,
+        helo: "app.test".into(),
+        timeout: CHILD_GUARD,
+    };
+    let response = rt.block_on(send(&request)).expect("submission");
+    assert_eq!(response.code, 250, "{response}");
+    relay.wait_for_line("delivered");
+    let out = relay.stop();
+
+    // Delivered, with AUTH, as the log says: the search below is not vacuous.
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 1, "{out:?}");
+    assert_eq!(messages[0].user.as_deref(), Some(USER));
+    assert!(messages[0].tls);
+    let lines: Vec<String> = fake.lines().into_iter().map(|l| l.text).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("AUTH {mechanism}"))),
+        "{lines:?}"
+    );
+    let delivered: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("delivered") && l.contains("upstream"))
+        .collect();
+    assert_eq!(delivered.len(), 1, "{out:?}");
+    assert!(delivered[0].contains("auth"), "{out:?}");
+    assert!(out.stderr.contains("config: upstream"), "{out:?}");
+    // SMARTHOST_LOG=trace took effect: the debug-level session lines are there too.
+    assert!(out.stderr.contains("DEBUG"), "{out:?}");
+
+    for secret in forbidden(auth) {
+        assert!(
+            !out.stdout.contains(&secret) && !out.stderr.contains(&secret),
+            "secret form {secret:?} leaked:\n{out:?}"
+        );
+    }
+
+    if json {
+        for line in out.stderr.lines() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{out:?}"));
+            assert!(value.is_object(), "{line}");
+            assert!(value.get("level").is_some(), "{line}");
+            assert!(value.get("timestamp").is_some(), "{line}");
+        }
+        let line = delivered[0];
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["message"], "delivered", "{line}");
+        assert!(value["queue_id"].is_string(), "{line}");
+        assert_eq!(value["upstream"], "auth", "{line}");
+    } else {
+        assert!(out.stderr.lines().all(|l| !l.starts_with('{')), "{out:?}");
+    }
+    drop(fake);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+#[test]
+fn auth_plain_text_log() {
+    run(Auth::Plain, false);
+}
+
+#[test]
+fn auth_plain_json_log() {
+    run(Auth::Plain, true);
+}
+
+#[test]
+fn auth_login_text_log() {
+    run(Auth::Login, false);
+}
+
+#[test]
+fn auth_login_json_log() {
+    run(Auth::Login, true);
+}
+
+#[test]
+fn xoauth2_text_log() {
+    run(Auth::XOAuth2, false);
+}
+
+#[test]
+fn xoauth2_json_log() {
+    run(Auth::XOAuth2, true);
+}
