@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::config::ServerConfig;
 use crate::message::Message;
 use crate::ops::metrics::name;
+use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
 use limits::ClientCounter;
 use phase::Rules;
@@ -74,6 +75,19 @@ pub struct Listener {
 struct Live {
     ctx: Arc<SessionContext>,
     trusted: Vec<IpNet>,
+    proxy_protocol: bool,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Live {
+    fn new(server: &ServerConfig, ctx: SessionContext) -> Live {
+        Live {
+            ctx: Arc::new(ctx),
+            trusted: server.trusted_networks.clone(),
+            proxy_protocol: server.proxy_protocol,
+            trusted_proxies: server.trusted_proxies.clone(),
+        }
+    }
 }
 
 /// Changes the rules of a running listener (SIGHUP reload).
@@ -94,10 +108,7 @@ impl ListenerControl {
             .ctx
             .handoff
             .clone();
-        let live = Live {
-            ctx: Arc::new(context(server, handoff, tls)),
-            trusted: server.trusted_networks.clone(),
-        };
+        let live = Live::new(server, context(server, handoff, tls));
         *self.live.write().expect("listener settings") = Arc::new(live);
         self.per_client.set_limit(server.max_connections_per_client);
     }
@@ -159,10 +170,7 @@ impl Listener {
             })?;
             sockets.push(socket);
         }
-        let live = Live {
-            ctx: Arc::new(context(server, handoff, tls)),
-            trusted: server.trusted_networks.clone(),
-        };
+        let live = Live::new(server, context(server, handoff, tls));
         Ok(Listener {
             sockets,
             live: Arc::new(RwLock::new(Arc::new(live))),
@@ -251,42 +259,98 @@ impl AcceptLoop {
 
     fn start_session(&self, stream: TcpStream, peer: SocketAddr) {
         let live = self.live.read().expect("listener settings").clone();
-        let hostname = &live.ctx.rules.hostname;
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-            let text = format!("{hostname} Too many connections, please try again later");
+            let text = format!(
+                "{} Too many connections, please try again later",
+                live.ctx.rules.hostname
+            );
             warn!(client = %peer, "refused: server.max_connections reached");
             metrics::counter!(name::REJECTED, "reason" => "max_connections").increment(1);
             return turn_away(stream, Reply::new(421, Enhanced(4, 3, 2), text));
         };
-        let client_ip = normalize(peer.ip());
-        let Some(client_slot) = self.per_client.try_acquire(client_ip) else {
-            let text = format!(
-                "{hostname} Too many connections from {} (limit {}), please try again later",
-                client_ip,
-                self.per_client.limit()
-            );
-            warn!(client = %peer, "refused: server.max_connections_per_client reached");
-            metrics::counter!(name::REJECTED, "reason" => "max_connections_per_client")
-                .increment(1);
-            return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
-        };
-        let refusal = (!live.trusted.iter().any(|net| net.contains(&client_ip)))
-            .then(|| format!("Relay access denied: {client_ip} is not in trusted_networks"));
-        let ctx = live.ctx.clone();
+        let per_client = self.per_client.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            debug!(client = %peer, "connected");
+            let (stream, client, initial) = if live.proxy_protocol {
+                if !live
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&normalize(peer.ip())))
+                {
+                    warn!(client = %peer, "refused: PROXY protocol from an address not in trusted_proxies");
+                    metrics::counter!(name::REJECTED, "reason" => "untrusted_proxy").increment(1);
+                    let text = format!(
+                        "{} This port expects connections through a trusted proxy",
+                        live.ctx.rules.hostname
+                    );
+                    return turn_away(stream, Reply::new(554, Enhanced(5, 7, 1), text));
+                }
+                match read_proxy_header(stream).await {
+                    Ok((stream, ProxiedAddress::Client(addr), initial)) => (stream, addr, initial),
+                    Ok((stream, ProxiedAddress::Local, initial)) => (stream, peer, initial),
+                    Err(e) => {
+                        info!(proxy = %peer, error = %e, "closed: no usable PROXY header");
+                        return;
+                    }
+                }
+            } else {
+                (stream, peer, Vec::new())
+            };
+            let hostname = &live.ctx.rules.hostname;
+            let client_ip = normalize(client.ip());
+            let Some(client_slot) = per_client.try_acquire(client_ip) else {
+                let text = format!(
+                    "{hostname} Too many connections from {client_ip} (limit {}), please try again later",
+                    per_client.limit()
+                );
+                warn!(client = %client, "refused: server.max_connections_per_client reached");
+                metrics::counter!(name::REJECTED, "reason" => "max_connections_per_client")
+                    .increment(1);
+                return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
+            };
+            let refusal = (!live.trusted.iter().any(|net| net.contains(&client_ip)))
+                .then(|| format!("Relay access denied: {client_ip} is not in trusted_networks"));
+            debug!(client = %client, "connected");
             if refusal.is_some() {
                 metrics::counter!(name::REJECTED, "reason" => "not_trusted").increment(1);
             }
             let active = metrics::gauge!(name::CONNECTIONS);
             active.increment(1.0);
-            session::run(stream, peer, refusal, ctx, shutdown).await;
+            session::run(stream, client, refusal, live.ctx.clone(), shutdown, initial).await;
             active.decrement(1.0);
             drop(client_slot);
             drop(permit);
         });
     }
+}
+
+/// Read the PROXY header; returns the stream, the address it names, and any bytes that
+/// followed it (the start of the SMTP conversation).
+async fn read_proxy_header(
+    mut stream: TcpStream,
+) -> Result<(TcpStream, ProxiedAddress, Vec<u8>), String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(256);
+    let read = async {
+        loop {
+            match proxy::parse(&buf) {
+                Ok(Some((address, used))) => return Ok((address, used)),
+                Ok(None) if buf.len() < 536 => {}
+                Ok(None) => return Err("PROXY header too long".to_owned()),
+                Err(e) => return Err(e.to_string()),
+            }
+            let mut chunk = [0u8; 256];
+            let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the proxy closed the connection".to_owned());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let (address, used) = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .map_err(|_| "no PROXY header within 10 s".to_owned())??;
+    Ok((stream, address, buf.split_off(used)))
 }
 
 /// An IPv4 client on a dual-stack socket shows up as `::ffff:a.b.c.d`; judge it as IPv4.

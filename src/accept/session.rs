@@ -309,6 +309,7 @@ pub(crate) async fn run<S>(
     refusal: Option<String>,
     ctx: Arc<SessionContext>,
     mut shutdown: watch::Receiver<RunState>,
+    initial: Vec<u8>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -321,7 +322,7 @@ pub(crate) async fn run<S>(
     }
     let mut conn = Connection {
         stream: Transport::Plain(stream),
-        rbuf: Vec::new(),
+        rbuf: initial,
         rpos: 0,
         wbuf: Vec::new(),
         timeout: ctx.command_timeout,
@@ -574,7 +575,7 @@ mod tests {
         let (_unread, mut commands) = tokio::io::split(client);
         let (_state, shutdown) = watch::channel(RunState::Running);
         let peer = "127.0.0.1:1025".parse().unwrap();
-        let session = tokio::spawn(run(server, peer, None, ctx, shutdown));
+        let session = tokio::spawn(run(server, peer, None, ctx, shutdown, Vec::new()));
         let writer = tokio::spawn(async move {
             let batch = "HELP\r\n".repeat(100);
             while commands.write_all(batch.as_bytes()).await.is_ok() {}

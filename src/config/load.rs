@@ -390,6 +390,12 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
             ),
         ));
     }
+    if server.proxy_protocol && server.trusted_proxies.is_empty() {
+        return Err((
+            "server.trusted_proxies".into(),
+            "server.proxy_protocol is on but no proxy is trusted: list the proxies' addresses (e.g. the Docker bridge gateway or the load balancer), or turn proxy_protocol off".into(),
+        ));
+    }
     if config.upstream.is_empty() {
         return Err((
             "upstream".into(),

@@ -85,6 +85,12 @@ pub struct ServerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Permit a `trusted_networks` entry that covers every address (`0.0.0.0/0`, `::/0`).
     pub allow_open_relay: bool,
+    /// Expect a PROXY protocol header (v1 or v2) before SMTP on every listener, so the
+    /// real client address is what `trusted_networks` judges.
+    pub proxy_protocol: bool,
+    /// The proxies allowed to send that header; anyone else is refused.
+    #[serde(deserialize_with = "values::networks")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +108,8 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             allow_open_relay: false,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod address;
 pub mod command;
 pub mod dot;
+pub mod proxy;
 pub mod reply;
 pub mod response;
 
