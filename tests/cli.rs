@@ -97,7 +97,7 @@ fn config(server: &str, rest: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
     let text = format!(
-        "[server]\n{server}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[spool]\ndir = \"{spool}\"\n\n{rest}",
+        "[server]\n{server}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[spool]\ndir = \"{spool}\"\nmax_disk_usage = 100\n\n{rest}",
         spool = dir.path().join("spool").display()
     );
     std::fs::write(&path, text).unwrap();

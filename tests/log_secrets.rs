@@ -56,7 +56,7 @@ fn write_config(dir: &Path, fake: &FakeUpstream, ca: &TestCa, auth: Auth, json: 
     };
     let text = format!(
         "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n\n\
-         [metrics]\nlisten = \"off\"\n\n[spool]\ndir = {spool:?}\n\n[log]\nformat = \"{format}\"\n\n\
+         [metrics]\nlisten = \"off\"\n\n[spool]\ndir = {spool:?}\nmax_disk_usage = 100\n\n[log]\nformat = \"{format}\"\n\n\
          [[upstream]]\nname = \"auth\"\nurl = \"smtps://localhost:{port}\"\nca_file = {ca:?}\n\
          timeout = \"5s\"\nusername = \"{USER}\"\n{secret}\n",
         spool = dir.join("spool").display().to_string(),

@@ -37,7 +37,7 @@ async fn metrics_health_and_readiness_after_a_delivery() {
     std::fs::write(
         &config_path,
         format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[spool]\ndir = \"{0}/spool\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"box\"\nurl = \"maildir:{0}/out\"\n",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[spool]\ndir = \"{0}/spool\"\nmax_disk_usage = 100\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"box\"\nurl = \"maildir:{0}/out\"\n",
             dir.path().display()
         ),
     )

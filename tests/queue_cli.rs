@@ -293,7 +293,7 @@ async fn a_delete_requested_while_stopped_wins_over_a_message_due_at_start() {
     let outbox = tmp.path().join("outbox");
     let config_path = tmp.path().join("relay.toml");
     let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n[spool]\ndir = \"{}\"\n[[upstream]]\nurl = \"maildir:{}\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n[spool]\ndir = \"{}\"\nmax_disk_usage = 100\n[[upstream]]\nurl = \"maildir:{}\"\n",
         spool.display(),
         outbox.display()
     );

@@ -475,13 +475,15 @@ fn failed_recipient(
 
 /// Percent of the file system holding `dir` that is in use, if it can be read.
 fn disk_usage_percent(dir: &std::path::Path) -> Option<u8> {
+    // As `df` counts: blocks in use against blocks in use plus those available to
+    // unprivileged users (the root reserve is neither).
     let stat = rustix::fs::statvfs(dir).ok()?;
-    let total = stat.f_blocks;
-    if total == 0 {
+    let used = stat.f_blocks.saturating_sub(stat.f_bfree);
+    let usable = used + stat.f_bavail;
+    if usable == 0 {
         return None;
     }
-    let used = total.saturating_sub(stat.f_bavail);
-    Some(((used * 100) / total).min(100) as u8)
+    Some((used * 100).div_ceil(usable).min(100) as u8)
 }
 
 impl Handoff for Scheduler {

@@ -260,7 +260,7 @@ pub fn write_config(dir: &Path, rest: &str) -> PathBuf {
     let path = dir.join("relay.toml");
     let text = format!(
         "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\n[spool]\ndir = \"{}\"\n\n{rest}",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n[spool]\ndir = \"{}\"\nmax_disk_usage = 100\n\n{rest}",
         dir.join("spool").display()
     );
     std::fs::write(&path, text).expect("write config");

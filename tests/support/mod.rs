@@ -103,7 +103,13 @@ fn compose_config(extra: &str, dir: &Path, maildir: &Path) -> String {
                 ("shutdown_grace", "\"10s\"".into()),
             ],
         ),
-        ("[spool]", vec![("dir", quoted(&dir.join("spool")))]),
+        (
+            "[spool]",
+            vec![
+                ("dir", quoted(&dir.join("spool"))),
+                ("max_disk_usage", "100".into()),
+            ],
+        ),
         ("[metrics]", vec![("listen", "\"127.0.0.1:0\"".into())]),
     ];
     let first = extra
