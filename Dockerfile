@@ -16,7 +16,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin smarthost \
-    && install -D -m 0755 target/release/smarthost /out/smarthost
+    && install -D -s -m 0755 target/release/smarthost /out/smarthost
 
 # ---- runtime ----
 FROM debian:bookworm-slim
