@@ -338,6 +338,9 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     info!(source = %source, "configuration loaded");
     log_effective_config(&config);
     raise_open_file_limit();
+    // Before anything listens: a SIGHUP that arrives once the relay is up must reload,
+    // not end the process with the default action.
+    install_signal_handlers();
     let config = Arc::new(config);
     let relay = match smarthost::start(config).await {
         Ok(relay) => relay,
@@ -432,27 +435,44 @@ enum Signal {
 }
 
 #[cfg(unix)]
-async fn next_signal() -> Signal {
+type Handlers = (
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
+
+/// The process's signal handlers, installed on first use and kept for its lifetime, so
+/// no signal is missed between waits.
+#[cfg(unix)]
+fn signal_handlers() -> Option<&'static tokio::sync::Mutex<Handlers>> {
     use std::sync::OnceLock;
     use tokio::signal::unix::{SignalKind, signal};
-    use tokio::sync::Mutex;
-    // The handlers live for the whole process, so no signal is missed between calls.
-    type Handlers = (
-        tokio::signal::unix::Signal,
-        tokio::signal::unix::Signal,
-        tokio::signal::unix::Signal,
-    );
-    static HANDLERS: OnceLock<Option<Mutex<Handlers>>> = OnceLock::new();
-    let handlers = HANDLERS.get_or_init(|| {
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(t), Ok(i), Ok(h)) => Some(Mutex::new((t, i, h))),
-            _ => None,
-        }
-    });
+    static HANDLERS: OnceLock<Option<tokio::sync::Mutex<Handlers>>> = OnceLock::new();
+    HANDLERS
+        .get_or_init(|| {
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(t), Ok(i), Ok(h)) => Some(tokio::sync::Mutex::new((t, i, h))),
+                _ => None,
+            }
+        })
+        .as_ref()
+}
+
+#[cfg(unix)]
+fn install_signal_handlers() {
+    let _ = signal_handlers();
+}
+
+#[cfg(not(unix))]
+fn install_signal_handlers() {}
+
+#[cfg(unix)]
+async fn next_signal() -> Signal {
+    let handlers = signal_handlers();
     let Some(handlers) = handlers else {
         warn!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
