@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     group.measurement_time(std::time::Duration::from_secs(4));
-    let msg = message(4096);
+    let msg = std::sync::Arc::new(message(4096));
     for (label, per_connection) in [
         ("reused_connection", 1000),
         ("new_connection_per_message", 1),
@@ -144,7 +144,7 @@ fn bench(c: &mut Criterion) {
         let d = deliverer(per_connection);
         group.bench_function(label, |b| {
             b.iter(|| {
-                let report = rt.block_on(d.deliver(&msg));
+                let report = rt.block_on(d.deliver(msg.clone()));
                 assert!(report.all_delivered());
             })
         });

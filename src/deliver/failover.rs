@@ -192,33 +192,41 @@ async fn prepare(
     transformer: &Arc<Transformer>,
     message: &Arc<Message>,
     sender: Option<String>,
-) -> Result<Message, String> {
+) -> Result<Arc<Message>, String> {
     let (transformer, original) = (transformer.clone(), message.clone());
     tokio::task::spawn_blocking(move || {
-        let content = transformer
-            .for_upstream(&original.content, sender.as_deref())
-            .map_err(|e| e.to_string())?;
+        let content = match transformer
+            .for_upstream_cow(&original.content, sender.as_deref())
+            .map_err(|e| e.to_string())?
+        {
+            // Nothing to rewrite or sign: the upstream gets the message as it is.
+            std::borrow::Cow::Borrowed(_) if sender.is_none() => return Ok(original),
+            content => content.into_owned(),
+        };
         let mut envelope = original.envelope.clone();
         if let (Some(account), ReversePath::Mailbox(_)) = (&sender, &envelope.sender) {
             let account =
                 Address::parse(account).map_err(|e| format!("sender {account:?}: {e}"))?;
             envelope.sender = ReversePath::Mailbox(account);
         }
-        Ok(Message {
+        Ok(Arc::new(Message {
             id: original.id,
             envelope,
             content,
             received_at: original.received_at,
-        })
+        }))
     })
     .await
     .map_err(|e| format!("transformation task failed: {e}"))?
 }
 
 /// Deliver `message` by walking `targets`.
-pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &Message) -> Report {
+pub async fn walk(
+    targets: &[Target],
+    transformer: &Arc<Transformer>,
+    message: Arc<Message>,
+) -> Report {
     let ordered = order(targets, &mut rand::rng());
-    let message = Arc::new(message.clone());
     // One transformed copy per sender policy: failing over between upstreams with the
     // same policy does not sign again.
     let mut prepared: HashMap<Option<String>, Arc<Message>> = HashMap::new();
@@ -250,7 +258,6 @@ pub async fn walk(targets: &[Target], transformer: &Arc<Transformer>, message: &
             Some(m) => m.clone(),
             None => match prepare(transformer, &message, target.sender.clone()).await {
                 Ok(m) => {
-                    let m = Arc::new(m);
                     prepared.insert(target.sender.clone(), m.clone());
                     m
                 }

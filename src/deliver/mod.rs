@@ -199,9 +199,10 @@ impl Deliverer {
     }
 
     /// Deliver one message and report per recipient.
-    pub async fn deliver(&self, message: &Message) -> Report {
+    pub async fn deliver(&self, message: Arc<Message>) -> Report {
         let started = std::time::Instant::now();
         let routing = self.current();
+        let id = message.id;
         let report = failover::walk(&routing.targets, &routing.transformer, message).await;
         metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
@@ -224,13 +225,13 @@ impl Deliverer {
                         .as_ref()
                         .map(ToString::to_string)
                         .unwrap_or_default();
-                    info!(queue_id = %message.id, rcpt = %rcpt, upstream = %upstream, reply = %reply, "delivered");
+                    info!(queue_id = %id, rcpt = %rcpt, upstream = %upstream, reply = %reply, "delivered");
                 }
                 RcptStatus::Failed(reason) => {
-                    warn!(queue_id = %message.id, rcpt = %rcpt, reason = %reason, "failed permanently")
+                    warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently")
                 }
                 RcptStatus::Deferred(reason) => {
-                    warn!(queue_id = %message.id, rcpt = %rcpt, reason = %reason, "deferred")
+                    warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "deferred")
                 }
             }
         }
@@ -250,7 +251,7 @@ impl Deliverer {
 impl Handoff for Deliverer {
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
         Box::pin(async move {
-            let report = self.deliver(&message).await;
+            let report = self.deliver(Arc::new(message)).await;
             passthrough_result(&report)
         })
     }

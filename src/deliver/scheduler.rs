@@ -283,12 +283,19 @@ impl Scheduler {
         let pending: Vec<usize> = (0..entry.state.rcpts.len())
             .filter(|i| entry.state.rcpts[*i] == RcptState::Pending)
             .collect();
-        let mut attempt = (*message).clone();
-        attempt.envelope.recipients = pending
-            .iter()
-            .map(|i| entry.envelope.recipients[*i].clone())
-            .collect();
-        let report = self.inner.deliverer.deliver(&attempt).await;
+        // Only the pending recipients are tried; when that is all of them the message
+        // goes as it is, without a copy.
+        let attempt = if pending.len() == entry.envelope.recipients.len() {
+            message.clone()
+        } else {
+            let mut partial = (*message).clone();
+            partial.envelope.recipients = pending
+                .iter()
+                .map(|i| entry.envelope.recipients[*i].clone())
+                .collect();
+            Arc::new(partial)
+        };
+        let report = self.inner.deliverer.deliver(attempt).await;
 
         let now = SystemTime::now();
         let mut state = entry.state.clone();

@@ -129,47 +129,80 @@ pub enum DecodeError {
 /// Append the encoding of `record` to `out`; returns the offset of the content within
 /// `out` (for Message records), so it can be read back without decoding the rest.
 pub fn encode(record: &Record, out: &mut Vec<u8>) -> Option<usize> {
-    let start = out.len();
-    out.extend_from_slice(&MAGIC);
-    out.push(0);
-    out.extend_from_slice(&[0; 8]);
-    let mut content_at = None;
-    let kind = match record {
+    match record {
         Record::Message {
             id,
             received_at,
             envelope,
             state,
             content,
-        } => {
-            put_u64(out, id.as_u64());
-            put_u64(out, secs(*received_at));
-            out.push(u8::from(envelope.smtputf8) | (u8::from(envelope.eight_bit) << 1));
-            let sender = match &envelope.sender {
-                ReversePath::Null => String::new(),
-                ReversePath::Mailbox(a) => a.to_string(),
-            };
-            put_str(out, &sender);
-            put_u32(out, envelope.recipients.len() as u32);
-            for r in &envelope.recipients {
-                put_str(out, &r.to_string());
-            }
-            put_state(out, state);
-            put_u32(out, content.len() as u32);
-            content_at = Some(out.len() - start);
-            out.extend_from_slice(content);
-            1
-        }
+        } => Some(encode_message(
+            *id,
+            *received_at,
+            envelope,
+            state,
+            content,
+            out,
+        )),
         Record::Update { id, state } => {
+            let start = begin(out);
             put_u64(out, id.as_u64());
             put_state(out, state);
-            2
+            finish(out, start, 2);
+            None
         }
         Record::Remove { id } => {
+            let start = begin(out);
             put_u64(out, id.as_u64());
-            3
+            finish(out, start, 3);
+            None
         }
+    }
+}
+
+/// Append a message record built from borrowed parts (the spool writes accepted
+/// messages this way, without copying the content into a [`Record`] first). Returns
+/// the offset of the content from the start of the record.
+pub fn encode_message(
+    id: QueueId,
+    received_at: SystemTime,
+    envelope: &Envelope,
+    state: &DeliveryState,
+    content: &[u8],
+    out: &mut Vec<u8>,
+) -> usize {
+    let start = begin(out);
+    put_u64(out, id.as_u64());
+    put_u64(out, secs(received_at));
+    out.push(u8::from(envelope.smtputf8) | (u8::from(envelope.eight_bit) << 1));
+    let sender = match &envelope.sender {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(a) => a.to_string(),
     };
+    put_str(out, &sender);
+    put_u32(out, envelope.recipients.len() as u32);
+    for r in &envelope.recipients {
+        put_str(out, &r.to_string());
+    }
+    put_state(out, state);
+    put_u32(out, content.len() as u32);
+    let content_at = out.len() - start;
+    out.extend_from_slice(content);
+    finish(out, start, 1);
+    content_at
+}
+
+/// Reserve the record header; returns where the record starts.
+fn begin(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.push(0);
+    out.extend_from_slice(&[0; 8]);
+    start
+}
+
+/// Fill in kind, payload length and checksum of the record that starts at `start`.
+fn finish(out: &mut [u8], start: usize, kind: u8) {
     let payload_len = (out.len() - start - HEADER_LEN) as u32;
     out[start + 4] = kind;
     out[start + 5..start + 9].copy_from_slice(&payload_len.to_le_bytes());
@@ -177,7 +210,6 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) -> Option<usize> {
     hasher.update(&[kind]);
     hasher.update(&out[start + HEADER_LEN..]);
     out[start + 9..start + 13].copy_from_slice(&hasher.finalize().to_le_bytes());
-    content_at
 }
 
 /// Decode the record at the start of `buf`; returns it and its length in bytes.

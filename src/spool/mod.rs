@@ -65,7 +65,9 @@ pub enum SpoolError {
         source: std::io::Error,
     },
     /// The committer thread is gone (after a fatal write error).
-    #[error("the spool writer has stopped; see the log")]
+    #[error(
+        "the spool writer has stopped (see the spool write error logged before this); fix the disk problem and restart smarthost"
+    )]
     Stopped,
     /// No such message.
     #[error("no message {0} in the queue")]
@@ -423,21 +425,21 @@ impl Spool {
         message: &Message,
         state: DeliveryState,
     ) -> Result<(), SpoolError> {
-        let record = Record::Message {
-            id: message.id,
-            received_at: message.received_at,
-            envelope: message.envelope.clone(),
-            state: state.clone(),
-            content: message.content.clone(),
-        };
         let mut bytes = Vec::with_capacity(message.content.len() + 256);
-        codec::encode(&record, &mut bytes);
+        let content_at = codec::encode_message(
+            message.id,
+            message.received_at,
+            &message.envelope,
+            &state,
+            &message.content,
+            &mut bytes,
+        );
         let op = IndexOp::Insert {
             id: message.id,
             envelope: message.envelope.clone(),
             received_at: message.received_at,
             state,
-            content_at: bytes.len() - message.content.len(),
+            content_at,
             len: message.content.len() as u32,
         };
         self.append(bytes, op).await

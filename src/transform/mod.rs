@@ -109,9 +109,21 @@ impl Transformer {
         content: &[u8],
         sender: Option<&str>,
     ) -> Result<Vec<u8>, TransformError> {
-        let content = match sender {
-            Some(account) => apply_sender_policy(content, account),
-            None => content.to_vec(),
+        self.for_upstream_cow(content, sender)
+            .map(std::borrow::Cow::into_owned)
+    }
+
+    /// [`Transformer::for_upstream`] without a copy when nothing changes (no sender
+    /// policy, no key for the From domain): the delivery hot path.
+    pub fn for_upstream_cow<'a>(
+        &self,
+        content: &'a [u8],
+        sender: Option<&str>,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, TransformError> {
+        use std::borrow::Cow;
+        let content: Cow<'a, [u8]> = match sender {
+            Some(account) => Cow::Owned(apply_sender_policy(content, account)),
+            None => Cow::Borrowed(content),
         };
         let Some(domain) = from_mailbox(&content)
             .and_then(|m| m.address.rsplit_once('@').map(|(_, d)| d.to_owned()))
@@ -133,7 +145,7 @@ impl Transformer {
         let mut signed = Vec::with_capacity(header.len() + content.len());
         signed.extend_from_slice(header.as_bytes());
         signed.extend_from_slice(&content);
-        Ok(signed)
+        Ok(Cow::Owned(signed))
     }
 }
 
