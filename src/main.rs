@@ -300,10 +300,29 @@ fn read_message(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// The level filter: `SMARTHOST_LOG`, else `RUST_LOG`, else `info`. A variable that is
+/// empty counts as unset (`SMARTHOST_LOG=` in a compose file must not silence the log);
+/// one that does not parse is skipped with a warning once logging is up.
+fn log_filter(
+    var: impl Fn(&str) -> Option<String>,
+) -> (tracing_subscriber::EnvFilter, Vec<String>) {
+    let mut skipped = Vec::new();
+    for name in ["SMARTHOST_LOG", "RUST_LOG"] {
+        let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        match tracing_subscriber::EnvFilter::try_new(value.trim()) {
+            Ok(filter) => return (filter, skipped),
+            Err(e) => skipped.push(format!(
+                "{name}={value:?} is not a log filter ({e}); it is ignored. Use a level such as \"info\" or \"debug\", or directives such as \"info,smarthost::accept=debug\""
+            )),
+        }
+    }
+    (tracing_subscriber::EnvFilter::new("info"), skipped)
+}
+
 fn init_logging(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SMARTHOST_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, skipped) = log_filter(|name| std::env::var(name).ok());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -319,6 +338,9 @@ fn init_logging(format: config::LogFormat) {
             .with_current_span(true)
             .with_span_list(false)
             .init(),
+    }
+    for note in skipped {
+        warn!("{note}");
     }
 }
 
@@ -382,6 +404,12 @@ async fn reload(relay: &smarthost::RelayHandle, path: Option<&std::path::Path>) 
 /// One line per section; secrets are redacted by their types.
 fn log_effective_config(config: &Config) {
     let s = &config.server;
+    if s.allow_open_relay {
+        warn!(
+            trusted_networks = ?s.trusted_networks, trusted_proxies = ?s.trusted_proxies,
+            "server.allow_open_relay = true: the open-relay guard is off; make sure a firewall or a private network limits who can reach the SMTP port"
+        );
+    }
     info!(
         hostname = %s.hostname, listen = ?s.listen, trusted_networks = ?s.trusted_networks,
         max_message_size = s.max_message_size, max_connections = s.max_connections,
@@ -506,5 +534,47 @@ async fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    fn filter_for(vars: &[(&str, &str)]) -> (String, Vec<String>) {
+        let (filter, skipped) = log_filter(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        (filter.to_string(), skipped)
+    }
+
+    #[test]
+    fn the_log_level_falls_back_past_empty_and_invalid_variables() {
+        assert_eq!(filter_for(&[]), ("info".to_owned(), vec![]));
+        assert_eq!(filter_for(&[("SMARTHOST_LOG", "debug")]).0, "debug");
+        assert_eq!(
+            filter_for(&[("SMARTHOST_LOG", "warn"), ("RUST_LOG", "trace")]).0,
+            "warn"
+        );
+        // Empty or blank: as if unset.
+        assert_eq!(
+            filter_for(&[("SMARTHOST_LOG", "")]),
+            ("info".into(), vec![])
+        );
+        assert_eq!(filter_for(&[("SMARTHOST_LOG", "  ")]).0, "info");
+        assert_eq!(
+            filter_for(&[("SMARTHOST_LOG", ""), ("RUST_LOG", "error")]).0,
+            "error"
+        );
+        // Invalid: skipped, and said why.
+        let (filter, skipped) = filter_for(&[("SMARTHOST_LOG", "verbose=on=2")]);
+        assert_eq!(filter, "info");
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].starts_with("SMARTHOST_LOG=\"verbose=on=2\" is not a log filter"),
+            "{skipped:?}"
+        );
     }
 }

@@ -116,3 +116,111 @@ async fn a_client_that_never_reads_its_replies_is_dropped_after_the_command_time
     }
     writer.abort();
 }
+
+/// A trusted client sending a command a byte at a time still has to finish it within
+/// `command_timeout`: the deadline is per command, not per read.
+#[tokio::test]
+async fn a_command_trickled_a_byte_at_a_time_times_out() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let relay = start_relay("[server]\ncommand_timeout = \"1s\"\n").await;
+    let stream = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut line = String::new();
+    read.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("220 "), "{line}");
+    // A byte every 200 ms for 6 s: each read comes well within the timeout.
+    let trickler = tokio::spawn(async move {
+        for byte in b"NOOP NOOP NOOP NOOP NOOP NOOP" {
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    line.clear();
+    tokio::time::timeout(HANG_GUARD, read.read_line(&mut line))
+        .await
+        .expect("no reply at all")
+        .unwrap();
+    assert!(
+        line.starts_with("421 4.4.2 ") && line.contains("no complete command within 1s"),
+        "{line}"
+    );
+    assert!(
+        !trickler.is_finished(),
+        "the timeout came only after the client stopped sending"
+    );
+    trickler.abort();
+}
+
+/// Untrusted clients trickling bytes used to keep their connections forever: 400 of
+/// them locked trusted apps out. A refused client gets one answer and is closed, and
+/// its first command must arrive within the (shorter) wait for refused clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_untrusted_clients_do_not_lock_out_a_trusted_one() {
+    use tokio::io::AsyncWriteExt;
+    const TRICKLERS: usize = 400;
+    // Room for 400 client and 400 server sockets in this process.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    // The trusted app is 127.0.0.2; the tricklers come from 127.0.0.1.
+    let relay = start_relay(&format!(
+        "[server]\ntrusted_networks = [\"127.0.0.2/32\"]\ncommand_timeout = \"2s\"\n\
+         max_connections = {TRICKLERS}\nmax_connections_per_client = {}\n",
+        TRICKLERS * 2
+    ))
+    .await;
+    let addr = relay.addr();
+    let mut tricklers = Vec::new();
+    for _ in 0..TRICKLERS {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tricklers.push(tokio::spawn(async move {
+            // One byte a second, never a whole line, until the server closes.
+            for _ in 0..120 {
+                if stream.write_all(b"E").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+
+    let mut sent = 0;
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while sent < 21 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trusted client sent {sent} of 21 messages: the tricklers keep the slots"
+        );
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut c = support::SmtpClient::new(stream);
+        let greeting = c.read_reply().await;
+        if greeting.code != 220 {
+            assert_eq!(greeting.code, 421, "{greeting}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        c.expect("EHLO app.test", 250).await;
+        let reply = c
+            .send_message(
+                "app@example.com",
+                &["user@example.net"],
+                format!("Subject: m{sent}\r\n\r\nhello\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(reply.code, 250, "{reply}");
+        sent += 1;
+    }
+    for trickler in tricklers {
+        trickler.abort();
+    }
+}

@@ -50,6 +50,9 @@ pub enum HandoffError {
     /// A local failure (disk, configuration); the client hears a generic `451 4.3.0`, the
     /// detail goes to the log.
     Unavailable(String),
+    /// The spool has no room (disk full, or above `spool.max_disk_usage`); the client
+    /// hears `452 4.3.1`, the detail goes to the log.
+    NoStorage(String),
 }
 
 /// A future returned by [`Handoff::submit`].

@@ -163,10 +163,19 @@ impl Phase {
 
     /// Apply one command.
     pub fn on_command(self, cmd: Command, rules: &Rules) -> (Phase, Step) {
+        // RFC 5321 §3.1 lets the server close after refusing at the greeting: a refused
+        // client gets one answer and the connection ends, so it cannot hold a slot.
         if let Phase::Refused { reason } = self {
             let step = match cmd {
                 Command::Quit => Step::Reply(Reply::new(221, Enhanced(2, 0, 0), "Bye").and_close()),
-                _ => reply(554, (5, 7, 1), reason.clone()),
+                _ => Step::Reply(
+                    Reply::new(
+                        554,
+                        Enhanced(5, 7, 1),
+                        format!("{reason}; closing connection"),
+                    )
+                    .and_close(),
+                ),
             };
             return (Phase::Refused { reason }, step);
         }
@@ -589,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_clients_only_get_quit() {
+    fn refused_clients_get_one_answer_and_are_closed() {
         let r = rules();
         let (phase, greeting) =
             Phase::start(&r, Some("10.9.9.9 is not in trusted_networks".into()));
@@ -597,8 +606,16 @@ mod tests {
             greeting.to_wire(),
             "554 5.7.1 relay.test 10.9.9.9 is not in trusted_networks\r\n"
         );
-        let (phase, step) = phase.on_command(Command::Ehlo("x".into()), &r);
-        assert!(matches!(step, Step::Reply(ref rep) if rep.code == 554));
+        let (_, step) = phase.on_command(Command::Ehlo("x".into()), &r);
+        let Step::Reply(reply) = step else { panic!() };
+        assert_eq!(
+            (reply.to_wire().as_str(), reply.close),
+            (
+                "554 5.7.1 10.9.9.9 is not in trusted_networks; closing connection\r\n",
+                true
+            )
+        );
+        let (phase, _) = Phase::start(&r, Some("refused".into()));
         let (_, step) = phase.on_command(Command::Quit, &r);
         assert!(matches!(step, Step::Reply(ref rep) if rep.code == 221 && rep.close));
     }

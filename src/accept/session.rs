@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -28,6 +29,11 @@ const MAX_ERRORS: u32 = 10;
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client refused at the greeting (`554 5.7.1`) may take to send a command
+/// (it gets its answer, then the connection closes): it holds a connection slot that a
+/// trusted client may need.
+const REFUSED_CLIENT_WAIT: Duration = Duration::from_secs(10);
 
 /// What every session of one listener shares.
 pub(crate) struct SessionContext {
@@ -161,6 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         shutdown: &mut watch::Receiver<RunState>,
         idle: bool,
+        deadline: Instant,
     ) -> Result<(), End> {
         self.flush().await.map_err(End::Io)?;
         if self.rpos > 0 {
@@ -177,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s >= stop_at) => Err(End::Shutdown),
-            read = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.rbuf)) => match read {
+            read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)) => match read {
                 Err(_) => Err(End::Timeout),
                 Ok(Ok(0)) => Err(End::Eof),
                 Ok(Ok(_)) => Ok(()),
@@ -188,6 +195,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The next command line, without its line ending. A line over the limit is read to
     /// its end and reported as [`Line::TooLong`], so its tail is never taken as a command.
+    ///
+    /// The whole line must arrive within the timeout, however it is split into reads: a
+    /// client trickling a byte at a time cannot hold its connection (and its slot) forever.
     async fn next_line(
         &mut self,
         shutdown: &mut watch::Receiver<RunState>,
@@ -199,6 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.rpos = 0;
         }
         let mut discarding = false;
+        let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(nl) = memchr::memchr(b'\n', self.unread()) {
                 let line = self.unread()[..nl]
@@ -217,7 +228,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let n = self.unread().len();
                 self.consume(n);
             }
-            self.read_more(shutdown, idle && !discarding).await?;
+            self.read_more(shutdown, idle && !discarding, deadline)
+                .await?;
         }
     }
 
@@ -240,7 +252,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Ok(());
                 }
             }
-            self.read_more(shutdown, false).await?;
+            self.read_more(shutdown, false, Instant::now() + self.timeout)
+                .await?;
         }
     }
 
@@ -265,7 +278,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if size == 0 {
                 return Ok(());
             }
-            self.read_more(shutdown, false).await?;
+            self.read_more(shutdown, false, Instant::now() + self.timeout)
+                .await?;
         }
     }
 
@@ -325,7 +339,12 @@ pub(crate) async fn run<S>(
         rbuf: initial,
         rpos: 0,
         wbuf: Vec::new(),
-        timeout: ctx.command_timeout,
+        // A refused client has nothing to wait for: its slot is freed soon.
+        timeout: if refused {
+            ctx.command_timeout.min(REFUSED_CLIENT_WAIT)
+        } else {
+            ctx.command_timeout
+        },
     };
     conn.queue(&greeting);
     let mut tls_info: Option<String> = None;
@@ -431,9 +450,9 @@ pub(crate) async fn run<S>(
     match end {
         Some(End::Timeout) => {
             let text = format!(
-                "{} Timeout: nothing received for {}s, closing connection",
+                "{} Timeout: no complete command within {}s, closing connection",
                 rules.hostname,
-                ctx.command_timeout.as_secs()
+                conn.timeout.as_secs()
             );
             conn.queue(&Reply::new(421, Enhanced(4, 4, 2), text));
             info!(client = %peer, "closed after timeout");
@@ -541,6 +560,11 @@ async fn complete(
             metrics::counter!(name::REJECTED, "reason" => "local_error").increment(1);
             warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: local failure");
             Reply::temporary_failure()
+        }
+        Err(HandoffError::NoStorage(detail)) => {
+            metrics::counter!(name::REJECTED, "reason" => "no_storage").increment(1);
+            warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: spool storage full");
+            Reply::insufficient_storage()
         }
     };
     (next, reply)

@@ -331,6 +331,19 @@ impl Source for EnvOverrides {
 
 /// Checks that need more than one key, and secrets read from files. Returns the key at
 /// fault and the message.
+/// The networks of `nets` that together trust every address, written as the list gave
+/// them, if they do (`0.0.0.0/0`, `::/0`, or halves such as `0.0.0.0/1, 128.0.0.0/1`).
+fn covers_every_address(nets: &[ipnet::IpNet]) -> Option<String> {
+    let aggregated = ipnet::IpNet::aggregate(&nets.to_vec());
+    let everything = aggregated.iter().find(|n| n.prefix_len() == 0)?;
+    let parts: Vec<String> = nets
+        .iter()
+        .filter(|n| everything.contains(*n))
+        .map(ToString::to_string)
+        .collect();
+    Some(parts.join(", "))
+}
+
 fn validate(config: &mut Config) -> Result<(), (String, String)> {
     let server = &config.server;
     if server.listen.is_empty() {
@@ -375,20 +388,34 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
             "STARTTLS needs both server.tls_cert_file and server.tls_key_file".into(),
         ));
     }
-    if !server.allow_open_relay
-        && let Some(net) = server.trusted_networks.iter().find(|n| n.prefix_len() == 0)
-    {
-        return Err((
-            "server.trusted_networks".into(),
-            format!(
-                "{net} trusts every address, which makes this relay an open relay: anyone who can reach \
-                 the SMTP port can send mail through your upstream accounts (spam under your name, suspended \
-                 accounts, blocklisted addresses). List only the networks of your apps, e.g. \
-                 \"10.0.0.0/8, 172.16.0.0/12\" (Docker's default bridge networks are in 172.16.0.0/12); \
-                 if a firewall or a private network already limits who reaches the port and you accept \
-                 the risk, set server.allow_open_relay = true (SMARTHOST__SERVER__ALLOW_OPEN_RELAY=true)"
-            ),
-        ));
+    if !server.allow_open_relay {
+        if let Some(net) = covers_every_address(&server.trusted_networks) {
+            return Err((
+                "server.trusted_networks".into(),
+                format!(
+                    "{net} trusts every address, which makes this relay an open relay: anyone who can reach \
+                     the SMTP port can send mail through your upstream accounts (spam under your name, suspended \
+                     accounts, blocklisted addresses). List only the networks of your apps, e.g. \
+                     \"10.0.0.0/8, 172.16.0.0/12\" (Docker's default bridge networks are in 172.16.0.0/12); \
+                     if a firewall or a private network already limits who reaches the port and you accept \
+                     the risk, set server.allow_open_relay = true (SMARTHOST__SERVER__ALLOW_OPEN_RELAY=true)"
+                ),
+            ));
+        }
+        // A trusted proxy vouches for the client address it reports: trusting every
+        // proxy lets any client claim a trusted address in its PROXY header.
+        if let Some(net) = covers_every_address(&server.trusted_proxies) {
+            return Err((
+                "server.trusted_proxies".into(),
+                format!(
+                    "{net} trusts every address as a proxy, which makes this relay an open relay: any client \
+                     can send a PROXY header claiming an address in trusted_networks. List only your proxies or \
+                     load balancers (e.g. the Docker bridge gateway \"172.17.0.1/32\"); if a firewall already \
+                     limits who reaches the port and you accept the risk, set server.allow_open_relay = true \
+                     (SMARTHOST__SERVER__ALLOW_OPEN_RELAY=true)"
+                ),
+            ));
+        }
     }
     if server.proxy_protocol && server.trusted_proxies.is_empty() {
         return Err((
@@ -500,6 +527,15 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
         }
         if up.timeout.is_zero() {
             return Err((key("timeout"), "must be longer than zero".into()));
+        }
+        if up.data_timeout < up.timeout {
+            return Err((
+                key("data_timeout"),
+                format!(
+                    "must be at least `timeout` ({:?}): it bounds the wait for the reply to the whole message, which takes the server longest (RFC 5321 suggests 10 minutes)",
+                    up.timeout
+                ),
+            ));
         }
         if up.daily_limit == Some(0) {
             return Err((
@@ -1051,6 +1087,47 @@ mod tests {
             "[server]\ntrusted_networks = [\"0.0.0.0/1\", \"::/1\"]\n{MINIMAL}"
         ));
         assert!(!load(&src, &[]).unwrap().server.allow_open_relay);
+    }
+
+    #[test]
+    fn halves_that_together_cover_everything_need_allow_open_relay() {
+        let got = error(
+            &format!("[server]\ntrusted_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n{MINIMAL}"),
+            &[],
+        );
+        assert!(
+            got.contains("0.0.0.0/1, 128.0.0.0/1 trusts every address"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_list_covering_everything_needs_allow_open_relay() {
+        for nets in ["0.0.0.0/0", "::/0", "0.0.0.0/1, 128.0.0.0/1"] {
+            let text =
+                format!("[server]\nproxy_protocol = true\ntrusted_proxies = \"{nets}\"\n{MINIMAL}");
+            let got = error(&text, &[]);
+            assert!(
+                got.starts_with("FILE: `server.trusted_proxies`: ")
+                    && got.contains("open relay: any client can send a PROXY header claiming an address in trusted_networks")
+                    && got.contains("server.allow_open_relay = true"),
+                "{nets}: {got}"
+            );
+            // Even with PROXY off: turning it on later must not open the relay silently.
+            let got = error(MINIMAL, &[("SMARTHOST__SERVER__TRUSTED_PROXIES", nets)]);
+            assert!(
+                got.starts_with("environment variable SMARTHOST__SERVER__TRUSTED_PROXIES: `server.trusted_proxies`"),
+                "{got}"
+            );
+            let (_f, src) = file(&format!(
+                "[server]\nproxy_protocol = true\ntrusted_proxies = \"{nets}\"\nallow_open_relay = true\n{MINIMAL}"
+            ));
+            assert!(load(&src, &[]).is_ok(), "{nets}");
+        }
+        let (_f, src) = file(&format!(
+            "[server]\nproxy_protocol = true\ntrusted_proxies = \"172.17.0.1/32, 10.0.0.0/8\"\n{MINIMAL}"
+        ));
+        assert!(load(&src, &[]).is_ok());
     }
 
     #[test]

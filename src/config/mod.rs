@@ -120,7 +120,7 @@ impl Default for ServerConfig {
 pub struct SpoolConfig {
     /// Directory of the durable queue.
     pub dir: PathBuf,
-    /// New mail is refused with `451 4.3.1` while the spool's file system is fuller than
+    /// New mail is refused with `452 4.3.1` while the spool's file system is fuller than
     /// this (percent).
     pub max_disk_usage: u8,
     /// Message content kept in memory for delivery, in octets; beyond it queued mail
@@ -229,8 +229,10 @@ pub struct UpstreamConfig {
     pub oauth_token_file: Option<PathBuf>,
     /// Messages sent over one connection before it is closed and a new one opened.
     pub max_messages_per_connection: usize,
-    /// Limit for connecting, the TLS handshake, and each reply.
+    /// Limit for connecting, the TLS handshake, each reply but the last, and each write.
     pub timeout: Duration,
+    /// Limit for the reply to the end of the message data.
+    pub data_timeout: Duration,
     /// Name to give in EHLO (default: `server.hostname`).
     pub helo_name: Option<String>,
     /// Most messages per time unit, e.g. `"30/min"` (Microsoft 365's limit); mail over
@@ -289,6 +291,9 @@ pub struct RawUpstream {
         deserialize_with = "values::duration"
     )]
     pub timeout: Duration,
+    /// Limit for the reply to the end of the message data (RFC 5321 §4.5.3.2.6).
+    #[serde(default = "values::ten_minutes", deserialize_with = "values::duration")]
+    pub data_timeout: Duration,
     /// Name to give in EHLO (default: `server.hostname`).
     pub helo_name: Option<String>,
     /// Most messages per time unit, e.g. `"30/min"` (Microsoft 365's limit); mail over
@@ -336,6 +341,7 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
             oauth_token_file: raw.oauth_token_file,
             max_messages_per_connection: raw.max_messages_per_connection,
             timeout: raw.timeout,
+            data_timeout: raw.data_timeout,
             helo_name: raw.helo_name,
             rate_limit: raw.rate_limit,
             daily_limit: raw.daily_limit,

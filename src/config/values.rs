@@ -186,6 +186,10 @@ pub(super) fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
 }
 
+pub(super) fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
+}
+
 pub(super) fn four() -> usize {
     4
 }

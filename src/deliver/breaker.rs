@@ -2,8 +2,10 @@
 //! skipped for a cool-down, then one probe decides whether it is back. It recovers by
 //! itself; nobody has to re-enable an account by hand.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// The breaker's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct Breaker {
     max_cooldown: Duration,
     /// A probe that has not reported after this long is presumed lost.
     probe_timeout: Duration,
+    /// Told when the breaker closes again, so mail waiting for the upstream goes now.
+    recovered: Option<Arc<Notify>>,
 }
 
 impl Breaker {
@@ -65,6 +69,22 @@ impl Breaker {
             base_cooldown,
             max_cooldown,
             probe_timeout,
+            recovered: None,
+        }
+    }
+
+    /// Notify `signal` whenever the breaker closes after having been open.
+    pub fn with_recovery_signal(mut self, signal: Arc<Notify>) -> Breaker {
+        self.recovered = Some(signal);
+        self
+    }
+
+    /// When a probe may next be tried; `None` while the breaker is closed.
+    pub fn next_admission(&self) -> Option<Instant> {
+        match self.state() {
+            BreakerState::Closed { .. } => None,
+            BreakerState::Open { until, .. } => Some(until),
+            BreakerState::HalfOpen { since, .. } => Some(since + self.probe_timeout),
         }
     }
 
@@ -76,6 +96,16 @@ impl Breaker {
     /// Whether the upstream is usable (closed, or ready for a probe).
     pub fn is_up(&self) -> bool {
         matches!(self.state(), BreakerState::Closed { .. })
+    }
+
+    /// Whether [`Breaker::admit`] would answer `Skip` at `now`, without changing anything:
+    /// asked first, so that an upstream being skipped does not use up its sending budget.
+    pub fn is_cooling_down(&self, now: Instant) -> bool {
+        match self.state() {
+            BreakerState::Closed { .. } => false,
+            BreakerState::Open { until, .. } => now < until,
+            BreakerState::HalfOpen { since, .. } => now.duration_since(since) < self.probe_timeout,
+        }
     }
 
     /// Ask to use the upstream at `now`.
@@ -103,36 +133,50 @@ impl Breaker {
         }
     }
 
-    /// The upstream worked.
-    pub fn record_success(&self) {
-        *self.state.lock().expect("breaker lock") = BreakerState::Closed { failures: 0 };
+    /// The upstream worked. Returns true if this closed an open breaker.
+    pub fn record_success(&self) -> bool {
+        let previous = std::mem::replace(
+            &mut *self.state.lock().expect("breaker lock"),
+            BreakerState::Closed { failures: 0 },
+        );
+        let recovered = !matches!(previous, BreakerState::Closed { .. });
+        if recovered && let Some(signal) = &self.recovered {
+            signal.notify_one();
+        }
+        recovered
     }
 
-    /// The upstream failed at `now`. Returns true if this opened the breaker.
-    pub fn record_failure(&self, now: Instant) -> bool {
+    /// An attempt admitted as `admission` failed at `now`. Returns true if this opened
+    /// the breaker.
+    ///
+    /// Only the probe's failure extends the cool-down: attempts that were already under
+    /// way when the breaker opened fail too, but they say nothing new about the upstream.
+    pub fn record_failure(&self, admission: Admission, now: Instant) -> bool {
         let mut state = self.state.lock().expect("breaker lock");
-        let next = match *state {
-            BreakerState::Closed { failures } if failures + 1 >= self.threshold => {
-                BreakerState::Open {
+        match (*state, admission) {
+            (BreakerState::Closed { failures }, _) if failures + 1 >= self.threshold => {
+                *state = BreakerState::Open {
                     until: now + self.base_cooldown,
                     cooldown: self.base_cooldown,
-                }
+                };
+                true
             }
-            BreakerState::Closed { failures } => BreakerState::Closed {
-                failures: failures + 1,
-            },
-            BreakerState::HalfOpen { cooldown, .. } | BreakerState::Open { cooldown, .. } => {
+            (BreakerState::Closed { failures }, _) => {
+                *state = BreakerState::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            (BreakerState::HalfOpen { cooldown, .. }, Admission::Probe) => {
                 let cooldown = (cooldown * 2).min(self.max_cooldown);
-                BreakerState::Open {
+                *state = BreakerState::Open {
                     until: now + cooldown,
                     cooldown,
-                }
+                };
+                false
             }
-        };
-        let opened = matches!(next, BreakerState::Open { .. })
-            && !matches!(*state, BreakerState::Open { .. });
-        *state = next;
-        opened
+            (BreakerState::Open { .. } | BreakerState::HalfOpen { .. }, _) => false,
+        }
     }
 }
 
@@ -153,10 +197,10 @@ mod tests {
     fn opens_after_the_threshold_and_recovers_through_a_probe() {
         let b = breaker();
         let t0 = Instant::now();
-        assert!(!b.record_failure(t0));
-        assert!(!b.record_failure(t0));
+        assert!(!b.record_failure(Admission::Allowed, t0));
+        assert!(!b.record_failure(Admission::Allowed, t0));
         assert_eq!(b.admit(t0), Admission::Allowed);
-        assert!(b.record_failure(t0));
+        assert!(b.record_failure(Admission::Allowed, t0));
         assert_eq!(b.admit(t0 + Duration::from_secs(9)), Admission::Skip);
         assert_eq!(b.admit(t0 + Duration::from_secs(10)), Admission::Probe);
         assert_eq!(
@@ -174,11 +218,11 @@ mod tests {
         let b = breaker();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record_failure(t0);
+            b.record_failure(Admission::Allowed, t0);
         }
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.admit(t1), Admission::Probe);
-        b.record_failure(t1);
+        b.record_failure(Admission::Probe, t1);
         assert_eq!(
             b.state(),
             BreakerState::Open {
@@ -188,7 +232,7 @@ mod tests {
         );
         let t2 = t1 + Duration::from_secs(20);
         assert_eq!(b.admit(t2), Admission::Probe);
-        b.record_failure(t2);
+        b.record_failure(Admission::Probe, t2);
         assert_eq!(
             b.state(),
             BreakerState::Open {
@@ -202,11 +246,33 @@ mod tests {
     fn a_success_resets_the_count() {
         let b = breaker();
         let t0 = Instant::now();
-        b.record_failure(t0);
-        b.record_failure(t0);
+        b.record_failure(Admission::Allowed, t0);
+        b.record_failure(Admission::Allowed, t0);
         b.record_success();
-        b.record_failure(t0);
+        b.record_failure(Admission::Allowed, t0);
         assert_eq!(b.state(), BreakerState::Closed { failures: 1 });
+    }
+
+    #[test]
+    fn failures_of_attempts_in_flight_when_it_opened_do_not_extend_the_cooldown() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record_failure(Admission::Allowed, t0);
+        }
+        let opened = b.state();
+        // Ten more attempts admitted before the breaker opened fail a little later.
+        for i in 1..=10 {
+            assert!(!b.record_failure(Admission::Allowed, t0 + Duration::from_secs(i)));
+        }
+        assert_eq!(b.state(), opened, "the cool-down must not grow");
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(b.admit(t1), Admission::Probe);
+        // A late in-flight failure while the probe runs does not count either.
+        b.record_failure(Admission::Allowed, t1);
+        assert!(matches!(b.state(), BreakerState::HalfOpen { .. }));
+        b.record_success();
+        assert!(b.is_up());
     }
 
     #[test]
@@ -214,7 +280,7 @@ mod tests {
         let b = breaker();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record_failure(t0);
+            b.record_failure(Admission::Allowed, t0);
         }
         assert_eq!(b.admit(t0 + Duration::from_secs(10)), Admission::Probe);
         assert_eq!(b.admit(t0 + Duration::from_secs(71)), Admission::Probe);

@@ -33,6 +33,12 @@ pub enum ClientError {
     /// No reply in time.
     #[error("no reply from the server within {0:?}")]
     Timeout(Duration),
+    /// The server took the whole message but gave no reply to its end in time.
+    #[error("no reply to the end of the message data within {0:?}")]
+    FinalReplyTimeout(Duration),
+    /// The server stopped reading what we sent.
+    #[error("the server stopped reading: no data could be written for {0:?}")]
+    WriteStalled(Duration),
     /// The reply was not SMTP.
     #[error("the server's reply is not SMTP: {0}")]
     Protocol(#[from] ResponseError),
@@ -116,21 +122,41 @@ pub enum RcptReply {
     Refused(Response),
 }
 
+/// How long the reply to the end of the message data is awaited unless configured
+/// otherwise: RFC 5321 §4.5.3.2.6 asks for 10 minutes, because the server may be
+/// processing the message, and giving up early makes the message go out twice.
+pub const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Message data is written in pieces of at most this size, so that a stalled reader is
+/// noticed by the lack of progress rather than after the whole message.
+const WRITE_CHUNK: usize = 64 * 1024;
+
 /// An SMTP client on one connection.
 pub struct SmtpClient<S> {
     stream: S,
     rbuf: Vec<u8>,
+    /// Bound for every reply but the final one, and for each write making progress.
     timeout: Duration,
+    /// Bound for the reply to the end of the message data.
+    final_reply_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
-    /// Wrap a connected stream; `timeout` bounds every wait for a reply.
+    /// Wrap a connected stream; `timeout` bounds every wait for a reply and every write
+    /// that makes no progress; the reply to the end of data gets [`FINAL_REPLY_TIMEOUT`].
     pub fn new(stream: S, timeout: Duration) -> SmtpClient<S> {
         SmtpClient {
             stream,
             rbuf: Vec::new(),
             timeout,
+            final_reply_timeout: FINAL_REPLY_TIMEOUT,
         }
+    }
+
+    /// Wait up to `wait` for the reply to the end of the message data.
+    pub fn with_final_reply_timeout(mut self, wait: Duration) -> SmtpClient<S> {
+        self.final_reply_timeout = wait;
+        self
     }
 
     /// Read the next reply.
@@ -172,9 +198,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         expect(response, "the connection", |r| r.code == 220)
     }
 
+    /// Write all of `bytes`. Each write must make progress within the timeout: a server
+    /// that stops reading (its socket buffers full) fails the attempt instead of
+    /// holding it forever, however large the message.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes).await?;
-        self.stream.flush().await?;
+        let wait = self.timeout;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let piece = &rest[..rest.len().min(WRITE_CHUNK)];
+            let written = tokio::time::timeout(wait, self.stream.write(piece))
+                .await
+                .map_err(|_| ClientError::WriteStalled(wait))??;
+            if written == 0 {
+                return Err(ClientError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            rest = &rest[written..];
+        }
+        tokio::time::timeout(wait, self.stream.flush())
+            .await
+            .map_err(|_| ClientError::WriteStalled(wait))??;
         Ok(())
     }
 
@@ -341,7 +383,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             let mut wire = Vec::with_capacity(content.len() + content.len() / 50 + 8);
             encode_data(content, &mut wire);
             self.write(&wire).await?;
-            self.read_response().await?
+            match self.read_response_within(self.final_reply_timeout).await {
+                Err(ClientError::Timeout(after)) => {
+                    return Err(ClientError::FinalReplyTimeout(after));
+                }
+                other => other?,
+            }
         } else {
             go
         };
@@ -390,9 +437,12 @@ impl SmtpClient<BoxStream> {
         if self.has_buffered_input() {
             return Err(ClientError::DataAfterStartTls);
         }
-        let timeout = self.timeout;
+        let (timeout, final_reply) = (self.timeout, self.final_reply_timeout);
         let (stream, info) = tls_handshake(self.stream, connector, name, timeout).await?;
-        Ok((SmtpClient::new(stream, timeout), info))
+        Ok((
+            SmtpClient::new(stream, timeout).with_final_reply_timeout(final_reply),
+            info,
+        ))
     }
 }
 
@@ -540,6 +590,94 @@ mod tests {
             result
                 .iter()
                 .all(|r| matches!(r, RcptReply::Refused(r) if r.code == 421))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stops_reading_fails_the_data_write_after_the_timeout() {
+        // The server answers up to 354, then reads nothing: the 1 MiB message cannot
+        // get through a 64 KiB pipe.
+        let (mut client, _server) = scripted(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+        let content = vec![b'x'; 1024 * 1024];
+        let started = tokio::time::Instant::now();
+        let err = client
+            .transaction("<s@x.y>", &["a@x.y".to_owned()], &content, true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::WriteStalled(d) if d == Duration::from_secs(5)),
+            "{err:?}"
+        );
+        // No progress for 5 s, not 5 s for the whole message.
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not_a_stall() {
+        let (client_end, mut server_end) = tokio::io::duplex(64 * 1024);
+        server_end
+            .write_all(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n")
+            .await
+            .unwrap();
+        let mut client = SmtpClient::new(Box::new(client_end) as BoxStream, Duration::from_secs(5));
+        // 32 KiB every 4 s: 2 MiB takes minutes, each write moves within the timeout.
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            let mut buf = vec![0; 32 * 1024];
+            loop {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                match server_end.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        });
+        let content = vec![b'x'; 2 * 1024 * 1024];
+        let replies = client
+            .transaction("<s@x.y>", &["a@x.y".to_owned()], &content, true)
+            .await
+            .unwrap();
+        assert!(matches!(&replies[0], RcptReply::Accepted(r) if r.code == 250));
+        drop(client);
+        assert!(reader.await.unwrap() >= content.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_reply_is_awaited_longer_than_the_others() {
+        let (client_end, mut server_end) = tokio::io::duplex(64 * 1024);
+        server_end
+            .write_all(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            .await
+            .unwrap();
+        let mut client = SmtpClient::new(Box::new(client_end) as BoxStream, Duration::from_secs(5))
+            .with_final_reply_timeout(Duration::from_secs(600));
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0; 64 * 1024];
+            let _ = server_end.read(&mut buf).await;
+            // Well past `timeout`, within the final-reply limit.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            server_end.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+            server_end
+        });
+        let replies = client
+            .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+            .await
+            .unwrap();
+        assert!(matches!(&replies[0], RcptReply::Accepted(r) if r.code == 250));
+        let _server = server.await.unwrap();
+
+        let (mut client, _server) = scripted(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+        let mut client = {
+            client.final_reply_timeout = Duration::from_secs(90);
+            client
+        };
+        let err = client
+            .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::FinalReplyTimeout(d) if d == Duration::from_secs(90)),
+            "{err:?}"
         );
     }
 

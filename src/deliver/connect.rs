@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub helo: String,
     /// Limit for each step.
     pub timeout: Duration,
+    /// Limit for the reply to the end of the message data.
+    pub data_timeout: Duration,
     /// Allow AUTH without TLS.
     pub allow_plaintext_auth: bool,
 }
@@ -86,7 +88,7 @@ pub async fn establish(
 
     let step = |stage: Stage| move |e: ClientError| Failure::from_client(stage, e);
     let mut tls = None;
-    let (mut client, mode) = match ep.mode {
+    let (client, mode) = match ep.mode {
         TlsMode::Implicit => {
             let (stream, info) = tls_handshake(stream, &ep.connector, name.clone(), ep.timeout)
                 .await
@@ -122,6 +124,7 @@ pub async fn establish(
         }
         other => (SmtpClient::new(stream, ep.timeout), other),
     };
+    let mut client = client.with_final_reply_timeout(ep.data_timeout);
     let greeted_already = ep.mode == TlsMode::Auto && mode == TlsMode::StartTls;
     if !greeted_already {
         let greeting = client.greeting().await.map_err(step(Stage::Greeting))?;

@@ -66,6 +66,14 @@ pub struct Report {
     pub attempted: bool,
     /// The earliest time a budget-held upstream may send again.
     pub held_until: Option<SystemTime>,
+    /// Set when recipients are deferred because every upstream's circuit breaker is
+    /// open: the earliest time one of them admits a probe. The queue lets such mail
+    /// wait for the upstream, not for its own back-off.
+    pub breakers_open_until: Option<SystemTime>,
+    /// Set when recipients are deferred and no upstream answered for them: every
+    /// attempt failed as a whole (connection, TLS, a timeout) or was skipped by a
+    /// breaker. Such mail is sent again as soon as a breaker closes.
+    pub waiting_for_upstream: bool,
 }
 
 impl Report {
@@ -96,8 +104,11 @@ pub fn order<'a>(targets: &'a [Target], rng: &mut impl Rng) -> Vec<&'a Target> {
 enum Attempt {
     /// Per pending recipient: accepted or not, and the reply (none for a Maildir).
     Replies(Vec<(bool, Option<Response>)>),
-    /// Not tried (breaker open) or failed as a whole; the next upstream may succeed.
+    /// Failed as a whole; the next upstream may succeed.
     Transient(Reason),
+    /// Not tried: its circuit breaker is open. Not an attempt of the message, so its
+    /// back-off does not grow while it waits for the upstream.
+    Skipped(Reason),
     /// This upstream cannot take this message (size, 8BITMIME, SMTPUTF8).
     Unsuitable(String),
     /// The message itself was refused for good; no other upstream will differ.
@@ -106,8 +117,41 @@ enum Attempt {
     Held(SystemTime),
 }
 
-/// Try one target with the pending recipients.
-async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Attempt {
+/// Whether `target` may be tried now: its sending budget and its circuit breaker.
+/// Asked before the message is prepared for it, so a skipped upstream costs no signature.
+fn admit(target: &Target, message: &Message) -> Result<Admission, Attempt> {
+    let TargetKind::Smtp(up) = &target.kind else {
+        return Ok(Admission::Allowed);
+    };
+    let skipped = || {
+        info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open");
+        Err(Attempt::Skipped(Reason::Text(format!(
+            "{}: skipped while its circuit breaker is open after repeated failures (the log has the errors)",
+            up.name
+        ))))
+    };
+    // The breaker is asked first, so skipping an upstream costs none of its budget.
+    if up.breaker.is_cooling_down(Instant::now()) {
+        return skipped();
+    }
+    if let Err(until) = up.budget.take(SystemTime::now()) {
+        info!(queue_id = %message.id, upstream = %up.name, "held: sending budget of this upstream used up");
+        return Err(Attempt::Held(until));
+    }
+    let admission = up.breaker.admit(Instant::now());
+    if admission == Admission::Skip {
+        return skipped();
+    }
+    Ok(admission)
+}
+
+/// Try one admitted target with the pending recipients.
+async fn attempt(
+    target: &Target,
+    admission: Admission,
+    message: &Message,
+    pending: &[Address],
+) -> Attempt {
     let up = match &target.kind {
         TargetKind::Maildir(maildir) => {
             let (maildir, msg) = (maildir.clone(), message.clone());
@@ -122,21 +166,11 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
         }
         TargetKind::Smtp(up) => up,
     };
-    if let Err(until) = up.budget.take(SystemTime::now()) {
-        info!(queue_id = %message.id, upstream = %up.name, "held: sending budget of this upstream used up");
-        return Attempt::Held(until);
-    }
-    let admission = up.breaker.admit(Instant::now());
-    if admission == Admission::Skip {
-        info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open");
-        return Attempt::Transient(Reason::Text(format!(
-            "{}: skipped while its circuit breaker is open after repeated failures (the log has the errors)",
-            up.name
-        )));
-    }
     let failure = match up.send(message, pending).await {
         Ok(replies) => {
-            up.breaker.record_success();
+            if up.breaker.record_success() {
+                info!(upstream = %up.name, "circuit breaker closed: the upstream works again");
+            }
             metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone())
                 .set(1.0);
             return Attempt::Replies(
@@ -156,7 +190,7 @@ async fn attempt(target: &Target, message: &Message, pending: &[Address]) -> Att
     let up_gauge =
         metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone());
     if failure.scope() == Scope::Upstream {
-        if up.breaker.record_failure(Instant::now()) {
+        if up.breaker.record_failure(admission, Instant::now()) {
             warn!(upstream = %up.name, "circuit breaker opened: skipping this upstream for a while");
         }
     } else if admission == Admission::Probe {
@@ -240,6 +274,8 @@ pub async fn walk(
     let mut unsuitable: Vec<String> = Vec::new();
     let mut attempted = false;
     let mut held_until: Option<SystemTime> = None;
+    // Whether any upstream got as far as answering for the recipients.
+    let mut answered = false;
 
     for target in ordered {
         let pending: Vec<Address> = status
@@ -254,7 +290,9 @@ pub async fn walk(
             .iter_mut()
             .filter(|(_, s)| s.is_none())
             .map(|(_, s)| s);
+        let admitted = admit(target, &message);
         let for_target = match prepared.get(&target.sender) {
+            _ if admitted.is_err() => message.clone(),
             Some(m) => m.clone(),
             None => match prepare(transformer, &message, target.sender.clone()).await {
                 Ok(m) => {
@@ -268,10 +306,17 @@ pub async fn walk(
                 }
             },
         };
-        let result = attempt(target, &for_target, &pending).await;
-        attempted |= !matches!(result, Attempt::Held(_) | Attempt::Unsuitable(_));
+        let result = match admitted {
+            Ok(admission) => attempt(target, admission, &for_target, &pending).await,
+            Err(not_now) => not_now,
+        };
+        attempted |= !matches!(
+            result,
+            Attempt::Held(_) | Attempt::Unsuitable(_) | Attempt::Skipped(_)
+        );
         match result {
             Attempt::Replies(replies) => {
+                answered = true;
                 for (slot, (accepted, response)) in open.zip(replies) {
                     match response {
                         _ if accepted => {
@@ -296,7 +341,7 @@ pub async fn walk(
                     }
                 }
             }
-            Attempt::Transient(reason) => last_transient = Some(reason),
+            Attempt::Transient(reason) | Attempt::Skipped(reason) => last_transient = Some(reason),
             Attempt::Unsuitable(why) => unsuitable.push(why),
             Attempt::Held(until) => {
                 held_until = Some(held_until.map_or(until, |h: SystemTime| h.min(until)));
@@ -323,14 +368,37 @@ pub async fn walk(
         ))),
         None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
     };
+    let deferred =
+        status.iter().any(|(_, s)| s.is_none()) && !matches!(leftover, RcptStatus::Failed(_));
     Report {
         attempted,
         held_until,
+        breakers_open_until: if deferred {
+            breakers_open_until(targets)
+        } else {
+            None
+        },
+        waiting_for_upstream: deferred && !answered && held_until.is_none(),
         recipients: status
             .into_iter()
             .map(|(a, s)| (a, s.unwrap_or_else(|| leftover.clone())))
             .collect(),
     }
+}
+
+/// When every target is an SMTP upstream with an open breaker, the earliest time one
+/// of them admits a probe.
+fn breakers_open_until(targets: &[Target]) -> Option<SystemTime> {
+    let (now, now_wall) = (Instant::now(), SystemTime::now());
+    let mut earliest: Option<Instant> = None;
+    for target in targets {
+        let TargetKind::Smtp(up) = &target.kind else {
+            return None;
+        };
+        let at = up.breaker.next_admission()?;
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+    }
+    earliest.map(|at| now_wall + at.saturating_duration_since(now))
 }
 
 #[cfg(test)]

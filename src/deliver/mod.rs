@@ -22,6 +22,8 @@ pub mod upstream;
 
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::Notify;
+
 use tracing::{info, warn};
 
 use crate::accept::{Handoff, HandoffError, HandoffFuture};
@@ -82,6 +84,8 @@ pub enum TargetKind {
 /// Delivers messages by walking the upstreams.
 pub struct Deliverer {
     routing: RwLock<Arc<Routing>>,
+    /// Notified when an upstream's circuit breaker closes again.
+    recovered: Arc<Notify>,
 }
 
 /// The upstreams and the transformer in force; replaced as a whole on reload, while a
@@ -98,12 +102,14 @@ impl Deliverer {
         config: &Config,
         transformer: Arc<Transformer>,
     ) -> Result<Deliverer, SetupError> {
-        let targets = build_targets(config)?;
+        let recovered = Arc::new(Notify::new());
+        let targets = build_targets(config, &recovered)?;
         Ok(Deliverer {
             routing: RwLock::new(Arc::new(Routing {
                 targets: Arc::new(targets),
                 transformer,
             })),
+            recovered,
         })
     }
 
@@ -114,7 +120,7 @@ impl Deliverer {
         config: &Config,
         transformer: Arc<Transformer>,
     ) -> Result<(), SetupError> {
-        let targets = build_targets(config)?;
+        let targets = build_targets(config, &self.recovered)?;
         let new = Arc::new(Routing {
             targets: Arc::new(targets),
             transformer,
@@ -127,7 +133,14 @@ impl Deliverer {
                 }
             }
         });
+        // Fresh breakers: mail waiting for the old upstreams may go now.
+        self.recovered.notify_one();
         Ok(())
+    }
+
+    /// Notified whenever an upstream becomes usable again after its breaker was open.
+    pub fn recoveries(&self) -> Arc<Notify> {
+        self.recovered.clone()
     }
 
     fn current(&self) -> Arc<Routing> {
@@ -135,8 +148,8 @@ impl Deliverer {
     }
 }
 
-/// Build every upstream of the configuration.
-fn build_targets(config: &Config) -> Result<Vec<Target>, SetupError> {
+/// Build every upstream of the configuration; their breakers notify `recovered`.
+fn build_targets(config: &Config, recovered: &Arc<Notify>) -> Result<Vec<Target>, SetupError> {
     let mut targets = Vec::new();
     for up in &config.upstream {
         let name = up.display_name();
@@ -155,11 +168,12 @@ fn build_targets(config: &Config) -> Result<Vec<Target>, SetupError> {
                 if !up.tls_verify {
                     warn!(upstream = %name, "tls_verify = false: the upstream's certificate is not checked; anyone on the path can read the mail and credentials");
                 }
-                let smtp =
-                    SmtpUpstream::from_config(up, config).map_err(|source| SetupError::Tls {
+                let smtp = SmtpUpstream::from_config(up, config)
+                    .map_err(|source| SetupError::Tls {
                         name: name.clone(),
                         source,
-                    })?;
+                    })?
+                    .with_recovery_signal(recovered.clone());
                 TargetKind::Smtp(Arc::new(smtp))
             }
         };

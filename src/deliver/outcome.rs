@@ -107,6 +107,20 @@ pub enum Failure {
         /// The limit.
         after: Duration,
     },
+    /// The server stopped reading: a write made no progress for the limit.
+    #[error("{stage}: the server stopped reading; nothing could be written for {after:?}")]
+    Stalled {
+        /// The step.
+        stage: Stage,
+        /// The limit.
+        after: Duration,
+    },
+    /// The whole message was sent, and its end was not answered in time.
+    #[error("no reply to the end of the message data within {after:?}")]
+    FinalReplyTimeout {
+        /// The limit (`data_timeout`).
+        after: Duration,
+    },
     /// The TLS handshake failed.
     #[error("TLS handshake failed: {detail}")]
     Tls {
@@ -197,6 +211,8 @@ impl Failure {
             },
             ClientError::Closed => Failure::Closed { stage },
             ClientError::Timeout(after) => Failure::Timeout { stage, after },
+            ClientError::WriteStalled(after) => Failure::Stalled { stage, after },
+            ClientError::FinalReplyTimeout(after) => Failure::FinalReplyTimeout { after },
             ClientError::Protocol(e) => Failure::Protocol {
                 stage,
                 detail: e.to_string(),
@@ -255,6 +271,13 @@ impl Failure {
                 "the server sent no greeting: it probably expects TLS from the first byte (implicit TLS); use smtps://{host}:{port}"
             ),
             Failure::Timeout { .. } => "the server is too slow or stalled; try again, or raise the upstream's timeout".into(),
+            Failure::Stalled { .. } => {
+                "the server stopped reading what the relay sent (an overloaded or stalled server, or a middlebox holding the connection); the message is retried, on another upstream if there is one".into()
+            }
+            Failure::FinalReplyTimeout { after } => format!(
+                "the server received the whole message but did not confirm it within {}; it may still deliver it, so the retry can arrive twice: raise the upstream's data_timeout if this server is slow",
+                humantime_short(*after)
+            ),
             Failure::Tls { problem: TlsProblem::NotTls, .. } => format!(
                 "the server answered in plaintext: port {port} speaks SMTP first and upgrades with STARTTLS; use smtp://{host}:{port}"
             ),
@@ -300,6 +323,16 @@ impl Failure {
             Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) => return None,
         };
         Some(text)
+    }
+}
+
+/// `10m`, `90s`: a limit as the configuration writes it.
+fn humantime_short(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
     }
 }
 

@@ -7,9 +7,17 @@
 //! off exponentially with jitter up to `delivery.retry_max`; after
 //! `delivery.max_queue_lifetime` the remaining recipients bounce (RFC 3464). Recipients
 //! already delivered are never tried again.
+//!
+//! Two kinds of waiting are not back-off:
+//! - Mail deferred because no upstream could take it (connections failing, breakers
+//!   open) is *parked*: it waits for its back-off, or for the earliest probe while every
+//!   breaker is open, and is released the moment a breaker closes again.
+//! - An outcome the spool cannot record (its file system is full or failing) is kept in
+//!   memory and written again every second; meanwhile no new delivery starts, so a
+//!   message already delivered is never delivered again because its state was lost.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,9 +32,13 @@ use super::failover::{RcptStatus, Reason};
 use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::Config;
 use crate::message::{Message, QueueId};
-use crate::proto::{Enhanced, Reply, ReversePath};
+use crate::proto::ReversePath;
 use crate::spool::ctl::{self, Request};
-use crate::spool::{RcptState, Spool};
+use crate::spool::{DeliveryState, RcptState, Spool, SpoolError};
+
+/// The shortest wait of a parked message, so a breaker that is about to admit a probe
+/// does not make workers spin.
+const PARKED_MIN_DELAY: Duration = Duration::from_millis(100);
 
 /// Settings of the scheduler.
 #[derive(Clone, Debug)]
@@ -75,7 +87,31 @@ struct Queue {
     waiting: BinaryHeap<Reverse<(SystemTime, QueueId)>>,
     due: HashMap<QueueId, SystemTime>,
     /// Being delivered right now; a retry request for these is not queued twice.
-    in_flight: std::collections::HashSet<QueueId>,
+    in_flight: HashSet<QueueId>,
+    /// Deferred because no upstream could be used (failed as a whole, or breakers
+    /// open): released as soon as a breaker closes, whatever their own back-off says.
+    parked: HashSet<QueueId>,
+}
+
+/// A delivery outcome the spool could not record yet.
+#[derive(Clone, Debug)]
+enum Outcome {
+    /// No recipient is pending: the message leaves the spool.
+    Finished,
+    /// Some recipients wait: the new state, and when to try them.
+    Deferred {
+        state: DeliveryState,
+        next: SystemTime,
+    },
+}
+
+/// Outcomes waiting to be written, and why the last write failed.
+#[derive(Default)]
+struct Unrecorded {
+    outcomes: HashMap<QueueId, Outcome>,
+    /// Whether the last failure was the file system being out of space (`452 4.3.1` to
+    /// new mail) rather than another local fault (`451 4.3.0`).
+    out_of_space: bool,
 }
 
 struct Inner {
@@ -88,6 +124,12 @@ struct Inner {
     busy: AtomicUsize,
     cached_bytes: AtomicU64,
     disk_full: AtomicBool,
+    /// Counts breaker recoveries, so a delivery that was under way when one happened
+    /// knows that its "no upstream" is already out of date.
+    recoveries: AtomicU64,
+    /// Set while [`Inner::unrecorded`] holds outcomes: no delivery starts meanwhile.
+    spool_failing: AtomicBool,
+    unrecorded: Mutex<Unrecorded>,
 }
 
 /// The queue-mode delivery engine.
@@ -111,6 +153,9 @@ impl Scheduler {
             busy: AtomicUsize::new(0),
             cached_bytes: AtomicU64::new(0),
             disk_full: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
+            spool_failing: AtomicBool::new(false),
+            unrecorded: Mutex::new(Unrecorded::default()),
         });
         let scheduler = Scheduler { inner };
         for (id, entry) in scheduler.inner.spool.entries() {
@@ -130,6 +175,8 @@ impl Scheduler {
                 let worker = this.clone();
                 tokio::spawn(async move { worker.work().await });
             }
+            let releaser = this.clone();
+            tokio::spawn(async move { releaser.release_parked().await });
             this.maintain().await
         });
         scheduler
@@ -142,6 +189,12 @@ impl Scheduler {
 
     /// Whether new mail can be spooled (for `/readyz`).
     pub fn ready(&self) -> Result<(), String> {
+        if self.inner.spool_failing.load(Ordering::SeqCst) {
+            let held = self.unrecorded().outcomes.len();
+            return Err(format!(
+                "the spool cannot record delivery outcomes ({held} kept in memory); deliveries paused"
+            ));
+        }
         if self.inner.disk_full.load(Ordering::SeqCst) {
             return Err(format!(
                 "spool disk above spool.max_disk_usage ({} %)",
@@ -158,6 +211,15 @@ impl Scheduler {
         let deadline = tokio::time::Instant::now() + grace;
         while self.inner.busy.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Last chance for outcomes the spool could not take; what still fails is
+        // delivered again after the restart (at least once, never lost).
+        if self.inner.spool_failing.load(Ordering::SeqCst) && !self.write_unrecorded().await {
+            let held = self.unrecorded().outcomes.len();
+            warn!(
+                outcomes = held,
+                "stopping with delivery outcomes the spool could not record: those messages will be delivered again after the restart"
+            );
         }
         // Idle workers and the maintenance task notice within a second; wait for them so
         // the spool (and its lock) is released when this returns.
@@ -181,6 +243,7 @@ impl Scheduler {
         });
         let mut queue = self.inner.queue.lock().expect("queue lock");
         queue.due.remove(&id);
+        queue.parked.remove(&id);
         queue.ready.push_back(Ready { id, message });
         drop(queue);
         self.inner.wake.notify_one();
@@ -222,6 +285,14 @@ impl Scheduler {
             if self.inner.stopping.load(Ordering::SeqCst) {
                 return;
             }
+            // While outcomes cannot be recorded, a new delivery could only add to them.
+            if self.inner.spool_failing.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = self.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
             match self.next() {
                 Ok(ready) => {
                     self.inner.busy.fetch_add(1, Ordering::SeqCst);
@@ -262,6 +333,11 @@ impl Scheduler {
         let Some(entry) = spool.entry(ready.id) else {
             return;
         };
+        if self.unrecorded().outcomes.contains_key(&ready.id) {
+            // Its last outcome is not on disk yet; the spool's entry is out of date.
+            info!(queue_id = %ready.id, "not delivered again: its last outcome is waiting to be recorded");
+            return;
+        }
         let message = match ready.message {
             Some(m) => m,
             None => {
@@ -295,11 +371,14 @@ impl Scheduler {
                 .collect();
             Arc::new(partial)
         };
+        let recoveries = self.inner.recoveries.load(Ordering::SeqCst);
         let report = self.inner.deliverer.deliver(attempt).await;
 
         let now = SystemTime::now();
         let mut state = entry.state.clone();
-        if report.attempted || report.held_until.is_none() {
+        // Held by a budget or skipped by open breakers: waiting, not trying.
+        let waited = report.held_until.is_some() || report.breakers_open_until.is_some();
+        if report.attempted || !waited {
             state.attempts += 1;
         }
         let mut failed = Vec::new();
@@ -340,31 +419,160 @@ impl Scheduler {
                     info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "bounce queued to the sender");
                     self.enqueue(dsn_id, Some(Arc::new(dsn)));
                 }
-                Err(e) => error!(queue_id = %message.id, error = %e, "cannot queue the bounce"),
+                Err(e) => {
+                    // Without its bounce, a failure must not be recorded: the sender would
+                    // never hear of it. Those recipients stay pending and are tried again.
+                    for index in &pending {
+                        if state.rcpts[*index] == RcptState::Failed {
+                            state.rcpts[*index] = RcptState::Pending;
+                        }
+                    }
+                    error!(queue_id = %message.id, error = %e, "cannot queue the bounce; the failed recipients stay queued and are tried again later");
+                }
             }
         } else if !failed.is_empty() && message.envelope.sender == ReversePath::Null {
             info!(queue_id = %message.id, "failed recipients of a null-sender message are not bounced");
         }
 
-        let result = if state.is_complete() {
-            spool.remove(message.id).await
+        let outcome = if state.is_complete() {
+            Outcome::Finished
         } else {
-            let delay = match report.held_until {
-                Some(until) if !report.attempted => until.duration_since(now).unwrap_or_default(),
+            let parked_until = report.breakers_open_until;
+            let waits_for_upstream = report.waiting_for_upstream || parked_until.is_some();
+            let recovered_meanwhile = self.inner.recoveries.load(Ordering::SeqCst) != recoveries;
+            let delay = match (report.held_until, parked_until) {
+                // A breaker closed while this attempt found none usable: try again now.
+                _ if waits_for_upstream && recovered_meanwhile => Duration::ZERO,
+                (Some(until), _) if !report.attempted => {
+                    until.duration_since(now).unwrap_or_default()
+                }
+                // Waiting for the upstream, not for its own turn: try at the next probe
+                // (or at once when the breaker closes, see `release_parked`).
+                (_, Some(until)) => until
+                    .duration_since(now)
+                    .unwrap_or_default()
+                    .clamp(PARKED_MIN_DELAY, self.inner.settings.retry_max),
                 _ => self.backoff(state.attempts),
             };
             let next = now + delay;
             state.next_attempt = next.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1;
-            let updated = spool.update(message.id, state.clone()).await;
-            if updated.is_ok() {
-                info!(queue_id = %message.id, attempts = state.attempts, retry_in = ?Duration::from_millis(delay.as_millis() as u64), reason = %state.last_error, "deferred");
-                self.schedule(message.id, next);
-            }
-            updated
+            let parked = if waits_for_upstream {
+                self.inner
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .parked
+                    .insert(message.id);
+                "until an upstream's circuit breaker closes"
+            } else {
+                "back-off"
+            };
+            info!(queue_id = %message.id, attempts = state.attempts, retry_in = ?Duration::from_millis(delay.as_millis() as u64), waiting = parked, reason = %state.last_error, "deferred");
+            Outcome::Deferred { state, next }
         };
-        if let Err(e) = result {
-            error!(queue_id = %message.id, error = %e, "cannot record the delivery outcome; it will be retried (possible duplicate)");
-            self.schedule(message.id, now + self.inner.settings.retry_base);
+        if let Err(e) = self.record(message.id, &outcome).await {
+            self.keep_unrecorded(message.id, outcome, &e);
+        }
+    }
+
+    /// Write `outcome` to the spool; a deferred message is scheduled once it is written.
+    async fn record(&self, id: QueueId, outcome: &Outcome) -> Result<(), SpoolError> {
+        match outcome {
+            Outcome::Finished => self.inner.spool.remove(id).await,
+            Outcome::Deferred { state, next } => {
+                self.inner.spool.update(id, state.clone()).await?;
+                self.schedule(id, *next);
+                Ok(())
+            }
+        }
+    }
+
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, Unrecorded> {
+        self.inner
+            .unrecorded
+            .lock()
+            .expect("unrecorded outcomes lock")
+    }
+
+    /// The spool refused `outcome`: hold it in memory and pause deliveries until it is
+    /// written (see `write_unrecorded`).
+    fn keep_unrecorded(&self, id: QueueId, outcome: Outcome, error: &SpoolError) {
+        let mut unrecorded = self.unrecorded();
+        unrecorded.outcomes.insert(id, outcome);
+        unrecorded.out_of_space = error.is_out_of_space();
+        let held = unrecorded.outcomes.len();
+        drop(unrecorded);
+        if !self.inner.spool_failing.swap(true, Ordering::SeqCst) {
+            error!(queue_id = %id, error = %error, "the spool cannot record delivery outcomes: they are kept in memory and written again every second; no new delivery starts and new mail is refused until then (free space in spool.dir, or fix the error)");
+        } else {
+            warn!(queue_id = %id, error = %error, outcomes = held, "delivery outcome kept in memory: the spool still cannot record it");
+        }
+    }
+
+    /// Write the outcomes held in memory. Returns true when none is left, and then
+    /// lets deliveries start again.
+    async fn write_unrecorded(&self) -> bool {
+        let held: Vec<(QueueId, Outcome)> = self
+            .unrecorded()
+            .outcomes
+            .iter()
+            .map(|(id, o)| (*id, o.clone()))
+            .collect();
+        for (id, outcome) in &held {
+            if self.inner.spool.entry(*id).is_none() {
+                // Deleted by the operator meanwhile.
+                self.unrecorded().outcomes.remove(id);
+                continue;
+            }
+            if let Err(e) = self.record(*id, outcome).await {
+                self.unrecorded().out_of_space = e.is_out_of_space();
+                return false;
+            }
+            self.unrecorded().outcomes.remove(id);
+        }
+        let mut unrecorded = self.unrecorded();
+        if !unrecorded.outcomes.is_empty() {
+            return false;
+        }
+        unrecorded.out_of_space = false;
+        drop(unrecorded);
+        if self.inner.spool_failing.swap(false, Ordering::SeqCst) {
+            info!(
+                outcomes = held.len(),
+                "the spool records delivery outcomes again: held outcomes written, deliveries and new mail resume"
+            );
+            self.inner.wake.notify_waiters();
+        }
+        true
+    }
+
+    /// Whenever an upstream's breaker closes, send the mail parked for it now.
+    async fn release_parked(&self) {
+        let recoveries = self.inner.deliverer.recoveries();
+        while !self.inner.stopping.load(Ordering::SeqCst) {
+            tokio::select! {
+                _ = recoveries.notified() => {}
+                // Only to notice `stopping`.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+            self.inner.recoveries.fetch_add(1, Ordering::SeqCst);
+            let released: Vec<QueueId> = {
+                let mut queue = self.inner.queue.lock().expect("queue lock");
+                let parked = std::mem::take(&mut queue.parked);
+                parked
+                    .into_iter()
+                    .filter(|id| queue.due.contains_key(id) && !queue.in_flight.contains(id))
+                    .collect()
+            };
+            if !released.is_empty() {
+                info!(
+                    messages = released.len(),
+                    "an upstream works again: sending the mail that waited for it"
+                );
+            }
+            for id in released {
+                self.enqueue(id, None);
+            }
         }
     }
 
@@ -382,6 +590,9 @@ impl Scheduler {
     async fn maintain(&self) {
         let mut ticks: u64 = 0;
         while !self.inner.stopping.load(Ordering::SeqCst) {
+            if self.inner.spool_failing.load(Ordering::SeqCst) {
+                self.write_unrecorded().await;
+            }
             for request in ctl::take(self.inner.spool.dir()) {
                 self.apply(request).await;
             }
@@ -400,7 +611,7 @@ impl Scheduler {
                 let full = usage.is_some_and(|u| u > self.inner.settings.max_disk_usage);
                 if full != self.inner.disk_full.swap(full, Ordering::SeqCst) {
                     if full {
-                        warn!(usage = ?usage, limit = self.inner.settings.max_disk_usage, "spool disk above spool.max_disk_usage: refusing new mail with 451 4.3.1");
+                        warn!(usage = ?usage, limit = self.inner.settings.max_disk_usage, "spool disk above spool.max_disk_usage: refusing new mail with 452 4.3.1");
                     } else {
                         info!(usage = ?usage, "spool disk usage back below the limit: accepting mail");
                     }
@@ -452,7 +663,10 @@ impl Scheduler {
             Request::Delete(id) if self.inner.spool.entry(id).is_some() => {
                 self.inner.queue.lock().expect("queue lock").due.remove(&id);
                 match self.inner.spool.remove(id).await {
-                    Ok(()) => info!(queue_id = %id, "deleted from the queue by the operator"),
+                    Ok(()) => {
+                        self.unrecorded().outcomes.remove(&id);
+                        info!(queue_id = %id, "deleted from the queue by the operator")
+                    }
                     Err(e) => error!(queue_id = %id, error = %e, "cannot delete"),
                 }
             }
@@ -497,17 +711,26 @@ impl Handoff for Scheduler {
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
         Box::pin(async move {
             if self.inner.disk_full.load(Ordering::SeqCst) {
-                return Err(HandoffError::Refused(Reply::new(
-                    451,
-                    Enhanced(4, 3, 1),
-                    "Insufficient system storage, please try again later",
+                return Err(HandoffError::NoStorage(format!(
+                    "spool disk above spool.max_disk_usage ({} %)",
+                    self.inner.settings.max_disk_usage
                 )));
             }
-            self.inner
-                .spool
-                .put(&message)
-                .await
-                .map_err(|e| HandoffError::Unavailable(e.to_string()))?;
+            if self.inner.spool_failing.load(Ordering::SeqCst) {
+                let detail = "the spool cannot record delivery outcomes".to_owned();
+                return Err(if self.unrecorded().out_of_space {
+                    HandoffError::NoStorage(detail)
+                } else {
+                    HandoffError::Unavailable(detail)
+                });
+            }
+            self.inner.spool.put(&message).await.map_err(|e| {
+                if e.is_out_of_space() {
+                    HandoffError::NoStorage(e.to_string())
+                } else {
+                    HandoffError::Unavailable(e.to_string())
+                }
+            })?;
             let id = message.id;
             self.enqueue(id, Some(Arc::new(message)));
             Ok(())

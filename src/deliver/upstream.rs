@@ -91,6 +91,7 @@ impl SmtpUpstream {
                 .clone()
                 .unwrap_or_else(|| config.server.hostname.clone()),
             timeout: up.timeout,
+            data_timeout: up.data_timeout,
             allow_plaintext_auth: up.allow_plaintext_auth,
         };
         let secret = match (&up.password, &up.oauth_token, &up.oauth_token_file) {
@@ -117,6 +118,12 @@ impl SmtpUpstream {
             breaker: breaker(&config.delivery, up.timeout),
             budget: Budget::new(up.rate_limit, up.daily_limit),
         })
+    }
+
+    /// Notify `signal` when this upstream's breaker closes after having been open.
+    pub fn with_recovery_signal(mut self, signal: Arc<tokio::sync::Notify>) -> SmtpUpstream {
+        self.breaker = self.breaker.with_recovery_signal(signal);
+        self
     }
 
     /// Host, port and configured TLS mode, for diagnoses.

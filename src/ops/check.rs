@@ -238,6 +238,7 @@ fn step_of(failure: &Failure) -> &'static str {
         Failure::Dns { .. } => Stage::Dns,
         Failure::Connect { .. } => Stage::Connect,
         Failure::Timeout { stage, .. }
+        | Failure::Stalled { stage, .. }
         | Failure::Closed { stage }
         | Failure::Protocol { stage, .. }
         | Failure::Io { stage, .. }
@@ -249,7 +250,10 @@ fn step_of(failure: &Failure) -> &'static str {
         | Failure::NoAuthMechanism { .. }
         | Failure::AuthRejected(_)
         | Failure::TokenFile(_) => Stage::Auth,
-        Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) => Stage::Transaction,
+        Failure::Refused { .. }
+        | Failure::Unsuitable(_)
+        | Failure::Busy(_)
+        | Failure::FinalReplyTimeout { .. } => Stage::Transaction,
     };
     match stage {
         Stage::Dns => "dns",

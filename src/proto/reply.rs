@@ -114,6 +114,18 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// `452 4.3.1`: the spool's disk is full (RFC 5321 §4.2.2 "insufficient system
+    /// storage", RFC 3463 "mail system full"); the client keeps the message and retries.
+    pub fn insufficient_storage() -> Reply {
+        Reply::new(
+            452,
+            Enhanced(4, 3, 1),
+            "Insufficient system storage, message not accepted; please try again later",
+        )
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.enhanced {

@@ -74,6 +74,20 @@ pub enum SpoolError {
     Unknown(QueueId),
 }
 
+impl SpoolError {
+    /// Whether the file system is out of space or quota: the condition for which SMTP
+    /// has its own reply (`452 4.3.1`), and which clears by itself once space returns.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.display().to_string(),
@@ -736,10 +750,15 @@ impl Committer {
                     }
                 }
                 Err(e) => {
-                    // The tail of this segment may now hold a partial batch; recovery cuts
-                    // it, and new appends go to a fresh segment.
+                    // Cut what may have been written of this batch, so the segment ends
+                    // on a whole record and can take the next batch; only if that fails
+                    // does a fresh segment start (recovery would cut the torn tail).
+                    // Rotating on every failure would leave an empty segment per batch
+                    // while the disk stays full.
                     error!(error = %e, segment = self.seq, "spool write failed; nothing of this batch was acknowledged");
-                    needs_rotation = true;
+                    if self.file.set_len(self.size).is_err() {
+                        needs_rotation = true;
+                    }
                     for job in batch {
                         let _ = job
                             .done

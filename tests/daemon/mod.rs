@@ -128,8 +128,14 @@ pub struct Daemon {
 impl Daemon {
     /// Start `smarthost serve -c CONFIG` in `cwd` and wait until it accepts mail.
     pub fn start(config: &Path, cwd: &Path) -> Daemon {
+        Daemon::start_with_env(config, cwd, &[])
+    }
+
+    /// [`Daemon::start`] with `env` set on top of the test environment.
+    pub fn start_with_env(config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
         let file = config.display().to_string();
         let mut child = command(&["serve", "-c", &file], cwd)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn smarthost serve");

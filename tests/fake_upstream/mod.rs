@@ -50,6 +50,21 @@ pub enum Greeting {
     Silent,
 }
 
+/// A misbehaviour switched on and off while the fake runs ([`FakeUpstream::set_fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// New connections are accepted and read, but never answered. For [`Mode::Implicit`]
+    /// this is a TLS handshake that stalls; otherwise a greeting that never comes.
+    Silent,
+    /// `220` to STARTTLS, then no TLS handshake: the connection is read and ignored.
+    StallAfterStartTls,
+    /// `354` to DATA, then nothing is read any more: the client's writes stall once the
+    /// socket buffers are full.
+    StopReadingAfterData,
+    /// The reply to the end of DATA comes only after this long.
+    SlowEndOfData(std::time::Duration),
+}
+
 /// Commands whose reply can be scripted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verb {
@@ -237,6 +252,7 @@ impl Builder {
             sequences: Mutex::new(self.script.sequences.clone()),
             script: self.script,
             healthy: AtomicBool::new(true),
+            fault: Mutex::new(None),
             connections: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
             log: Mutex::new(Log::default()),
@@ -266,6 +282,7 @@ struct Shared {
     script: Script,
     sequences: Mutex<HashMap<SequenceKey, VecDeque<String>>>,
     healthy: AtomicBool,
+    fault: Mutex<Option<Fault>>,
     connections: AtomicUsize,
     reads: AtomicUsize,
     log: Mutex<Log>,
@@ -313,6 +330,12 @@ impl FakeUpstream {
     /// While unhealthy, every new connection is greeted with `421` and closed.
     pub fn set_healthy(&self, healthy: bool) {
         self.shared.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Misbehave from now on (`None`: heal). A connection takes the fault in force when
+    /// it reaches the step the fault is about.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self.shared.fault.lock().unwrap() = fault;
     }
 
     /// Connections accepted so far.
@@ -365,7 +388,7 @@ impl Conn {
 
     /// Read more bytes; false at end of stream or on error.
     async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
+        let mut chunk = [0u8; 64 * 1024];
         match self.io.read(&mut chunk).await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
@@ -401,14 +424,19 @@ impl Conn {
 
     /// The message content up to `CRLF.CRLF`, dot-unstuffed.
     async fn content(&mut self) -> Option<Vec<u8>> {
+        // Where the search for the end resumes: each read is scanned once, so a big
+        // message does not make the fake slow enough to look stalled.
+        let mut scanned = 0;
         loop {
             let end = if self.buf.starts_with(b".\r\n") {
                 Some((0, 3))
             } else {
-                self.buf
+                let found = self.buf[scanned..]
                     .windows(5)
                     .position(|w| w == b"\r\n.\r\n")
-                    .map(|i| (i + 2, i + 5))
+                    .map(|i| (scanned + i + 2, scanned + i + 5));
+                scanned = self.buf.len().saturating_sub(4);
+                found
             };
             if let Some((content_end, used)) = end {
                 let raw: Vec<u8> = self.buf.drain(..used).take(content_end).collect();
@@ -488,6 +516,11 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
         shared: shared.clone(),
     };
     let script = &shared.script;
+    let fault = || *shared.fault.lock().unwrap();
+    if fault() == Some(Fault::Silent) {
+        while conn.fill().await {}
+        return;
+    }
     if script.mode == Mode::Implicit {
         conn = match conn.start_tls().await {
             Some(conn) => conn,
@@ -553,6 +586,10 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
             "STARTTLS" if script.mode == Mode::StartTls && !conn.tls => {
                 let reply = scripted(Verb::StartTls).unwrap_or("220 2.0.0 go ahead".into());
                 if conn.send(&reply).await.is_err() {
+                    return;
+                }
+                if reply.starts_with("220") && fault() == Some(Fault::StallAfterStartTls) {
+                    while conn.fill().await {}
                     return;
                 }
                 if reply.starts_with("220") {
@@ -626,9 +663,16 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                     if conn.send(&go).await.is_err() {
                         return;
                     }
+                    if fault() == Some(Fault::StopReadingAfterData) {
+                        // Hold the connection open, reading nothing, until the test ends.
+                        std::future::pending::<()>().await;
+                    }
                     let Some(content) = conn.content().await else {
                         return;
                     };
+                    if let Some(Fault::SlowEndOfData(after)) = fault() {
+                        tokio::time::sleep(after).await;
+                    }
                     let reply = scripted(Verb::EndOfData).unwrap_or_else(|| {
                         delivered += 1;
                         format!("250 2.0.0 ok: queued as {id}.{delivered}")
