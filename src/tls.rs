@@ -81,6 +81,17 @@ pub fn client_connector(
     ca_file: Option<&Path>,
     verify: bool,
 ) -> Result<tokio_rustls::TlsConnector, TlsSetupError> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(client_config(
+        ca_file, verify,
+    )?)))
+}
+
+/// The TLS client configuration behind [`client_connector`], also used for HTTPS (OAuth
+/// token endpoints), so both trust exactly the same certificates.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    verify: bool,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
     let builder = rustls::ClientConfig::builder();
     let config = if verify {
         let mut roots = rustls::RootCertStore::empty();
@@ -110,7 +121,7 @@ pub fn client_connector(
             .with_custom_certificate_verifier(Arc::new(NoVerification::new()))
             .with_no_client_auth()
     };
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// Normal WebPKI verification (public roots plus `ca_file`), and one addition: a server

@@ -489,6 +489,35 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
         if up.password.as_ref().is_some_and(|p| p.expose().is_empty()) {
             up.password = None;
         }
+        let name = up.display_name();
+        if let Some(oauth) = &mut up.oauth {
+            oauth
+                .resolve(up.provider.as_ref(), &name)
+                .map_err(|(k, why)| (key(&format!("oauth.{k}")), why))?;
+            let other = if up.password.is_some() {
+                Some("password")
+            } else if up.oauth_token.is_some() {
+                Some("oauth_token")
+            } else if up.oauth_token_file.is_some() {
+                Some("oauth_token_file")
+            } else {
+                None
+            };
+            if let Some(other) = other {
+                return Err((
+                    key(other),
+                    format!(
+                        "[upstream.oauth] fetches the tokens for this upstream; remove {other} (XOAUTH2 uses the fetched token instead)"
+                    ),
+                ));
+            }
+            if up.username.is_none() {
+                return Err((
+                    key("username"),
+                    "[upstream.oauth] needs the mailbox to send as: set username (the XOAUTH2 user, e.g. \"relay@contoso.com\")".into(),
+                ));
+            }
+        }
         let has_secret =
             up.password.is_some() || up.oauth_token.is_some() || up.oauth_token_file.is_some();
         if has_secret && up.username.is_none() {
@@ -1128,6 +1157,76 @@ mod tests {
             "[server]\nproxy_protocol = true\ntrusted_proxies = \"172.17.0.1/32, 10.0.0.0/8\"\n{MINIMAL}"
         ));
         assert!(load(&src, &[]).is_ok());
+    }
+
+    #[test]
+    fn oauth_tables_from_a_file_and_from_the_environment() {
+        let up = upstream(
+            "[[upstream]]\nname = \"m365\"\nprovider = \"office365\"\nusername = \"relay@contoso.com\"\n\
+             [upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"contoso.onmicrosoft.com\"\n\
+             client_id = \"app-id\"\nclient_secret = \"s3cret\"\n",
+            &[],
+        );
+        let oauth = up.oauth.unwrap();
+        assert_eq!(
+            oauth.token_url.as_deref(),
+            Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token")
+        );
+        assert_eq!(up.sender.as_deref(), Some("relay@contoso.com"));
+
+        let (_f, src) = file("");
+        let vars = env(&[
+            ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
+            ("SMARTHOST__UPSTREAM__0__USERNAME", "me@gmail.com"),
+            ("SMARTHOST__UPSTREAM__0__OAUTH__FLOW", "refresh_token"),
+            ("SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_ID", "id.apps.googleusercontent.com"),
+            ("SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_SECRET", "gsecret"),
+        ]);
+        let up = load(&src, &vars).unwrap().upstream.remove(0);
+        let oauth = up.oauth.unwrap();
+        assert_eq!(oauth.scope.as_deref(), Some("https://mail.google.com/"));
+        assert_eq!(
+            oauth.refresh_token_file.as_deref(),
+            Some(std::path::Path::new("data/oauth/smtp.gmail.com:465.json"))
+        );
+        assert_eq!(oauth.client_secret.unwrap().expose(), "gsecret");
+    }
+
+    #[test]
+    fn oauth_mistakes_name_the_key() {
+        let base = "[[upstream]]\nprovider = \"office365\"\nusername = \"relay@contoso.com\"\n";
+        let got = error(
+            &format!("{base}password = \"pw\"\n[upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"),
+            &[],
+        );
+        assert!(
+            got.starts_with("FILE: `upstream[0].password`: [upstream.oauth] fetches the tokens"),
+            "{got}"
+        );
+        let got = error(
+            &format!("{base}[upstream.oauth]\nflow = \"client_credentials\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"),
+            &[],
+        );
+        assert!(
+            got.starts_with("FILE: `upstream[0].oauth.tenant`: the office365 preset builds token_url from the tenant"),
+            "{got}"
+        );
+        let got = error(
+            &format!("{base}[upstream.oauth]\nflow = \"device\"\nclient_id = \"a\"\n"),
+            &[],
+        );
+        assert!(
+            got.contains("\"client_credentials\", \"refresh_token\""),
+            "{got}"
+        );
+        let got = error(
+            "[[upstream]]\nprovider = \"office365\"\n[upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret = \"s\"\n",
+            &[],
+        );
+        assert!(
+            got.starts_with("FILE: `upstream[0].username`: [upstream.oauth] needs the mailbox"),
+            "{got}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! then shared read-only behind an `Arc`.
 
 mod load;
+mod oauth;
 mod provider;
 mod upstream_url;
 mod values;
@@ -18,6 +19,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use load::{ConfigError, ConfigSource, load, load_from_process};
+pub use oauth::{OAuthConfig, OAuthFlow};
 pub use provider::Provider;
 pub use upstream_url::{TlsMode, UpstreamUrl};
 pub use values::Secret;
@@ -227,6 +229,9 @@ pub struct UpstreamConfig {
     /// File holding the OAuth 2.0 access token; read again for every new connection, so
     /// an external refresher can keep it current.
     pub oauth_token_file: Option<PathBuf>,
+    /// `[upstream.oauth]`: tokens fetched and refreshed by the relay (completed by
+    /// validation: the preset's endpoints filled in, secret files read).
+    pub oauth: Option<OAuthConfig>,
     /// Messages sent over one connection before it is closed and a new one opened.
     pub max_messages_per_connection: usize,
     /// Limit for connecting, the TLS handshake, each reply but the last, and each write.
@@ -282,6 +287,8 @@ pub struct RawUpstream {
     /// File holding the OAuth 2.0 access token; read again for every new connection, so
     /// an external refresher can keep it current.
     pub oauth_token_file: Option<PathBuf>,
+    /// `[upstream.oauth]`: tokens fetched and refreshed by the relay.
+    pub oauth: Option<OAuthConfig>,
     /// Messages sent over one connection before it is closed and a new one opened.
     #[serde(default = "values::hundred")]
     pub max_messages_per_connection: usize,
@@ -339,6 +346,7 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
             allow_plaintext_auth: raw.allow_plaintext_auth,
             oauth_token: raw.oauth_token,
             oauth_token_file: raw.oauth_token_file,
+            oauth: raw.oauth,
             max_messages_per_connection: raw.max_messages_per_connection,
             timeout: raw.timeout,
             data_timeout: raw.data_timeout,

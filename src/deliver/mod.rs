@@ -15,6 +15,7 @@ pub mod client;
 pub mod connect;
 pub mod failover;
 pub mod maildir;
+pub mod oauth;
 pub mod outcome;
 pub mod ratelimit;
 pub mod scheduler;

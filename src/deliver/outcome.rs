@@ -197,6 +197,14 @@ pub enum Failure {
     /// The OAuth token file could not be read.
     #[error("cannot read oauth_token_file: {0}")]
     TokenFile(std::io::Error),
+    /// No OAuth access token could be had from the token endpoint.
+    #[error("OAuth: {error}")]
+    OAuth {
+        /// The upstream (for the fix, which names `oauth login --upstream NAME`).
+        upstream: String,
+        /// What the endpoint said.
+        error: crate::deliver::oauth::OAuthError,
+    },
 }
 
 impl Failure {
@@ -307,9 +315,12 @@ impl Failure {
                 "the server offers no AUTH: remove username/password, or check that TLS is active (many servers offer AUTH only after STARTTLS)".into()
             }
             Failure::NoAuthMechanism { .. } => "the server offers no mechanism smarthost speaks (PLAIN, LOGIN, XOAUTH2)".into(),
+            Failure::AuthRejected(response) if is_basic_auth_off(response) => BASIC_AUTH_OFF.into(),
+            Failure::Refused { response, .. } if is_basic_auth_off(response) => BASIC_AUTH_OFF.into(),
             Failure::AuthRejected(_) => {
                 "the username or password is wrong, or the account needs an app password / SMTP access enabled at the provider".into()
             }
+            Failure::OAuth { upstream, error } => error.fix(upstream),
             Failure::SessionRefused { stage: Stage::StartTls, .. } => format!(
                 "the server offers STARTTLS but refuses it: tell the provider, or use smtps://{host}:465 if it offers implicit TLS"
             ),
@@ -324,6 +335,20 @@ impl Failure {
         };
         Some(text)
     }
+}
+
+/// The fix when Microsoft refuses password AUTH for the tenant.
+const BASIC_AUTH_OFF: &str = "basic auth is off for this tenant (Microsoft switches off password SMTP AUTH): configure [upstream.oauth] (see docs/configuration.md, Microsoft 365 with OAuth)";
+
+/// Microsoft's answers when password SMTP AUTH is switched off: `550 5.7.30 Basic
+/// authentication is not supported for Client Submission`, `535 5.7.139 ...
+/// SmtpClientAuthentication is disabled for the Tenant`.
+fn is_basic_auth_off(response: &Response) -> bool {
+    let text = response.to_string();
+    text.contains("5.7.30")
+        || text.contains("5.7.139")
+        || text.contains("SmtpClientAuthentication is disabled")
+        || text.contains("Basic authentication is not supported")
 }
 
 /// `10m`, `90s`: a limit as the configuration writes it.

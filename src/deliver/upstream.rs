@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::breaker::Breaker;
+use super::oauth::TokenManager;
 use super::client::{Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
 use super::outcome::{Failure, Stage};
@@ -27,6 +28,8 @@ enum SecretSource {
     Fixed(Secret),
     /// Read for every new connection, so a refresher can replace the token.
     TokenFile(std::path::PathBuf),
+    /// Fetched and refreshed by the relay (`[upstream.oauth]`).
+    OAuth(Arc<TokenManager>),
 }
 
 /// An SMTP upstream.
@@ -94,7 +97,13 @@ impl SmtpUpstream {
             data_timeout: up.data_timeout,
             allow_plaintext_auth: up.allow_plaintext_auth,
         };
+        let name = up.display_name();
         let secret = match (&up.password, &up.oauth_token, &up.oauth_token_file) {
+            _ if up.oauth.is_some() => {
+                let oauth = up.oauth.as_ref().expect("checked");
+                let tokens = TokenManager::new(&name, oauth, up.timeout)?;
+                Some((SecretSource::OAuth(Arc::new(tokens)), SecretKind::OAuthToken))
+            }
             (Some(p), _, _) => Some((SecretSource::Fixed(p.clone()), SecretKind::Password)),
             (None, Some(t), _) => Some((SecretSource::Fixed(t.clone()), SecretKind::OAuthToken)),
             (None, None, Some(f)) => {
@@ -103,7 +112,7 @@ impl SmtpUpstream {
             (None, None, None) => None,
         };
         Ok(SmtpUpstream {
-            name: up.display_name(),
+            name,
             priority: up.priority,
             weight: up.weight,
             sender: up.sender.clone(),
@@ -147,8 +156,22 @@ impl SmtpUpstream {
         self.username.as_deref()
     }
 
-    /// The credentials, reading a token file if configured. `None`: no AUTH.
-    pub fn credentials(&self) -> Result<Option<Credentials>, Failure> {
+    /// Whether AUTH is used (an account and a secret are configured).
+    pub fn has_credentials(&self) -> bool {
+        self.username.is_some() && self.secret.is_some()
+    }
+
+    /// The token manager, when the relay fetches this upstream's OAuth tokens.
+    pub fn oauth(&self) -> Option<&TokenManager> {
+        match &self.secret {
+            Some((SecretSource::OAuth(tokens), _)) => Some(tokens),
+            _ => None,
+        }
+    }
+
+    /// The credentials: reading a token file, or getting a current OAuth token, if so
+    /// configured. `None`: no AUTH.
+    pub async fn credentials(&self) -> Result<Option<Credentials>, Failure> {
         let (Some(username), Some((source, kind))) = (&self.username, &self.secret) else {
             return Ok(None);
         };
@@ -157,6 +180,16 @@ impl SmtpUpstream {
             SecretSource::TokenFile(path) => {
                 let text = std::fs::read_to_string(path).map_err(Failure::TokenFile)?;
                 Secret::new(text.trim())
+            }
+            SecretSource::OAuth(tokens) => {
+                tokens
+                    .token()
+                    .await
+                    .map_err(|error| Failure::OAuth {
+                        upstream: self.name.clone(),
+                        error,
+                    })?
+                    .secret
             }
         };
         Ok(Some(Credentials {
@@ -167,12 +200,25 @@ impl SmtpUpstream {
     }
 
     /// Open a new session, observing each step (used by `check`).
+    ///
+    /// With `[upstream.oauth]`, a refused token is dropped and the session opened once
+    /// more with a new one (the server may have revoked it early); a second refusal is
+    /// the upstream's failure.
     pub async fn open(
         &self,
         observe: &mut (dyn FnMut(Event<'_>) + Send),
     ) -> Result<Session, Failure> {
-        let creds = self.credentials()?;
-        let session = establish(&self.endpoint(), creds.as_ref(), observe).await?;
+        let creds = self.credentials().await?;
+        let first = establish(&self.endpoint(), creds.as_ref(), observe).await;
+        let session = match (first, self.oauth(), &creds) {
+            (Err(Failure::AuthRejected(response)), Some(tokens), Some(refused)) => {
+                tracing::info!(upstream = %self.name, reply = %response, "the upstream refused the OAuth token; fetching a new one and trying once more");
+                tokens.invalidate(&refused.secret).await;
+                let creds = self.credentials().await?;
+                establish(&self.endpoint(), creds.as_ref(), observe).await?
+            }
+            (first, _, _) => first?,
+        };
         if self.endpoint.mode == TlsMode::Auto {
             *self.detected.lock().expect("detected lock") = Some(session.mode);
         }

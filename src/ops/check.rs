@@ -95,6 +95,26 @@ async fn check_smtp(
     send_to: Option<&str>,
     out: &mut String,
 ) -> bool {
+    if let Some(tokens) = up.oauth() {
+        let started = Instant::now();
+        match tokens.token().await {
+            Ok(token) => line(
+                out,
+                true,
+                "oauth",
+                &format!(
+                    "access token obtained, expires in {} s",
+                    token.expires_in.as_secs()
+                ),
+                Some(started.elapsed()),
+            ),
+            Err(error) => {
+                line(out, false, "oauth", &error.to_string(), Some(started.elapsed()));
+                let _ = writeln!(out, "        fix: {}", error.fix(&up.name));
+                return false;
+            }
+        }
+    }
     let mut last = Instant::now();
     let mut steps = String::new();
     let mut observe = |event: Event<'_>| {
@@ -150,7 +170,7 @@ async fn check_smtp(
             return false;
         }
     };
-    if up.credentials().ok().flatten().is_none() {
+    if !up.has_credentials() {
         line(
             out,
             true,
@@ -235,6 +255,7 @@ async fn check_smtp(
 /// The step label under which a failure is printed.
 fn step_of(failure: &Failure) -> &'static str {
     let stage = match failure {
+        Failure::OAuth { .. } => return "oauth",
         Failure::Dns { .. } => Stage::Dns,
         Failure::Connect { .. } => Stage::Connect,
         Failure::Timeout { stage, .. }

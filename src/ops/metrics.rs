@@ -38,6 +38,10 @@ pub mod name {
     pub const DKIM_DURATION: &str = "smarthost_dkim_sign_duration_seconds";
     /// 1 while an upstream is usable (circuit breaker closed), by `upstream`.
     pub const UPSTREAM_UP: &str = "smarthost_upstream_up";
+    /// OAuth token requests, by `upstream` and `result` (`ok`, `error`).
+    pub const OAUTH_REFRESH: &str = "smarthost_oauth_refresh_total";
+    /// When the upstream's current OAuth access token expires (Unix time), by `upstream`.
+    pub const OAUTH_TOKEN_EXPIRY: &str = "smarthost_oauth_token_expiry_seconds";
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -83,6 +87,15 @@ fn describe() {
         "One delivery attempt over the upstreams"
     );
     describe_histogram!(name::DKIM_DURATION, Unit::Seconds, "Signing one message");
+    describe_counter!(
+        name::OAUTH_REFRESH,
+        "OAuth access token requests, by upstream and result (ok, error)"
+    );
+    describe_gauge!(
+        name::OAUTH_TOKEN_EXPIRY,
+        Unit::Seconds,
+        "Unix time at which the upstream's current OAuth access token expires"
+    );
     describe_gauge!(
         name::UPSTREAM_UP,
         "1 while the upstream is usable (circuit breaker closed)"
