@@ -140,6 +140,23 @@ struct Script {
     sequences: HashMap<SequenceKey, VecDeque<String>>,
     only_sender: Option<(String, String)>,
     hang_up_after_message: bool,
+    xoauth2_validator: Option<Xoauth2Validator>,
+}
+
+/// Decides whether a bearer token is good for a user ([`Builder::xoauth2_validator`]).
+pub type Xoauth2Validator = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// One AUTH XOAUTH2 attempt ([`FakeUpstream::xoauth2_attempts`]).
+#[derive(Clone, Debug)]
+pub struct Xoauth2Attempt {
+    /// The `user=` of the initial response.
+    pub user: String,
+    /// The bearer token.
+    pub token: String,
+    /// Whether it was accepted (`235`).
+    pub accepted: bool,
+    /// Which connection.
+    pub conn: usize,
 }
 
 /// What a scripted sequence of replies answers.
@@ -231,6 +248,15 @@ impl Builder {
         self
     }
 
+    /// Decide AUTH XOAUTH2 with `validator(user, token)` instead of the accounts (e.g.
+    /// `IdentityProvider::validator`); MAIL then needs AUTH. A refused token is answered
+    /// the Gmail/Microsoft way: `334` with a base64 JSON error status, then, after the
+    /// client's empty line, `535 5.7.3 Authentication unsuccessful`.
+    pub fn xoauth2_validator(mut self, validator: Xoauth2Validator) -> Builder {
+        self.script.xoauth2_validator = Some(validator);
+        self
+    }
+
     /// Close the connection, without a word, after each accepted message (as servers do
     /// with idle clients).
     pub fn hang_up_after_message(mut self) -> Builder {
@@ -255,6 +281,7 @@ impl Builder {
             fault: Mutex::new(None),
             connections: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
+            auth_failures: AtomicUsize::new(0),
             log: Mutex::new(Log::default()),
         });
         let accept_shared = shared.clone();
@@ -276,6 +303,7 @@ struct Log {
     lines: Vec<Line>,
     messages: Vec<Received>,
     refused: Vec<Received>,
+    xoauth2: Vec<Xoauth2Attempt>,
 }
 
 struct Shared {
@@ -285,6 +313,7 @@ struct Shared {
     fault: Mutex<Option<Fault>>,
     connections: AtomicUsize,
     reads: AtomicUsize,
+    auth_failures: AtomicUsize,
     log: Mutex<Log>,
 }
 
@@ -318,6 +347,7 @@ impl FakeUpstream {
                 sequences: HashMap::new(),
                 only_sender: None,
                 hang_up_after_message: false,
+                xoauth2_validator: None,
             },
         }
     }
@@ -364,6 +394,24 @@ impl FakeUpstream {
     /// The messages whose content arrived but was refused at the end of DATA.
     pub fn refused_messages(&self) -> Vec<Received> {
         self.shared.log.lock().unwrap().refused.clone()
+    }
+
+    /// How many AUTH exchanges (any mechanism) ended in a refusal so far.
+    pub fn auth_failures(&self) -> usize {
+        self.shared.auth_failures.load(Ordering::SeqCst)
+    }
+
+    /// Every AUTH XOAUTH2 attempt, in order.
+    pub fn xoauth2_attempts(&self) -> Vec<Xoauth2Attempt> {
+        self.shared.log.lock().unwrap().xoauth2.clone()
+    }
+
+    /// How many AUTH XOAUTH2 attempts were refused so far.
+    pub fn xoauth2_failures(&self) -> usize {
+        self.xoauth2_attempts()
+            .iter()
+            .filter(|a| !a.accepted)
+            .count()
     }
 }
 
@@ -616,7 +664,9 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                     "503 5.5.1 nested MAIL".into()
                 } else if let Some(reply) = scripted(Verb::Mail) {
                     reply
-                } else if !script.accounts.is_empty() && session.user.is_none() {
+                } else if (!script.accounts.is_empty() || script.xoauth2_validator.is_some())
+                    && session.user.is_none()
+                {
                     "530 5.7.0 Authentication required".into()
                 } else if let Some((_, reply)) = script
                     .only_sender
@@ -763,7 +813,14 @@ async fn auth(conn: &mut Conn, session: &mut Session, line: &str) -> Option<Stri
         }
         "XOAUTH2" => {
             // base64("user=USER\x01auth=Bearer TOKEN\x01\x01")
-            let decoded = b64(&initial.unwrap_or_default()).unwrap_or_default();
+            let initial = match initial {
+                Some(initial) => initial,
+                None => {
+                    conn.send("334 ").await.ok()?;
+                    conn.line().await?
+                }
+            };
+            let decoded = b64(&initial).unwrap_or_default();
             let mut user = String::new();
             let mut token = String::new();
             for part in decoded.split('\x01') {
@@ -773,18 +830,51 @@ async fn auth(conn: &mut Conn, session: &mut Session, line: &str) -> Option<Stri
                     token = t.to_owned();
                 }
             }
+            if let Some(validator) = &script.xoauth2_validator {
+                let accepted = validator(&user, &token);
+                shared.log.lock().unwrap().xoauth2.push(Xoauth2Attempt {
+                    user: user.clone(),
+                    token,
+                    accepted,
+                    conn: conn.id,
+                });
+                if accepted {
+                    session.user = Some(user);
+                    return Some("235 2.7.0 Authentication successful".into());
+                }
+                shared.auth_failures.fetch_add(1, Ordering::SeqCst);
+                let status = BASE64_STANDARD.encode(
+                    r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#,
+                );
+                conn.send(&format!("334 {status}")).await.ok()?;
+                let answer = conn.line().await?;
+                return Some(if answer.trim() == "*" {
+                    "501 5.7.0 Authentication aborted".into()
+                } else {
+                    "535 5.7.3 Authentication unsuccessful".into()
+                });
+            }
             (user, token)
         }
         _ => return Some("504 5.5.4 mechanism not implemented by the fake".into()),
     };
-    if script
+    let accepted = script
         .accounts
         .iter()
-        .any(|(u, p)| *u == user && *p == password)
-    {
+        .any(|(u, p)| *u == user && *p == password);
+    if mechanism == "XOAUTH2" {
+        shared.log.lock().unwrap().xoauth2.push(Xoauth2Attempt {
+            user: user.clone(),
+            token: password.clone(),
+            accepted,
+            conn: conn.id,
+        });
+    }
+    if accepted {
         session.user = Some(user);
         Some("235 2.7.0 Authentication successful".into())
     } else {
+        shared.auth_failures.fetch_add(1, Ordering::SeqCst);
         Some("535 5.7.8 Authentication credentials invalid".into())
     }
 }
