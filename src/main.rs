@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// OAuth 2.0 for upstreams: sign in once to get a refresh token.
+    Oauth {
+        #[command(subcommand)]
+        action: OauthAction,
+    },
     /// Submit a test message to an SMTP server.
     Send {
         /// Server as HOST:PORT.
@@ -97,6 +102,20 @@ enum DkimAction {
     },
     /// Print the DNS records for every configured key.
     Dns {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OauthAction {
+    /// Device login (RFC 8628): prints a URL and a code to enter there, waits for the
+    /// sign-in, and writes the upstream's refresh_token_file.
+    Login {
+        /// The upstream (its `name`).
+        #[arg(long)]
+        upstream: String,
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -202,6 +221,9 @@ fn main() -> ExitCode {
         }
         Command::Dkim { action } => dkim(action),
         Command::Queue { action } => queue(action),
+        Command::Oauth {
+            action: OauthAction::Login { upstream, config },
+        } => runtime.block_on(oauth_login(config, upstream)),
     }
 }
 
@@ -518,6 +540,31 @@ async fn next_signal() -> Signal {
 async fn next_signal() -> Signal {
     let _ = tokio::signal::ctrl_c().await;
     Signal::Stop
+}
+
+async fn oauth_login(path: Option<PathBuf>, upstream: String) -> ExitCode {
+    let (config, _) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let tell = |line: &str| {
+        use std::io::Write as _;
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    };
+    match ops::oauth::login(&config, &upstream, tell).await {
+        Ok(file) => {
+            println!(
+                "signed in: the refresh token is saved in {}; `smarthost serve` uses it from now on (a running relay with the next token it fetches)",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smarthost: oauth login failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn check(path: Option<PathBuf>, send_to: Option<String>) -> ExitCode {

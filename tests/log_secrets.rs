@@ -1,10 +1,13 @@
 //! Secrets never reach a log: the real binary, at `SMARTHOST_LOG=trace`, delivers a
 //! message through an upstream that needs AUTH (PLAIN, LOGIN, XOAUTH2 over implicit
 //! TLS), and neither the secret nor any of its base64 forms appears in its output.
-//! In `[log] format = "json"` every line of the log is a JSON object.
+//! In `[log] format = "json"` every line of the log is a JSON object. With
+//! `[upstream.oauth]` the same holds for the client secret, the refresh tokens (the one
+//! configured and the one the provider rotates in) and every access token.
 
 mod child;
 mod fake_upstream;
+mod oauth_idp;
 
 use std::path::Path;
 use std::process::Command;
@@ -21,12 +24,29 @@ const USER: &str = "relay@example.com";
 /// Distinctive enough that any occurrence in the output is the secret itself.
 const PASSWORD: &str = "Pw-q7Zx9-NOT-IN-LOGS-31k";
 const TOKEN: &str = "ya29-Tok-K4mL2-NOT-IN-LOGS-88";
+const CLIENT_ID: &str = "relay-app";
+const CLIENT_SECRET: &str = "Cs-8fWq-NOT-IN-LOGS-2b";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Auth {
     Plain,
     Login,
     XOAuth2,
+    /// `[upstream.oauth]` with the client credentials grant.
+    OAuthClientCredentials,
+    /// `[upstream.oauth]` with the refresh token grant (rotating refresh tokens).
+    OAuthRefreshToken,
+}
+
+/// Every form in which a secret could leak: as it is, base64, and as XOAUTH2's
+/// initial response when it is an access token.
+fn forms(secret: &str) -> Vec<String> {
+    let b64 = |s: &str| BASE64_STANDARD.encode(s.as_bytes());
+    vec![
+        secret.to_owned(),
+        b64(secret),
+        b64(&format!("user={USER}\x01auth=Bearer {secret}\x01\x01")),
+    ]
 }
 
 /// Every form in which `auth`'s secret could leak.
@@ -46,13 +66,32 @@ fn forbidden(auth: Auth) -> Vec<String> {
             b64(&format!("user={USER}\x01auth=Bearer {TOKEN}\x01\x01")),
             b64(TOKEN),
         ],
+        Auth::OAuthClientCredentials | Auth::OAuthRefreshToken => forms(CLIENT_SECRET),
     }
 }
 
-fn write_config(dir: &Path, fake: &FakeUpstream, ca: &TestCa, auth: Auth, json: bool) -> String {
+fn write_config(
+    dir: &Path,
+    fake: &FakeUpstream,
+    ca: &TestCa,
+    auth: Auth,
+    json: bool,
+    token_url: &str,
+) -> String {
+    let oauth = |flow: &str| {
+        format!(
+            "[upstream.oauth]\nflow = \"{flow}\"\ntoken_url = \"{token_url}\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret = \"{CLIENT_SECRET}\"\nscope = \"https://outlook.office365.com/.default\"\n\
+             refresh_token_file = {:?}\nca_file = {:?}\n",
+            dir.join("oauth.json").display().to_string(),
+            ca.ca_file().display().to_string(),
+        )
+    };
     let secret = match auth {
         Auth::Plain | Auth::Login => format!("password = \"{PASSWORD}\""),
         Auth::XOAuth2 => format!("oauth_token = \"{TOKEN}\""),
+        Auth::OAuthClientCredentials => oauth("client_credentials"),
+        Auth::OAuthRefreshToken => oauth("refresh_token"),
     };
     let text = format!(
         "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n\n\
@@ -75,17 +114,31 @@ fn run(auth: Auth, json: bool) {
     let (mechanism, secret) = match auth {
         Auth::Plain => ("PLAIN", PASSWORD),
         Auth::Login => ("LOGIN", PASSWORD),
-        Auth::XOAuth2 => ("XOAUTH2", TOKEN),
+        Auth::XOAuth2 | Auth::OAuthClientCredentials | Auth::OAuthRefreshToken => {
+            ("XOAUTH2", TOKEN)
+        }
     };
-    let fake = rt.block_on(
-        FakeUpstream::builder(Mode::Implicit)
-            .cert(&ca.leaf("localhost"))
-            .auth(&[mechanism])
-            .account(USER, secret)
-            .start(),
-    );
+    let idp = rt.block_on(oauth_idp::IdentityProvider::start(&ca));
+    idp.add_client(CLIENT_ID, CLIENT_SECRET);
+    idp.set_rotate_refresh_tokens(true);
+    let managed = matches!(auth, Auth::OAuthClientCredentials | Auth::OAuthRefreshToken);
+    let builder = FakeUpstream::builder(Mode::Implicit)
+        .cert(&ca.leaf("localhost"))
+        .auth(&[mechanism]);
+    let builder = if managed {
+        builder.xoauth2_validator(idp.validator())
+    } else {
+        builder.account(USER, secret)
+    };
+    let fake = rt.block_on(builder.start());
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &fake, &ca, auth, json);
+    let first_refresh_token = idp.issue_refresh_token(CLIENT_ID);
+    std::fs::write(
+        dir.path().join("oauth.json"),
+        format!("{{\"refresh_token\": \"{first_refresh_token}\"}}"),
+    )
+    .expect("refresh token file");
+    let config = write_config(dir.path(), &fake, &ca, auth, json, &idp.token_url());
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smarthost"));
     cmd.args(["serve", "-c", &config]).current_dir(dir.path());
@@ -136,7 +189,33 @@ fn run(auth: Auth, json: bool) {
     // SMARTHOST_LOG=trace took effect: the debug-level session lines are there too.
     assert!(out.stderr.contains("DEBUG"), "{out:?}");
 
-    for secret in forbidden(auth) {
+    let mut forbidden = forbidden(auth);
+    if managed {
+        // The access tokens the upstream saw, and every refresh token.
+        let tokens: Vec<String> = fake
+            .xoauth2_attempts()
+            .into_iter()
+            .map(|a| a.token)
+            .collect();
+        assert!(!tokens.is_empty());
+        let saved: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("oauth.json")).expect("refresh token file"),
+        )
+        .expect("JSON");
+        let mut refresh = vec![first_refresh_token.clone()];
+        refresh.extend(saved["refresh_token"].as_str().map(str::to_owned));
+        if auth == Auth::OAuthRefreshToken {
+            assert_ne!(refresh[0], refresh[1], "the provider rotated the token");
+        }
+        for secret in tokens.iter().chain(&refresh) {
+            forbidden.extend(forms(secret));
+        }
+        assert!(
+            out.stderr.contains("OAuth access token obtained"),
+            "{out:?}"
+        );
+    }
+    for secret in forbidden {
         assert!(
             !out.stdout.contains(&secret) && !out.stderr.contains(&secret),
             "secret form {secret:?} leaked:\n{out:?}"
@@ -191,4 +270,19 @@ fn xoauth2_text_log() {
 #[test]
 fn xoauth2_json_log() {
     run(Auth::XOAuth2, true);
+}
+
+#[test]
+fn oauth_client_credentials_text_log() {
+    run(Auth::OAuthClientCredentials, false);
+}
+
+#[test]
+fn oauth_refresh_token_json_log() {
+    run(Auth::OAuthRefreshToken, true);
+}
+
+#[test]
+fn oauth_refresh_token_text_log() {
+    run(Auth::OAuthRefreshToken, false);
 }

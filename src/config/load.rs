@@ -1179,7 +1179,10 @@ mod tests {
             ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
             ("SMARTHOST__UPSTREAM__0__USERNAME", "me@gmail.com"),
             ("SMARTHOST__UPSTREAM__0__OAUTH__FLOW", "refresh_token"),
-            ("SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_ID", "id.apps.googleusercontent.com"),
+            (
+                "SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_ID",
+                "id.apps.googleusercontent.com",
+            ),
             ("SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_SECRET", "gsecret"),
         ]);
         let up = load(&src, &vars).unwrap().upstream.remove(0);
@@ -1196,7 +1199,9 @@ mod tests {
     fn oauth_mistakes_name_the_key() {
         let base = "[[upstream]]\nprovider = \"office365\"\nusername = \"relay@contoso.com\"\n";
         let got = error(
-            &format!("{base}password = \"pw\"\n[upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"),
+            &format!(
+                "{base}password = \"pw\"\n[upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"
+            ),
             &[],
         );
         assert!(
@@ -1204,7 +1209,9 @@ mod tests {
             "{got}"
         );
         let got = error(
-            &format!("{base}[upstream.oauth]\nflow = \"client_credentials\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"),
+            &format!(
+                "{base}[upstream.oauth]\nflow = \"client_credentials\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"
+            ),
             &[],
         );
         assert!(

@@ -75,10 +75,9 @@ fn platform(provider: &Provider, flow: OAuthFlow, tenant: &str) -> Result<Platfo
         scope,
     };
     match (provider, flow) {
-        (Provider::Office365, OAuthFlow::ClientCredentials) => Ok(microsoft(
-            tenant,
-            "https://outlook.office365.com/.default",
-        )),
+        (Provider::Office365, OAuthFlow::ClientCredentials) => {
+            Ok(microsoft(tenant, "https://outlook.office365.com/.default"))
+        }
         (Provider::Office365, OAuthFlow::RefreshToken) => Ok(microsoft(
             tenant,
             "https://outlook.office365.com/SMTP.Send offline_access",
@@ -123,11 +122,19 @@ impl OAuthConfig {
                     "give either client_secret or client_secret_file, not both".into(),
                 ));
             }
-            let secret = std::fs::read_to_string(file)
-                .map_err(|e| ("client_secret_file", format!("cannot read {}: {e}", file.display())))?;
+            let secret = std::fs::read_to_string(file).map_err(|e| {
+                (
+                    "client_secret_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
             self.client_secret = Some(Secret::new(secret.trim_end_matches(['\r', '\n'])));
         }
-        if self.client_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+        if self
+            .client_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
             self.client_secret = None;
         }
         let microsoft = matches!(provider, Some(Provider::Office365 | Provider::Outlook));

@@ -193,8 +193,11 @@ impl TokenManager {
                 let now = Instant::now();
                 let margin = (lifetime / REFRESH_AT_REMAINING).min(REFRESH_MARGIN_MAX);
                 let expiry_wall = SystemTime::now() + lifetime;
-                metrics::gauge!(name::OAUTH_TOKEN_EXPIRY, "upstream" => self.upstream.clone())
-                    .set(expiry_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+                metrics::gauge!(name::OAUTH_TOKEN_EXPIRY, "upstream" => self.upstream.clone()).set(
+                    expiry_wall
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                );
                 info!(upstream = %self.upstream, expires_in = ?lifetime, "OAuth access token obtained");
                 *current = Some(Cached {
                     secret: secret.clone(),
@@ -282,7 +285,10 @@ fn token_url(config: &OAuthConfig) -> &str {
 
 /// The HTTPS client for token endpoints: the same trust rules as SMTP (public roots plus
 /// `ca_file`), HTTP/1.1, the proxy variables honoured.
-fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, TlsSetupError> {
+fn http_client(
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, TlsSetupError> {
     let mut tls = crate::tls::client_config(ca_file, true)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     reqwest::Client::builder()
@@ -390,8 +396,11 @@ pub fn read_refresh_token(path: &Path) -> Result<Secret, OAuthError> {
         problem,
     };
     let text = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| problem(format!("not JSON ({e}); expected {{\"refresh_token\": \"...\"}}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        problem(format!(
+            "not JSON ({e}); expected {{\"refresh_token\": \"...\"}}"
+        ))
+    })?;
     match value.get("refresh_token").and_then(|t| t.as_str()) {
         Some(token) if !token.is_empty() => Ok(Secret::new(token)),
         _ => Err(problem(
@@ -481,9 +490,8 @@ pub async fn device_login(
             "upstream {upstream:?} uses flow = \"client_credentials\", which needs no login: the relay fetches its tokens with the client secret"
         )));
     };
-    let http = http_client(config.ca_file.as_deref(), timeout).map_err(|e| {
-        OAuthError::Device(format!("cannot set up HTTPS: {e}"))
-    })?;
+    let http = http_client(config.ca_file.as_deref(), timeout)
+        .map_err(|e| OAuthError::Device(format!("cannot set up HTTPS: {e}")))?;
     let mut form: Vec<(&str, String)> = vec![
         ("client_id", config.client_id.clone()),
         ("scope", config.scope.clone().unwrap_or_default()),
@@ -568,14 +576,20 @@ mod tests {
         assert_eq!(dir_mode & 0o777, 0o700);
 
         // Other fields survive a rotation.
-        std::fs::write(&path, r#"{"refresh_token": "old", "account": "relay@contoso.com"}"#)
-            .unwrap();
+        std::fs::write(
+            &path,
+            r#"{"refresh_token": "old", "account": "relay@contoso.com"}"#,
+        )
+        .unwrap();
         write_refresh_token(&path, &Secret::new("new")).unwrap();
         let value: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(value["refresh_token"], "new");
         assert_eq!(value["account"], "relay@contoso.com");
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
 
         std::fs::write(&path, "refresh_token=abc").unwrap();
         let e = read_refresh_token(&path).unwrap_err().to_string();
@@ -602,9 +616,12 @@ mod tests {
             description: description.into(),
         };
         assert!(
-            refused("invalid_client", "AADSTS7000215: Invalid client secret provided.")
-                .fix("m365")
-                .contains("client secret is wrong or expired")
+            refused(
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided."
+            )
+            .fix("m365")
+            .contains("client secret is wrong or expired")
         );
         assert!(
             refused("invalid_grant", "AADSTS70000: expired")

@@ -434,6 +434,29 @@ mod tests {
     }
 
     #[test]
+    fn microsoft_switching_off_basic_auth_is_named() {
+        let fix = |f: Failure| {
+            f.diagnosis("smtp.office365.com", 587, TlsMode::StartTls)
+                .unwrap()
+        };
+        let submission = Failure::Refused {
+            command: "MAIL".into(),
+            response: reply(
+                550,
+                "5.7.30 Basic authentication is not supported for Client Submission.",
+            ),
+        };
+        assert!(fix(submission).starts_with("basic auth is off for this tenant"));
+        let auth = Failure::AuthRejected(reply(
+            535,
+            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+        ));
+        assert!(fix(auth).contains("configure [upstream.oauth]"));
+        let wrong_password = Failure::AuthRejected(reply(535, "5.7.3 Authentication unsuccessful"));
+        assert!(fix(wrong_password).starts_with("the username or password is wrong"));
+    }
+
+    #[test]
     fn scopes_and_permanence() {
         let refused = |code| Failure::Refused {
             command: "MAIL".into(),

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::breaker::Breaker;
-use super::oauth::TokenManager;
 use super::client::{Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
+use super::oauth::TokenManager;
 use super::outcome::{Failure, Stage};
 use super::ratelimit::Budget;
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
@@ -102,7 +102,10 @@ impl SmtpUpstream {
             _ if up.oauth.is_some() => {
                 let oauth = up.oauth.as_ref().expect("checked");
                 let tokens = TokenManager::new(&name, oauth, up.timeout)?;
-                Some((SecretSource::OAuth(Arc::new(tokens)), SecretKind::OAuthToken))
+                Some((
+                    SecretSource::OAuth(Arc::new(tokens)),
+                    SecretKind::OAuthToken,
+                ))
             }
             (Some(p), _, _) => Some((SecretSource::Fixed(p.clone()), SecretKind::Password)),
             (None, Some(t), _) => Some((SecretSource::Fixed(t.clone()), SecretKind::OAuthToken)),

@@ -109,7 +109,13 @@ async fn check_smtp(
                 Some(started.elapsed()),
             ),
             Err(error) => {
-                line(out, false, "oauth", &error.to_string(), Some(started.elapsed()));
+                line(
+                    out,
+                    false,
+                    "oauth",
+                    &error.to_string(),
+                    Some(started.elapsed()),
+                );
                 let _ = writeln!(out, "        fix: {}", error.fix(&up.name));
                 return false;
             }

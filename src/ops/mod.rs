@@ -1,7 +1,8 @@
-//! Operator commands behind the CLI: `send`, `check`, `queue`.
+//! Operator commands behind the CLI: `send`, `check`, `queue`, `dkim`, `oauth`.
 
 pub mod check;
 pub mod dkim;
 pub mod metrics;
+pub mod oauth;
 pub mod queue;
 pub mod send;

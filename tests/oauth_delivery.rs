@@ -1,0 +1,375 @@
+//! OAuth 2.0 for upstreams, end to end: a local HTTPS identity provider (tests/oauth_idp)
+//! issues short-lived tokens, the in-process fake upstream accepts XOAUTH2 only with a
+//! currently valid one, and the relay must keep delivering across expiries, revocations,
+//! refresh-token rotations, restarts and endpoint failures.
+
+mod fake_upstream;
+mod oauth_idp;
+mod support;
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use fake_upstream::pki::TestCa;
+use fake_upstream::{FakeUpstream, Mode};
+use oauth_idp::IdentityProvider;
+use support::{HANG_GUARD, Relay, start_relay};
+
+const CLIENT_ID: &str = "relay-app";
+const CLIENT_SECRET: &str = "client-secret-Zq8x";
+const MAILBOX: &str = "relay@contoso.example";
+
+/// Poll `check` every 20 ms until it returns `Some`, for at most `limit`.
+async fn wait_for<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: {what} not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fake upstream over implicit TLS that takes XOAUTH2 with the provider's tokens only.
+async fn oauth_upstream(ca: &TestCa, idp: &IdentityProvider) -> FakeUpstream {
+    FakeUpstream::builder(Mode::Implicit)
+        .cert(&ca.leaf("localhost"))
+        .auth(&["XOAUTH2"])
+        .xoauth2_validator(idp.validator())
+        .start()
+        .await
+}
+
+/// The `[[upstream]]` and `[upstream.oauth]` tables; `oauth_extra` adds oauth keys.
+fn upstream_tables(
+    name: &str,
+    fake: &FakeUpstream,
+    ca: &TestCa,
+    idp: &IdentityProvider,
+    extra: &str,
+    oauth_extra: &str,
+) -> String {
+    let ca_file = ca.ca_file().display().to_string();
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nurl = \"smtps://localhost:{port}\"\nca_file = {ca_file:?}\n\
+         username = \"{MAILBOX}\"\nmax_messages_per_connection = 1\ntimeout = \"5s\"\n{extra}\n\
+         [upstream.oauth]\ntoken_url = \"{token_url}\"\nclient_id = \"{CLIENT_ID}\"\n\
+         scope = \"https://outlook.office365.com/.default\"\nca_file = {ca_file:?}\n{oauth_extra}\n",
+        port = fake.port(),
+        token_url = idp.token_url(),
+    )
+}
+
+fn client_credentials() -> String {
+    format!("flow = \"client_credentials\"\nclient_secret = \"{CLIENT_SECRET}\"\n")
+}
+
+fn refresh_token_flow(file: &Path) -> String {
+    format!(
+        "flow = \"refresh_token\"\nrefresh_token_file = {:?}\n",
+        file.display().to_string()
+    )
+}
+
+async fn submit(relay: &Relay, subject: &str) {
+    let mut client = relay.client().await;
+    let reply = client
+        .send_message(
+            "app@example.com",
+            &["user@example.net"],
+            format!("From: <app@example.com>\r\nSubject: {subject}\r\n\r\nhello\r\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.code, 250, "{reply}");
+    client.send_line("QUIT").await;
+}
+
+async fn wait_for_messages(fake: &FakeUpstream, n: usize) {
+    wait_for(
+        &format!("{n} messages at the upstream"),
+        HANG_GUARD,
+        || async { (fake.messages().len() >= n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_keep_delivering_across_token_expiries() {
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, CLIENT_SECRET);
+    idp.set_token_lifetime(Duration::from_secs(2));
+    let fake = oauth_upstream(&ca, &idp).await;
+    let mut relay = start_relay(&upstream_tables(
+        "m365",
+        &fake,
+        &ca,
+        &idp,
+        "",
+        &client_credentials(),
+    ))
+    .await;
+
+    // A stream of messages over about three token lifetimes, each on a new connection.
+    for n in 0..8 {
+        submit(&relay, &format!("m{n}")).await;
+        wait_for_messages(&fake, n + 1).await;
+        tokio::time::sleep(Duration::from_millis(750)).await;
+    }
+    assert_eq!(fake.xoauth2_failures(), 0, "a 535 reached the relay");
+    let requests = idp.token_requests();
+    assert!(
+        requests.len() >= 3 && requests.iter().all(|r| r.ok),
+        "tokens must be refreshed before they expire: {} requests",
+        requests.len()
+    );
+    assert!(
+        requests.iter().all(|r| r.grant_type == "client_credentials"
+            && r.scope.as_deref() == Some("https://outlook.office365.com/.default")),
+        "{:?}",
+        requests.iter().map(|r| &r.grant_type).collect::<Vec<_>>()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refreshed_once_and_the_message_goes() {
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, CLIENT_SECRET);
+    let fake = oauth_upstream(&ca, &idp).await;
+    let mut relay = start_relay(&upstream_tables(
+        "m365",
+        &fake,
+        &ca,
+        &idp,
+        "",
+        &client_credentials(),
+    ))
+    .await;
+    submit(&relay, "before").await;
+    wait_for_messages(&fake, 1).await;
+    assert_eq!(idp.token_requests().len(), 1);
+
+    // The provider revokes the token long before it expires.
+    idp.revoke_access_tokens();
+    submit(&relay, "after").await;
+    wait_for_messages(&fake, 2).await;
+    assert_eq!(fake.xoauth2_failures(), 1, "one refused token");
+    assert_eq!(idp.token_requests().len(), 2, "exactly one refresh");
+    let dir = relay.config().spool.dir.clone();
+    wait_for("the queue to be empty", HANG_GUARD, || async {
+        smarthost::spool::Spool::inspect(&dir)
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_endpoint_moves_mail_to_the_next_upstream_and_check_says_why() {
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, "the-real-secret");
+    let fake = oauth_upstream(&ca, &idp).await;
+    let spare = FakeUpstream::builder(Mode::Plain).start().await;
+    let spare_table = format!(
+        "[[upstream]]\nname = \"spare\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\npriority = 10\n",
+        spare.port()
+    );
+    let mut relay = start_relay(&format!(
+        "{}{spare_table}",
+        upstream_tables("m365", &fake, &ca, &idp, "", &client_credentials())
+    ))
+    .await;
+    submit(&relay, "goes to the spare").await;
+    wait_for_messages(&spare, 1).await;
+    assert!(fake.messages().is_empty());
+    assert_eq!(fake.connections(), 0, "no SMTP without a token");
+    let refused = idp.token_requests();
+    assert!(
+        refused
+            .iter()
+            .all(|r| !r.ok && r.error.as_deref() == Some("invalid_client")),
+        "{:?}",
+        refused.iter().map(|r| &r.error).collect::<Vec<_>>()
+    );
+
+    let report = smarthost::ops::check::check_upstreams(relay.config(), None).await;
+    assert!(!report.all_ok);
+    let text = report.text;
+    assert!(
+        text.contains("FAIL  oauth")
+            && text.contains("invalid_client")
+            && text.contains("AADSTS7000215")
+            && text.contains("fix: the client secret is wrong or expired"),
+        "{text}"
+    );
+    assert!(!text.contains(CLIENT_SECRET), "{text}");
+    relay.shutdown().await;
+
+    // A broken endpoint (503 and HTML) is named as that.
+    idp.set_down(true);
+    let report = smarthost::ops::check::check_upstreams(relay.config(), None).await;
+    assert!(
+        report.text.contains("FAIL  oauth") && report.text.contains("503"),
+        "{}",
+        report.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_shows_the_oauth_step_before_auth() {
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, CLIENT_SECRET);
+    let fake = oauth_upstream(&ca, &idp).await;
+    let relay = start_relay(&upstream_tables(
+        "m365",
+        &fake,
+        &ca,
+        &idp,
+        "",
+        &client_credentials(),
+    ))
+    .await;
+    let report = smarthost::ops::check::check_upstreams(relay.config(), None).await;
+    assert!(report.all_ok, "{}", report.text);
+    let text = report.text;
+    let oauth = text
+        .find("ok    oauth     access token obtained, expires in 3")
+        .unwrap_or_else(|| panic!("{text}"));
+    let auth = text
+        .find("ok    auth      XOAUTH2 accepted")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(oauth < auth, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_is_saved_and_used_after_a_restart() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, "");
+    idp.set_token_lifetime(Duration::from_secs(2));
+    idp.set_rotate_refresh_tokens(true);
+    let fake = oauth_upstream(&ca, &idp).await;
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("oauth/m365.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let first = idp.issue_refresh_token(CLIENT_ID);
+    std::fs::write(
+        &file,
+        format!("{{\"refresh_token\": \"{first}\", \"note\": \"kept\"}}"),
+    )
+    .unwrap();
+    let tables = upstream_tables("m365", &fake, &ca, &idp, "", &refresh_token_flow(&file));
+
+    let mut relay = start_relay(&tables).await;
+    for n in 0..4 {
+        submit(&relay, &format!("m{n}")).await;
+        wait_for_messages(&fake, n + 1).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    relay.shutdown().await;
+    drop(relay);
+    assert_eq!(fake.xoauth2_failures(), 0);
+    let requests = idp.token_requests();
+    assert!(
+        requests.len() >= 2
+            && requests
+                .iter()
+                .all(|r| r.ok && r.grant_type == "refresh_token"),
+        "{} requests",
+        requests.len()
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let rotated = saved["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, first, "the rotated token must be on disk");
+    assert_eq!(saved["note"], "kept");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A new process (a new relay) starts from the file: the first token, now invalid,
+    // would fail with invalid_grant.
+    let relay = start_relay(&tables).await;
+    submit(&relay, "after the restart").await;
+    wait_for_messages(&fake, 5).await;
+    let last = idp.token_requests().pop().unwrap();
+    assert!(last.ok, "{:?}", last.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_login_writes_a_usable_refresh_token() {
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, "");
+    idp.approve_device_after(2);
+    let fake = oauth_upstream(&ca, &idp).await;
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("m365.json");
+    let tables = upstream_tables(
+        "m365",
+        &fake,
+        &ca,
+        &idp,
+        "",
+        &format!(
+            "{}device_url = \"{}\"\n",
+            refresh_token_flow(&file),
+            idp.device_url()
+        ),
+    );
+    // `smarthost oauth login` as a person runs it.
+    let config = state.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[spool]\ndir = {:?}\n{tables}",
+            state.path().join("spool").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let cwd = state.path().to_owned();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_smarthost"))
+                .args(["oauth", "login", "--upstream", "m365", "-c"])
+                .arg(&config)
+                .current_dir(cwd)
+                .env("SMARTHOST_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        }
+    });
+    let output = tokio::time::timeout(HANG_GUARD, run)
+        .await
+        .expect("oauth login still running")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("https://") && stdout.contains("code"),
+        "the verification URL and code: {stdout}"
+    );
+    assert!(stdout.contains(&file.display().to_string()), "{stdout}");
+    assert_eq!(idp.device_authorizations(), 1);
+
+    let relay = start_relay(&tables).await;
+    submit(&relay, "with the device login's token").await;
+    wait_for_messages(&fake, 1).await;
+    assert_eq!(fake.xoauth2_failures(), 0);
+}
