@@ -373,3 +373,129 @@ async fn the_device_login_writes_a_usable_refresh_token() {
     wait_for_messages(&fake, 1).await;
     assert_eq!(fake.xoauth2_failures(), 0);
 }
+
+/// An `[upstream.oauth]` for the device grant against `idp`, writing into `file`.
+fn device_config(
+    ca: &TestCa,
+    idp: &IdentityProvider,
+    file: &Path,
+) -> smarthost::config::OAuthConfig {
+    smarthost::config::OAuthConfig {
+        flow: smarthost::config::OAuthFlow::RefreshToken,
+        tenant: None,
+        token_url: Some(idp.token_url()),
+        client_id: CLIENT_ID.into(),
+        client_secret: None,
+        client_secret_file: None,
+        scope: Some("https://outlook.office.com/SMTP.Send offline_access".into()),
+        refresh_token_file: Some(file.to_owned()),
+        device_url: Some(idp.device_url()),
+        ca_file: Some(ca.ca_file().to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_login_slows_down_when_asked_and_stops_on_expiry_or_refusal() {
+    use smarthost::deliver::oauth::device_login;
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, "");
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("m365.json");
+    let config = device_config(&ca, &idp, &file);
+    let timeout = Duration::from_secs(5);
+
+    // slow_down: every later poll waits 5 s more (RFC 8628 §3.5).
+    idp.set_slow_down_once(true);
+    idp.approve_device_after(1);
+    let mut told = Vec::new();
+    let written = tokio::time::timeout(
+        Duration::from_secs(20),
+        device_login("m365", &config, timeout, |line| told.push(line.to_owned())),
+    )
+    .await
+    .expect("device login hangs")
+    .unwrap();
+    assert_eq!(written, file);
+    assert!(told.iter().any(|l| l.contains("https://")), "{told:?}");
+    let polls = idp.token_requests();
+    assert_eq!(polls.len(), 2, "a slow_down, then the tokens");
+    assert_eq!(polls[0].error.as_deref(), Some("slow_down"));
+    assert!(
+        polls[1].at - polls[0].at >= Duration::from_secs(6),
+        "the poll after slow_down came {:?} later",
+        polls[1].at - polls[0].at
+    );
+    assert!(smarthost::deliver::oauth::read_refresh_token(&file).is_ok());
+
+    // The code expires while the person has not signed in.
+    idp.approve_device_after(1000);
+    let login = tokio::spawn({
+        let config = config.clone();
+        async move { device_login("m365", &config, timeout, |_| {}).await }
+    });
+    wait_for("the device authorization", HANG_GUARD, || async {
+        (idp.device_authorizations() == 2).then_some(())
+    })
+    .await;
+    idp.expire_device_codes();
+    let e = tokio::time::timeout(HANG_GUARD, login)
+        .await
+        .expect("device login hangs")
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("the code expired"), "{e}");
+
+    // The person declines.
+    idp.set_device_denied(true);
+    let e = tokio::time::timeout(HANG_GUARD, device_login("m365", &config, timeout, |_| {}))
+        .await
+        .expect("device login hangs")
+        .unwrap_err();
+    assert!(e.to_string().contains("declined"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connections_share_one_token_request() {
+    let ca = TestCa::new();
+    let idp = IdentityProvider::start(&ca).await;
+    idp.add_client(CLIENT_ID, CLIENT_SECRET);
+    let fake = oauth_upstream(&ca, &idp).await;
+    let mut relay = start_relay(&upstream_tables(
+        "m365",
+        &fake,
+        &ca,
+        &idp,
+        "max_connections = 8\n",
+        &client_credentials(),
+    ))
+    .await;
+    let mut senders = Vec::new();
+    for n in 0..8 {
+        let addr = relay.addr();
+        senders.push(tokio::spawn(async move {
+            let mut client = support::SmtpClient::<tokio::net::TcpStream>::connect(addr).await;
+            client.greeting().await;
+            client.expect("EHLO app.test", 250).await;
+            let reply = client
+                .send_message(
+                    "app@example.com",
+                    &["user@example.net"],
+                    format!("From: <app@example.com>\r\nSubject: c{n}\r\n\r\nhi\r\n").as_bytes(),
+                )
+                .await;
+            assert_eq!(reply.code, 250, "{reply}");
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    wait_for_messages(&fake, 8).await;
+    assert!(fake.connections() >= 2, "deliveries ran in parallel");
+    assert_eq!(
+        idp.token_requests().len(),
+        1,
+        "one token for all connections"
+    );
+    relay.shutdown().await;
+}
