@@ -80,6 +80,22 @@ fn refresh_token_flow(file: &Path) -> String {
     )
 }
 
+/// `GET /metrics` from the relay's metrics endpoint.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(HANG_GUARD, stream.read_to_string(&mut response))
+        .await
+        .expect("metrics endpoint hangs")
+        .unwrap();
+    response
+}
+
 async fn submit(relay: &Relay, subject: &str) {
     let mut client = relay.client().await;
     let reply = client
@@ -110,7 +126,7 @@ async fn client_credentials_keep_delivering_across_token_expiries() {
     idp.set_token_lifetime(Duration::from_secs(2));
     let fake = oauth_upstream(&ca, &idp).await;
     let mut relay = start_relay(&upstream_tables(
-        "m365",
+        "m365-expiries",
         &fake,
         &ca,
         &idp,
@@ -137,6 +153,35 @@ async fn client_credentials_keep_delivering_across_token_expiries() {
             && r.scope.as_deref() == Some("https://outlook.office365.com/.default")),
         "{:?}",
         requests.iter().map(|r| &r.grant_type).collect::<Vec<_>>()
+    );
+    // The metrics say it too (the recorder is shared by the tests of this binary, hence
+    // the distinct upstream name).
+    let metrics = scrape(relay.metrics_addr().expect("metrics listen")).await;
+    let refreshed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("smarthost_oauth_refresh_total{")
+                && l.contains("upstream=\"m365-expiries\"")
+                && l.contains("result=\"ok\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let count: f64 = refreshed.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(count as usize, requests.len(), "{refreshed}");
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("smarthost_oauth_token_expiry_seconds{")
+                && l.contains("upstream=\"m365-expiries\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let expiry: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now - 10.0 && expiry < now + 10.0,
+        "{expiry} vs {now}"
     );
     relay.shutdown().await;
 }

@@ -245,6 +245,11 @@ impl Relay {
         messages
     }
 
+    /// The metrics endpoint's address, while the relay runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.handle.as_ref().and_then(RelayHandle::metrics_addr)
+    }
+
     /// Take the handle, e.g. to call `shutdown()` from a spawned task.
     pub fn take_handle(&mut self) -> RelayHandle {
         self.handle.take().expect("relay handle already taken")
