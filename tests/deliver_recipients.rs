@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use fake_upstream::{FakeUpstream, Mode, Received};
+use fake_upstream::{FakeUpstream, Mode, Received, Verb};
 use smarthost::spool::Spool;
 use support::{HANG_GUARD, Relay, start_relay};
 
@@ -256,4 +256,76 @@ async fn a_server_that_takes_no_recipient_is_an_ordinary_deferral_without_a_loop
         assert!(fake.messages().is_empty());
         relay.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_421_between_two_transactions_of_a_message_continues_on_a_new_connection() {
+    // The server ends the connection at the second MAIL (a per-connection message cap).
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .replies_then(
+            Verb::Mail,
+            &[
+                "250 2.1.0 ok",
+                "421 4.7.0 Too many messages for this session",
+            ],
+        )
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "{NO_RETRY_SOON}{}",
+        upstream(&fake, "max_recipients = 2")
+    ))
+    .await;
+    let to = recipients(4);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 2);
+    assert_eq!((messages[0].conn, messages[1].conn), (1, 2));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn recipients_accepted_before_a_later_transaction_fails_are_not_sent_again() {
+    // Second MAIL: 421; on the new connection the first MAIL: 421 again. The attempt
+    // ends with r1 and r2 delivered; r3 and r4 wait for the retry.
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .replies_then(
+            Verb::Mail,
+            &[
+                "250 2.1.0 ok",
+                "421 4.7.0 Too many messages for this session",
+                "421 4.7.0 Try again later",
+            ],
+        )
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "[delivery]\nretry_base = \"200ms\"\nretry_max = \"1s\"\n{}",
+        upstream(&fake, "max_recipients = 2")
+    ))
+    .await;
+    let to = recipients(4);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let rcpts: Vec<Vec<String>> = fake.messages().into_iter().map(|m| m.rcpts).collect();
+    assert_eq!(rcpts, [&to[0..2], &to[2..4]]);
+    // r1 and r2 were offered once: the retry sent only r3 and r4.
+    for r in &to[0..2] {
+        let offered = fake
+            .lines()
+            .iter()
+            .filter(|l| l.text.eq_ignore_ascii_case(&format!("RCPT TO:<{r}>")))
+            .count();
+        assert_eq!(offered, 1, "{r}");
+    }
+    relay.shutdown().await;
 }

@@ -294,6 +294,7 @@ impl SmtpUpstream {
         // Indices of the recipients still to send, in envelope order.
         let mut waiting: VecDeque<usize> = (0..recipients.len()).collect();
         let mut per_transaction = self.max_recipients.max(1);
+        // Transactions settled on the current connection.
         let mut transactions = 0usize;
         while !waiting.is_empty() {
             let take = per_transaction.min(waiting.len());
@@ -304,7 +305,6 @@ impl SmtpUpstream {
                 .client
                 .transaction(&mail_from, &rcpts, &message.content, pipelining)
                 .await;
-            transactions += 1;
             let answers = match result {
                 Ok(answers) => answers,
                 Err(e) => {
@@ -320,6 +320,31 @@ impl SmtpUpstream {
                 RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
                 _ => None,
             }) {
+                if transactions > 0 {
+                    // The connection carried transactions of this message and is
+                    // finished (servers cap messages per connection): the rest goes on
+                    // a new one at once. Each reconnection follows a settled
+                    // transaction, so this cannot loop.
+                    info!(
+                        queue_id = %message.id,
+                        upstream = %self.name,
+                        reply = %closing,
+                        "the upstream closed the connection between two transactions of this message; the rest goes on a new connection now"
+                    );
+                    for index in batch.into_iter().rev() {
+                        waiting.push_front(index);
+                    }
+                    match self.open(&mut |_| {}).await {
+                        Ok(session) => {
+                            // The old one is closing from the server's side.
+                            drop(std::mem::replace(&mut lease.session, session));
+                            lease.sent = 0;
+                            transactions = 0;
+                            continue;
+                        }
+                        Err(failure) => return Err(Partial { replies, failure }),
+                    }
+                }
                 return Err(Partial {
                     replies,
                     failure: Failure::Refused {
@@ -346,6 +371,7 @@ impl SmtpUpstream {
                     answer => replies[*index] = Some(answer),
                 }
             }
+            transactions += 1;
             if took == 0 {
                 // Not even the first recipient: a deferral like any other, and so are
                 // the recipients not sent yet (no loop on a server that takes none).
