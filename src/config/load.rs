@@ -554,6 +554,9 @@ fn validate(config: &mut Config) -> Result<(), (String, String)> {
                 "must be at least 1".into(),
             ));
         }
+        if up.max_recipients == 0 {
+            return Err((key("max_recipients"), "must be at least 1".into()));
+        }
         if up.timeout.is_zero() {
             return Err((key("timeout"), "must be longer than zero".into()));
         }
@@ -861,6 +864,10 @@ mod tests {
                 "`upstream[0].max_messages_per_connection`: must be at least 1",
             ),
             (
+                "max_recipients = 0",
+                "`upstream[0].max_recipients`: must be at least 1",
+            ),
+            (
                 "timeout = \"0s\"",
                 "`upstream[0].timeout`: must be longer than zero",
             ),
@@ -1082,6 +1089,50 @@ mod tests {
             &[],
         );
         assert_eq!(up.username.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn max_recipients_defaults_to_100_or_the_presets_cap() {
+        let up = upstream("[[upstream]]\nurl = \"smtps://x\"\n", &[]);
+        assert_eq!(up.max_recipients, 100);
+        for (preset, want) in [
+            ("gmail", 100),
+            ("office365", 500),
+            ("outlook", 100),
+            ("ses:us-east-1", 50),
+            ("sendgrid", 100),
+            ("mailgun", 100),
+            ("qq", 100),
+        ] {
+            let up = upstream(
+                &format!(
+                    "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+                ),
+                &[],
+            );
+            assert_eq!(up.max_recipients, want, "{preset}");
+        }
+        // Set explicitly, it wins over the preset; the environment wins over the file.
+        let up = upstream(
+            "[[upstream]]\nprovider = \"ses:us-east-1\"\nusername = \"AKIA\"\npassword = \"p\"\nmax_recipients = 20\n",
+            &[],
+        );
+        assert_eq!(up.max_recipients, 20);
+        let up = upstream(
+            "[[upstream]]\nurl = \"smtps://x\"\nmax_recipients = 20\n",
+            &[("SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS", "7")],
+        );
+        assert_eq!(up.max_recipients, 7);
+        let got = error(
+            "[[upstream]]\nurl = \"smtps://x\"\n",
+            &[("SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS", "0")],
+        );
+        assert!(
+            got.starts_with(
+                "environment variable SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS: `upstream[0].max_recipients`: must be at least 1"
+            ),
+            "{got}"
+        );
     }
 
     #[test]

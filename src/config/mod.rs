@@ -190,6 +190,10 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// Recipients per transaction to an upstream unless configured (or set by a preset):
+/// RFC 5321 §4.5.3.1.8 requires servers to take at least 100.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+
 /// One `[[upstream]]`.
 ///
 /// Deserialized from [`RawUpstream`], which has `url` and `provider` both optional;
@@ -234,6 +238,10 @@ pub struct UpstreamConfig {
     pub oauth: Option<OAuthConfig>,
     /// Messages sent over one connection before it is closed and a new one opened.
     pub max_messages_per_connection: usize,
+    /// Recipients per transaction: more are sent in several transactions (one `MAIL`
+    /// each) on the same connection. Default [`DEFAULT_MAX_RECIPIENTS`], or the
+    /// provider's documented cap for a preset.
+    pub max_recipients: usize,
     /// Limit for connecting, the TLS handshake, each reply but the last, and each write.
     pub timeout: Duration,
     /// Limit for the reply to the end of the message data.
@@ -292,6 +300,9 @@ pub struct RawUpstream {
     /// Messages sent over one connection before it is closed and a new one opened.
     #[serde(default = "values::hundred")]
     pub max_messages_per_connection: usize,
+    /// Recipients per transaction (default: the preset's cap, else
+    /// [`DEFAULT_MAX_RECIPIENTS`]).
+    pub max_recipients: Option<usize>,
     /// Limit for connecting, the TLS handshake, and each reply.
     #[serde(
         default = "values::thirty_seconds",
@@ -330,6 +341,12 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
                 ));
             }
         };
+        let max_recipients = raw.max_recipients.unwrap_or_else(|| {
+            raw.provider
+                .as_ref()
+                .and_then(Provider::max_recipients)
+                .unwrap_or(DEFAULT_MAX_RECIPIENTS)
+        });
         Ok(UpstreamConfig {
             url,
             provider: raw.provider,
@@ -348,6 +365,7 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
             oauth_token_file: raw.oauth_token_file,
             oauth: raw.oauth,
             max_messages_per_connection: raw.max_messages_per_connection,
+            max_recipients,
             timeout: raw.timeout,
             data_timeout: raw.data_timeout,
             helo_name: raw.helo_name,

@@ -65,6 +65,30 @@ impl Provider {
         }
     }
 
+    /// The provider's documented cap on recipients per message over SMTP, where it
+    /// documents one; `None`: the relay's default applies.
+    ///
+    /// - Gmail / Google Workspace: 100 "recipients per message sent via SMTP by POP or
+    ///   IMAP users" (Google Workspace Admin Help, "Gmail sending limits in Google
+    ///   Workspace", support.google.com/a/answer/166852).
+    /// - Microsoft 365: 500 recipients per message, the default "recipient limit" of
+    ///   Exchange Online (Microsoft Learn, "Exchange Online limits", receiving and
+    ///   sending limits; admins can raise it to 1,000).
+    /// - Amazon SES: 50 recipients per message, To, CC and BCC together, not adjustable
+    ///   (Amazon SES Developer Guide, "Service quotas in Amazon SES").
+    /// - Outlook.com documents 500 only for Microsoft 365 subscribers and "lower for
+    ///   non-subscribers" without a number: the default (100) stays. QQ, Exmail, 163,
+    ///   SendGrid and Mailgun document no per-message SMTP cap we could confirm: the
+    ///   default stays.
+    pub fn max_recipients(&self) -> Option<usize> {
+        match self {
+            Provider::Gmail => Some(100),
+            Provider::Office365 => Some(500),
+            Provider::Ses(_) => Some(50),
+            _ => None,
+        }
+    }
+
     /// Whether the provider refuses mail whose From is not the authenticated account,
     /// so `sender` defaults to the username.
     pub fn from_must_be_account(&self) -> bool {

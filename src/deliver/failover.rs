@@ -10,7 +10,8 @@ use tracing::{info, warn};
 
 use super::breaker::Admission;
 use super::client::RcptReply;
-use super::outcome::{Failure, Scope, is_throttling};
+use super::outcome::{Failure, Scope, is_throttling, is_too_many_recipients};
+use super::upstream::Partial;
 use super::{Target, TargetKind};
 use crate::message::Message;
 use crate::proto::{Address, Response, ReversePath};
@@ -102,8 +103,15 @@ pub fn order<'a>(targets: &'a [Target], rng: &mut impl Rng) -> Vec<&'a Target> {
 
 /// What one upstream did with the pending recipients.
 enum Attempt {
-    /// Per pending recipient: accepted or not, and the reply (none for a Maildir).
-    Replies(Vec<(bool, Option<Response>)>),
+    /// Per pending recipient: accepted or not, and the reply (none for a Maildir; none
+    /// and not accepted: not answered, see `unanswered`).
+    Replies {
+        /// In the order of the pending recipients.
+        replies: Vec<(bool, Option<Response>)>,
+        /// Why some recipients got no reply: the attempt ended after others were
+        /// settled (they stay pending and go to the next upstream).
+        unanswered: Option<Reason>,
+    },
     /// Failed as a whole; the next upstream may succeed.
     Transient(Reason),
     /// Not tried: its circuit breaker is open. Not an attempt of the message, so its
@@ -156,7 +164,10 @@ async fn attempt(
         TargetKind::Maildir(maildir) => {
             let (maildir, msg) = (maildir.clone(), message.clone());
             return match tokio::task::spawn_blocking(move || maildir.deliver(&msg)).await {
-                Ok(Ok(_)) => Attempt::Replies(pending.iter().map(|_| (true, None)).collect()),
+                Ok(Ok(_)) => Attempt::Replies {
+                    replies: pending.iter().map(|_| (true, None)).collect(),
+                    unanswered: None,
+                },
                 Ok(Err(e)) => Attempt::Transient(Reason::Text(format!("{}: {e}", target.name))),
                 Err(e) => Attempt::Transient(Reason::Text(format!(
                     "{}: delivery task failed: {e}",
@@ -166,24 +177,23 @@ async fn attempt(
         }
         TargetKind::Smtp(up) => up,
     };
-    let failure = match up.send(message, pending).await {
+    let as_pair = |r: RcptReply| match r {
+        RcptReply::Accepted(resp) => (true, Some(resp)),
+        RcptReply::Refused(resp) => (false, Some(resp)),
+    };
+    let (settled, failure) = match up.send(message, pending).await {
         Ok(replies) => {
             if up.breaker.record_success() {
                 info!(upstream = %up.name, "circuit breaker closed: the upstream works again");
             }
             metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone())
                 .set(1.0);
-            return Attempt::Replies(
-                replies
-                    .into_iter()
-                    .map(|r| match r {
-                        RcptReply::Accepted(resp) => (true, Some(resp)),
-                        RcptReply::Refused(resp) => (false, Some(resp)),
-                    })
-                    .collect(),
-            );
+            return Attempt::Replies {
+                replies: replies.into_iter().map(as_pair).collect(),
+                unanswered: None,
+            };
         }
-        Err(failure) => failure,
+        Err(Partial { replies, failure }) => (replies, failure),
     };
     let (host, port, mode) = up.describe();
     let fix = failure.diagnosis(host, port, mode);
@@ -200,7 +210,7 @@ async fn attempt(
     up_gauge.set(if up.breaker.is_up() { 1.0 } else { 0.0 });
     warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
     let permanent = failure.is_permanent();
-    match failure {
+    let ended = match failure {
         Failure::Unsuitable(why) => Attempt::Unsuitable(format!("{}: {why}", up.name)),
         Failure::Refused { response, .. } => {
             let reason = Reason::Reply {
@@ -217,6 +227,25 @@ async fn attempt(
             let fix = fix.map(|f| format!(" ({f})")).unwrap_or_default();
             Attempt::Transient(Reason::Text(format!("{}: {other}{fix}", up.name)))
         }
+    };
+    if settled.iter().all(Option::is_none) {
+        return ended;
+    }
+    // Some recipients were settled by earlier transactions of this attempt: they keep
+    // their outcome (an accepted one is never sent again); the others stay pending.
+    let reason = match ended {
+        Attempt::Transient(r) | Attempt::Permanent(r) | Attempt::Skipped(r) => r,
+        Attempt::Unsuitable(why) => Reason::Text(why),
+        Attempt::Held(_) | Attempt::Replies { .. } => {
+            unreachable!("a failed send is none of these")
+        }
+    };
+    Attempt::Replies {
+        replies: settled
+            .into_iter()
+            .map(|r| r.map_or((false, None), as_pair))
+            .collect(),
+        unanswered: Some(reason),
     }
 }
 
@@ -315,8 +344,14 @@ pub async fn walk(
             Attempt::Held(_) | Attempt::Unsuitable(_) | Attempt::Skipped(_)
         );
         match result {
-            Attempt::Replies(replies) => {
+            Attempt::Replies {
+                replies,
+                unanswered,
+            } => {
                 answered = true;
+                if let Some(reason) = unanswered {
+                    last_transient = Some(reason);
+                }
                 for (slot, (accepted, response)) in open.zip(replies) {
                     match response {
                         _ if accepted => {
@@ -325,7 +360,11 @@ pub async fn walk(
                                 response,
                             })
                         }
-                        Some(response) if response.is_permanent() && !is_throttling(&response) => {
+                        Some(response)
+                            if response.is_permanent()
+                                && !is_throttling(&response)
+                                && !is_too_many_recipients(&response) =>
+                        {
                             *slot = Some(RcptStatus::Failed(Reason::Reply {
                                 upstream: target.name.clone(),
                                 response,

@@ -255,7 +255,9 @@ impl Failure {
     pub fn is_permanent(&self) -> bool {
         match self {
             Failure::Refused { response, .. } => {
-                response.is_permanent() && !is_throttling(response)
+                response.is_permanent()
+                    && !is_throttling(response)
+                    && !is_too_many_recipients(response)
             }
             _ => false,
         }
@@ -379,6 +381,34 @@ pub fn is_throttling(response: &Response) -> bool {
     .any(|needle| text.contains(needle))
 }
 
+/// A refusal of a recipient that only means "no more recipients in this transaction"
+/// (RFC 5321 §4.5.3.1.10): `452` (`4.5.3`, or without an enhanced code, which is the
+/// RFC's own wording), or a `552` that says too many recipients (`5.5.3`, or the words):
+/// old servers used 552, and the RFC asks clients to take it as temporary. The
+/// recipients that got it are sent in the next transaction; they are never bounced for
+/// it. A `452 4.2.2` (mailbox full) or `452 4.3.1` (no storage) is not this.
+pub fn is_too_many_recipients(response: &Response) -> bool {
+    if !matches!(response.code, 452 | 552) {
+        return false;
+    }
+    let text = response.text();
+    let enhanced = text.split_whitespace().next().filter(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    let lower = text.to_ascii_lowercase();
+    let says_so = lower.contains("too many recipients")
+        || lower.contains("too many rcpt")
+        || lower.contains("recipient limit");
+    match enhanced {
+        Some(code) => code.ends_with(".5.3") || says_so,
+        None => response.code == 452 || says_so,
+    }
+}
+
 /// Providers' wordings for "From must be the authenticated account".
 fn looks_like_sender_mismatch(response: &Response) -> bool {
     let text = response.text().to_ascii_lowercase();
@@ -481,6 +511,39 @@ mod tests {
         );
         assert_eq!(setup.scope(), Scope::Upstream);
         assert!(!setup.is_permanent());
+    }
+
+    #[test]
+    fn too_many_recipients_is_recognised_and_nothing_else() {
+        for (code, text) in [
+            (452, "4.5.3 Too many recipients"),
+            (452, "Too many recipients"),
+            (452, "4.5.3 Your message has too many recipients."),
+            (552, "5.5.3 Too many recipients"),
+            (552, "Too many recipients"),
+            (552, "5.5.3 Recipient limit exceeded"),
+            (452, "4.3.1 too many recipients in this transaction"),
+        ] {
+            assert!(is_too_many_recipients(&reply(code, text)), "{code} {text}");
+        }
+        for (code, text) in [
+            (
+                452,
+                "4.2.2 The email account that you tried to reach is over quota",
+            ),
+            (452, "4.3.1 Insufficient system storage"),
+            (552, "5.3.4 Message too big"),
+            (552, "5.2.2 Mailbox full"),
+            (550, "5.5.3 Too many recipients"),
+            (451, "4.5.3 Too many recipients"),
+        ] {
+            assert!(!is_too_many_recipients(&reply(code, text)), "{code} {text}");
+        }
+        let too_many = Failure::Refused {
+            command: "RCPT".into(),
+            response: reply(552, "5.5.3 Too many recipients"),
+        };
+        assert!(!too_many.is_permanent());
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! One SMTP upstream at run time: its endpoint, credentials, connection pool, breaker,
 //! and the TLS mode `auto` detected.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::info;
 
 use super::breaker::Breaker;
 use super::client::{Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
-use super::outcome::{Failure, Stage};
+use super::outcome::{Failure, Stage, is_too_many_recipients};
 use super::ratelimit::Budget;
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
@@ -48,6 +50,8 @@ pub struct SmtpUpstream {
     username: Option<String>,
     secret: Option<(SecretSource, SecretKind)>,
     max_messages_per_connection: usize,
+    /// Recipients per transaction.
+    max_recipients: usize,
     max_connections: usize,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
@@ -55,6 +59,25 @@ pub struct SmtpUpstream {
     pub breaker: Breaker,
     /// Sending budget (`rate_limit`, `daily_limit`).
     pub budget: Budget,
+}
+
+/// An attempt that ended early ([`SmtpUpstream::send`]).
+#[derive(Debug)]
+pub struct Partial {
+    /// Per recipient, in order: the reply it got before the attempt ended, if any.
+    pub replies: Vec<Option<RcptReply>>,
+    /// What ended the attempt.
+    pub failure: Failure,
+}
+
+impl Partial {
+    /// Nothing was sent.
+    fn none(recipients: &[Address], failure: Failure) -> Partial {
+        Partial {
+            replies: vec![None; recipients.len()],
+            failure,
+        }
+    }
 }
 
 /// A pooled connection waiting for its next message.
@@ -124,6 +147,7 @@ impl SmtpUpstream {
             username: up.username.clone(),
             secret,
             max_messages_per_connection: up.max_messages_per_connection,
+            max_recipients: up.max_recipients,
             max_connections: up.max_connections,
             slots: Arc::new(Semaphore::new(up.max_connections)),
             idle: Mutex::new(Vec::new()),
@@ -278,17 +302,27 @@ impl SmtpUpstream {
         }
     }
 
-    /// One attempt to deliver `message` to `recipients` here. Errors are about the
-    /// whole attempt; per-recipient refusals come back as [`RcptReply::Refused`].
+    /// One attempt to deliver `message` to `recipients` here, in transactions of at most
+    /// `max_recipients` recipients on one connection (one `MAIL` each, RFC 5321 §3.3).
+    /// A recipient refused only because the transaction has too many
+    /// ([`is_too_many_recipients`]) goes in the next transaction at once, and later
+    /// transactions take no more than the server took.
+    ///
+    /// Per-recipient refusals come back as [`RcptReply::Refused`]. An error ends the
+    /// attempt: it carries the replies of the recipients settled before it (accepted
+    /// ones must not be sent again); the others have none.
     pub async fn send(
         &self,
         message: &Message,
         recipients: &[Address],
-    ) -> Result<Vec<RcptReply>, Failure> {
-        let mut lease = self.checkout().await?;
+    ) -> Result<Vec<RcptReply>, Partial> {
+        let mut lease = self
+            .checkout()
+            .await
+            .map_err(|f| Partial::none(recipients, f))?;
         if let Err(unsuitable) = suitability(&lease.session, message) {
             self.checkin_unused(lease);
-            return Err(unsuitable);
+            return Err(Partial::none(recipients, unsuitable));
         }
         let caps = &lease.session.caps;
         let mut mail_from = match &message.envelope.sender {
@@ -304,37 +338,119 @@ impl SmtpUpstream {
         if message.envelope.smtputf8 {
             mail_from.push_str(" SMTPUTF8");
         }
-        let rcpts: Vec<String> = recipients.iter().map(ToString::to_string).collect();
         let pipelining = caps.has("PIPELINING");
-        let result = lease
-            .session
-            .client
-            .transaction(&mail_from, &rcpts, &message.content, pipelining)
-            .await;
-        match result {
-            Ok(replies) => {
-                let service_closing = replies
-                    .iter()
-                    .any(|r| matches!(r, RcptReply::Refused(resp) if resp.code == 421));
-                if service_closing {
-                    // 421: the server is closing this channel (RFC 5321 §3.8).
-                    let response = replies
-                        .iter()
-                        .find_map(|r| match r {
-                            RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
-                            _ => None,
-                        })
-                        .expect("found above");
-                    return Err(Failure::Refused {
-                        command: "the transaction".into(),
-                        response,
+        let mut replies: Vec<Option<RcptReply>> = vec![None; recipients.len()];
+        // Indices of the recipients still to send, in envelope order.
+        let mut waiting: VecDeque<usize> = (0..recipients.len()).collect();
+        let mut per_transaction = self.max_recipients.max(1);
+        // Transactions settled on the current connection.
+        let mut transactions = 0usize;
+        while !waiting.is_empty() {
+            let take = per_transaction.min(waiting.len());
+            let batch: Vec<usize> = waiting.drain(..take).collect();
+            let rcpts: Vec<String> = batch.iter().map(|i| recipients[*i].to_string()).collect();
+            let result = lease
+                .session
+                .client
+                .transaction(&mail_from, &rcpts, &message.content, pipelining)
+                .await;
+            let answers = match result {
+                Ok(answers) => answers,
+                Err(e) => {
+                    return Err(Partial {
+                        replies,
+                        failure: Failure::from_client(Stage::Transaction, e),
                     });
                 }
-                self.checkin(lease);
-                Ok(replies)
+            };
+            // 421: the server is closing this channel (RFC 5321 §3.8); nothing of this
+            // transaction was taken.
+            if let Some(closing) = answers.iter().find_map(|r| match r {
+                RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
+                _ => None,
+            }) {
+                if transactions > 0 {
+                    // The connection carried transactions of this message and is
+                    // finished (servers cap messages per connection): the rest goes on
+                    // a new one at once. Each reconnection follows a settled
+                    // transaction, so this cannot loop.
+                    info!(
+                        queue_id = %message.id,
+                        upstream = %self.name,
+                        reply = %closing,
+                        "the upstream closed the connection between two transactions of this message; the rest goes on a new connection now"
+                    );
+                    for index in batch.into_iter().rev() {
+                        waiting.push_front(index);
+                    }
+                    match self.open(&mut |_| {}).await {
+                        Ok(session) => {
+                            // The old one is closing from the server's side.
+                            drop(std::mem::replace(&mut lease.session, session));
+                            lease.sent = 0;
+                            transactions = 0;
+                            continue;
+                        }
+                        Err(failure) => return Err(Partial { replies, failure }),
+                    }
+                }
+                return Err(Partial {
+                    replies,
+                    failure: Failure::Refused {
+                        command: "the transaction".into(),
+                        response: closing,
+                    },
+                });
             }
-            Err(e) => Err(Failure::from_client(Stage::Transaction, e)),
+            // The server takes `took` recipients per transaction: the ones it refused
+            // beyond that for being too many go in the next transaction.
+            let took = answers
+                .iter()
+                .position(|r| matches!(r, RcptReply::Refused(resp) if is_too_many_recipients(resp)))
+                .unwrap_or(answers.len());
+            let mut again = Vec::new();
+            for (position, (index, answer)) in batch.iter().zip(answers).enumerate() {
+                match answer {
+                    RcptReply::Refused(resp)
+                        if took > 0 && position >= took && is_too_many_recipients(&resp) =>
+                    {
+                        again.push(*index);
+                        replies[*index] = Some(RcptReply::Refused(resp));
+                    }
+                    answer => replies[*index] = Some(answer),
+                }
+            }
+            transactions += 1;
+            if took == 0 {
+                // Not even the first recipient: a deferral like any other, and so are
+                // the recipients not sent yet (no loop on a server that takes none).
+                let refusal = replies[batch[0]].clone();
+                for index in waiting.drain(..) {
+                    replies[index] = refusal.clone();
+                }
+                break;
+            }
+            if !again.is_empty() {
+                info!(
+                    queue_id = %message.id,
+                    upstream = %self.name,
+                    took,
+                    rest = again.len() + waiting.len(),
+                    "the upstream took fewer recipients than sent in one transaction; the rest go in the next transaction now (lower max_recipients to the number it takes)"
+                );
+                per_transaction = per_transaction.min(took);
+                for index in again.into_iter().rev() {
+                    waiting.push_front(index);
+                }
+            }
         }
+        // Each transaction counts toward `max_messages_per_connection`.
+        lease.sent += transactions.saturating_sub(1);
+        self.checkin(lease);
+        Ok(replies
+            .into_iter()
+            .map(|r| r.expect("every recipient was answered"))
+            .collect())
     }
 
     /// Return a connection that sent nothing.

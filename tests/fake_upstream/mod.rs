@@ -141,6 +141,8 @@ struct Script {
     only_sender: Option<(String, String)>,
     hang_up_after_message: bool,
     xoauth2_validator: Option<Xoauth2Validator>,
+    /// At most this many accepted recipients per transaction; further RCPTs get the reply.
+    rcpt_cap: Option<(usize, String)>,
 }
 
 /// Decides whether a bearer token is good for a user ([`Builder::xoauth2_validator`]).
@@ -257,6 +259,14 @@ impl Builder {
         self
     }
 
+    /// Accept at most `n` recipients per transaction: every `RCPT` after the `n`-th
+    /// accepted one is answered `reply` (e.g. `"452 4.5.3 Too many recipients"`), as
+    /// providers that cap recipients per message do.
+    pub fn rcpt_cap(mut self, n: usize, reply: &str) -> Builder {
+        self.script.rcpt_cap = Some((n, reply.to_owned()));
+        self
+    }
+
     /// Close the connection, without a word, after each accepted message (as servers do
     /// with idle clients).
     pub fn hang_up_after_message(mut self) -> Builder {
@@ -348,6 +358,7 @@ impl FakeUpstream {
                 only_sender: None,
                 hang_up_after_message: false,
                 xoauth2_validator: None,
+                rcpt_cap: None,
             },
         }
     }
@@ -687,6 +698,12 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                 let addr = address(line.split_once(':').map_or("", |(_, arg)| arg));
                 let reply = if session.mail_from.is_none() {
                     "503 5.5.1 need MAIL first".into()
+                } else if let Some((_, reply)) = script
+                    .rcpt_cap
+                    .as_ref()
+                    .filter(|(n, _)| session.rcpts.len() >= *n)
+                {
+                    reply.clone()
                 } else if let Some(reply) = next_in_sequence(SequenceKey::Rcpt(addr.clone())) {
                     reply
                 } else if let Some(reply) = script.rcpt_replies.get(&addr) {

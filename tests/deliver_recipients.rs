@@ -1,0 +1,331 @@
+//! Recipient caps per transaction, end to end over real sockets (issue 21): the relay
+//! runs in-process, a scripted fake upstream caps the recipients it takes per
+//! transaction and answers `452 4.5.3` or `552 5.5.3` beyond the cap.
+//!
+//! Queue mode runs with `retry_base = "1h"`: a recipient that waited for a back-off
+//! would keep the message in the spool far past [`HANG_GUARD`], so "the spool drains"
+//! proves that no recipient was deferred. Nothing here asserts on timing.
+
+mod fake_upstream;
+mod support;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use fake_upstream::{FakeUpstream, Mode, Received, Verb};
+use smarthost::spool::Spool;
+use support::{HANG_GUARD, Relay, start_relay};
+
+/// Any deferral would wait an hour.
+const NO_RETRY_SOON: &str = "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\n";
+
+const TOO_MANY_452: &str = "452 4.5.3 Too many recipients";
+const TOO_MANY_552: &str = "552 5.5.3 Too many recipients";
+
+/// The `[[upstream]]` table for `fake`, plus `extra` lines.
+fn upstream(fake: &FakeUpstream, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"capped\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n{extra}\n",
+        fake.port()
+    )
+}
+
+async fn capped_fake(cap: usize, reply: &str) -> FakeUpstream {
+    FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .rcpt_cap(cap, reply)
+        .start()
+        .await
+}
+
+fn recipients(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("r{i}@example.net")).collect()
+}
+
+/// Submit one message to `to`; returns the relay's final reply code and text.
+async fn submit(relay: &Relay, to: &[String]) -> (u16, String) {
+    let mut client = relay.client().await;
+    let content = format!(
+        "From: <app@example.com>\r\nTo: <{}>\r\nSubject: many\r\n\r\nOne message, {} recipients.\r\n",
+        to[0],
+        to.len()
+    );
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let reply = client
+        .send_message("app@example.com", &to, content.as_bytes())
+        .await;
+    client.expect("QUIT", 221).await;
+    (reply.code, reply.text())
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
+async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: {what} not within {HANG_GUARD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn queued(relay: &Relay) -> Vec<(String, smarthost::spool::Entry)> {
+    Spool::inspect(&relay.config().spool.dir)
+        .expect("read the spool")
+        .into_iter()
+        .map(|(id, e)| (id.to_string(), e))
+        .collect()
+}
+
+/// The spool is empty: every recipient is final, none waits for a retry.
+async fn wait_until_queue_empty(relay: &Relay) {
+    wait_for(
+        "the queue to drain (a deferred recipient would wait 1 h)",
+        || async {
+            let left = queued(relay);
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+}
+
+/// How often each recipient was delivered, over all accepted messages.
+fn copies(messages: &[Received]) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for m in messages {
+        for r in &m.rcpts {
+            *count.entry(r.clone()).or_default() += 1;
+        }
+    }
+    count
+}
+
+fn assert_each_once(fake: &FakeUpstream, want: &[String]) {
+    let messages = fake.messages();
+    assert!(
+        messages.iter().all(|m| !m.mail_from.starts_with("<>")),
+        "no bounce: {:?}",
+        messages.iter().map(|m| &m.mail_from).collect::<Vec<_>>()
+    );
+    let copies = copies(&messages);
+    assert_eq!(copies.len(), want.len(), "recipients delivered");
+    for r in want {
+        assert_eq!(copies.get(r), Some(&1), "{r} must get exactly one copy");
+    }
+}
+
+fn rcpt_lines(fake: &FakeUpstream) -> usize {
+    fake.verbs().iter().filter(|v| *v == "RCPT").count()
+}
+
+fn mail_lines(fake: &FakeUpstream) -> usize {
+    fake.verbs().iter().filter(|v| *v == "MAIL").count()
+}
+
+#[tokio::test]
+async fn a_thousand_recipients_go_in_transactions_of_the_default_100() {
+    let fake = capped_fake(100, TOO_MANY_452).await;
+    let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let to = recipients(1000);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 10);
+    assert!(messages.iter().all(|m| m.rcpts.len() == 100));
+    // Split up front: no recipient was refused, none sent twice, one connection.
+    assert_eq!(rcpt_lines(&fake), 1000);
+    assert_eq!(mail_lines(&fake), 10);
+    assert_eq!(fake.connections(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_taking_fewer_than_max_recipients_gets_the_rest_at_once_after_its_452() {
+    let fake = capped_fake(100, TOO_MANY_452).await;
+    let mut relay = start_relay(&format!(
+        "{NO_RETRY_SOON}{}",
+        upstream(&fake, "max_recipients = 1000")
+    ))
+    .await;
+    let to = recipients(1000);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 10, "100 per transaction");
+    // The first transaction offers all 1,000 (900 get 452); the relay then sends what
+    // the server took per transaction: 9 more transactions of 100, on the same
+    // connection, in the same attempt.
+    assert_eq!(rcpt_lines(&fake), 1000 + 900);
+    assert_eq!(mail_lines(&fake), 10);
+    assert_eq!(fake.connections(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_452_after_two_of_five_delivers_each_recipient_once_in_queue_mode() {
+    let fake = capped_fake(2, TOO_MANY_452).await;
+    let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let to = recipients(5);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let rcpts: Vec<Vec<String>> = fake.messages().into_iter().map(|m| m.rcpts).collect();
+    assert_eq!(
+        rcpts,
+        [&to[0..2], &to[2..4], &to[4..5]],
+        "2, then 2, then 1: each transaction takes what the server took"
+    );
+    // 5 offered, 3 refused with 452 and offered again at once: 2 + 1.
+    assert_eq!(rcpt_lines(&fake), 5 + 2 + 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_452_after_two_of_five_in_passthrough_answers_250_once() {
+    let fake = capped_fake(2, TOO_MANY_452).await;
+    let mut relay = start_relay(&format!(
+        "[delivery]\nmode = \"passthrough\"\n{}",
+        upstream(&fake, "")
+    ))
+    .await;
+    let to = recipients(5);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+    assert_each_once(&fake, &to);
+    assert_eq!(fake.messages().len(), 3);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_552_too_many_recipients_goes_in_the_next_transaction_and_is_not_bounced() {
+    let fake = capped_fake(2, TOO_MANY_552).await;
+    let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let to = recipients(5);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    // Only the three messages: no DSN to app@example.com.
+    assert_eq!(fake.messages().len(), 3);
+    assert_each_once(&fake, &to);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_that_takes_no_recipient_is_an_ordinary_deferral_without_a_loop() {
+    for refusal in [TOO_MANY_452, TOO_MANY_552] {
+        let fake = capped_fake(0, refusal).await;
+        let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+        let to = recipients(5);
+        let (code, text) = submit(&relay, &to).await;
+        assert_eq!(code, 250, "{text}");
+
+        let state = wait_for("the first attempt's outcome in the spool", || async {
+            queued(&relay)
+                .into_iter()
+                .next()
+                .map(|(_, e)| e.state)
+                .filter(|s| s.attempts >= 1)
+        })
+        .await;
+        assert_eq!(state.attempts, 1, "{refusal}");
+        assert!(
+            state
+                .rcpts
+                .iter()
+                .all(|r| *r == smarthost::spool::RcptState::Pending),
+            "{refusal}: deferred, never bounced: {state:?}"
+        );
+        assert!(state.last_error.contains(refusal), "{refusal}: {state:?}");
+        // One transaction, each recipient offered once: no loop on the refusal.
+        assert_eq!(rcpt_lines(&fake), 5, "{refusal}");
+        assert_eq!(mail_lines(&fake), 1, "{refusal}");
+        assert!(fake.messages().is_empty());
+        relay.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_421_between_two_transactions_of_a_message_continues_on_a_new_connection() {
+    // The server ends the connection at the second MAIL (a per-connection message cap).
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .replies_then(
+            Verb::Mail,
+            &[
+                "250 2.1.0 ok",
+                "421 4.7.0 Too many messages for this session",
+            ],
+        )
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "{NO_RETRY_SOON}{}",
+        upstream(&fake, "max_recipients = 2")
+    ))
+    .await;
+    let to = recipients(4);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 2);
+    assert_eq!((messages[0].conn, messages[1].conn), (1, 2));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn recipients_accepted_before_a_later_transaction_fails_are_not_sent_again() {
+    // Second MAIL: 421; on the new connection the first MAIL: 421 again. The attempt
+    // ends with r1 and r2 delivered; r3 and r4 wait for the retry.
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .replies_then(
+            Verb::Mail,
+            &[
+                "250 2.1.0 ok",
+                "421 4.7.0 Too many messages for this session",
+                "421 4.7.0 Try again later",
+            ],
+        )
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "[delivery]\nretry_base = \"200ms\"\nretry_max = \"1s\"\n{}",
+        upstream(&fake, "max_recipients = 2")
+    ))
+    .await;
+    let to = recipients(4);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    wait_until_queue_empty(&relay).await;
+    assert_each_once(&fake, &to);
+    let rcpts: Vec<Vec<String>> = fake.messages().into_iter().map(|m| m.rcpts).collect();
+    assert_eq!(rcpts, [&to[0..2], &to[2..4]]);
+    // r1 and r2 were offered once: the retry sent only r3 and r4.
+    for r in &to[0..2] {
+        let offered = fake
+            .lines()
+            .iter()
+            .filter(|l| l.text.eq_ignore_ascii_case(&format!("RCPT TO:<{r}>")))
+            .count();
+        assert_eq!(offered, 1, "{r}");
+    }
+    relay.shutdown().await;
+}
