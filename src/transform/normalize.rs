@@ -1,5 +1,5 @@
-//! What every message gets once, at acceptance: strict From/Sender/Reply-To, a Date and
-//! a Message-ID if missing. Runs while the client is still connected, so a message that
+//! What every message gets once, at acceptance: a repaired header block (see
+//! [`super::headers`]), strict From/Sender/Reply-To, a Date and a Message-ID if missing. Runs while the client is still connected, so a message that
 //! cannot be repaired is refused with a reason instead of bouncing later.
 
 use std::time::SystemTime;
