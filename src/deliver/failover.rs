@@ -10,11 +10,11 @@ use tracing::{info, warn};
 
 use super::breaker::Admission;
 use super::client::RcptReply;
-use super::outcome::{Failure, Scope, is_throttling, is_too_many_recipients};
+use super::outcome::{Failure, Scope, Unsuitable, is_throttling, is_too_many_recipients};
 use super::upstream::Partial;
 use super::{Target, TargetKind};
 use crate::message::Message;
-use crate::proto::{Address, Response, ReversePath};
+use crate::proto::{Address, Enhanced, Response, ReversePath};
 use crate::transform::Transformer;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,15 +45,25 @@ pub enum Reason {
         /// What it said.
         response: Response,
     },
-    /// Our description (connection failures, no suitable upstream).
+    /// Our description (connection failures, no upstream available).
     Text(String),
+    /// Our own verdict with the status that names its cause (RFC 3463): no upstream
+    /// can take the message.
+    Local {
+        /// SMTP reply code for passthrough (`552`, `554`).
+        code: u16,
+        /// Enhanced status code for the DSN and the reply.
+        status: Enhanced,
+        /// What happened.
+        text: String,
+    },
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Reply { upstream, response } => write!(f, "{upstream}: {response}"),
-            Reason::Text(t) => f.write_str(t),
+            Reason::Text(t) | Reason::Local { text: t, .. } => f.write_str(t),
         }
     }
 }
@@ -117,8 +127,8 @@ enum Attempt {
     /// Not tried: its circuit breaker is open. Not an attempt of the message, so its
     /// back-off does not grow while it waits for the upstream.
     Skipped(Reason),
-    /// This upstream cannot take this message (size, 8BITMIME, SMTPUTF8).
-    Unsuitable(String),
+    /// This upstream (named) cannot take this message (size, 8BITMIME, SMTPUTF8).
+    Unsuitable(String, Unsuitable),
     /// The message itself was refused for good; no other upstream will differ.
     Permanent(Reason),
     /// The upstream's sending budget is used up until then.
@@ -211,7 +221,7 @@ async fn attempt(
     warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
     let permanent = failure.is_permanent();
     let ended = match failure {
-        Failure::Unsuitable(why) => Attempt::Unsuitable(format!("{}: {why}", up.name)),
+        Failure::Unsuitable(why) => Attempt::Unsuitable(up.name.clone(), why),
         Failure::Refused { response, .. } => {
             let reason = Reason::Reply {
                 upstream: up.name.clone(),
@@ -235,7 +245,7 @@ async fn attempt(
     // their outcome (an accepted one is never sent again); the others stay pending.
     let reason = match ended {
         Attempt::Transient(r) | Attempt::Permanent(r) | Attempt::Skipped(r) => r,
-        Attempt::Unsuitable(why) => Reason::Text(why),
+        Attempt::Unsuitable(name, why) => Reason::Text(format!("{name}: {why}")),
         Attempt::Held(_) | Attempt::Replies { .. } => {
             unreachable!("a failed send is none of these")
         }
@@ -300,7 +310,7 @@ pub async fn walk(
         .map(|r| (r.clone(), None))
         .collect();
     let mut last_transient: Option<Reason> = None;
-    let mut unsuitable: Vec<String> = Vec::new();
+    let mut unsuitable: Vec<(String, Unsuitable)> = Vec::new();
     let mut attempted = false;
     let mut held_until: Option<SystemTime> = None;
     // Whether any upstream got as far as answering for the recipients.
@@ -341,7 +351,7 @@ pub async fn walk(
         };
         attempted |= !matches!(
             result,
-            Attempt::Held(_) | Attempt::Unsuitable(_) | Attempt::Skipped(_)
+            Attempt::Held(_) | Attempt::Unsuitable(..) | Attempt::Skipped(_)
         );
         match result {
             Attempt::Replies {
@@ -381,7 +391,7 @@ pub async fn walk(
                 }
             }
             Attempt::Transient(reason) | Attempt::Skipped(reason) => last_transient = Some(reason),
-            Attempt::Unsuitable(why) => unsuitable.push(why),
+            Attempt::Unsuitable(name, why) => unsuitable.push((name, why)),
             Attempt::Held(until) => {
                 held_until = Some(held_until.map_or(until, |h: SystemTime| h.min(until)));
                 last_transient.get_or_insert(Reason::Text(format!(
@@ -401,10 +411,19 @@ pub async fn walk(
     let leftover = match last_transient {
         Some(reason) => RcptStatus::Deferred(reason),
         // Every upstream that answered lacked what the message needs.
-        None if !unsuitable.is_empty() => RcptStatus::Failed(Reason::Text(format!(
-            "no upstream can take this message: {}",
-            unsuitable.join("; ")
-        ))),
+        // The first upstream's reason names the status (the most preferred one).
+        None if !unsuitable.is_empty() => {
+            let (code, status) = unsuitable[0].1.status();
+            let each: Vec<String> = unsuitable
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect();
+            RcptStatus::Failed(Reason::Local {
+                code,
+                status,
+                text: format!("no upstream can take this message: {}", each.join("; ")),
+            })
+        }
         None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
     };
     let deferred =

@@ -13,7 +13,7 @@ use super::breaker::Breaker;
 use super::client::{Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
-use super::outcome::{Failure, Stage, is_too_many_recipients};
+use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
 use super::ratelimit::Budget;
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
@@ -483,20 +483,18 @@ fn suitability(session: &Session, message: &Message) -> Result<(), Failure> {
     if let Some(limit) = caps.size_limit()
         && message.content.len() as u64 > limit
     {
-        return Err(Failure::Unsuitable(format!(
-            "message of {} octets exceeds the upstream's SIZE limit of {limit}",
-            message.content.len()
-        )));
+        return Err(Failure::Unsuitable(Unsuitable::TooBig {
+            size: message.content.len(),
+            limit,
+        }));
     }
     if message.envelope.smtputf8 && !caps.has("SMTPUTF8") {
-        return Err(Failure::Unsuitable(
-            "the message needs SMTPUTF8, which the upstream does not offer".into(),
-        ));
+        return Err(Failure::Unsuitable(Unsuitable::NeedsSmtpUtf8));
     }
     if needs_8bit(message) && !caps.has("8BITMIME") {
-        return Err(Failure::Unsuitable(
+        return Err(Failure::Unsuitable(Unsuitable::NeedsConversion(
             "the message has 8-bit content and the upstream does not offer 8BITMIME".into(),
-        ));
+        )));
     }
     Ok(())
 }
