@@ -844,3 +844,70 @@ async fn odd_header_blocks_are_repaired_and_the_signature_covers_the_whole_body(
     }
     assert_verifies(&records, &messages).await;
 }
+
+/// An upstream without 8BITMIME gets 8-bit body parts converted (quoted-printable for
+/// text, base64 otherwise) before signing: both verifiers accept the signature, and the
+/// text decodes to what the app sent.
+#[tokio::test]
+async fn eight_bit_parts_converted_for_a_7bit_upstream_verify() {
+    use fake_upstream::{FakeUpstream, Mode};
+    let seven_bit = FakeUpstream::builder(Mode::Plain).start().await;
+    let (mut relay, _keys) = relay_with_keys(&format!(
+        "[[upstream]]\nname = \"seven-bit\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n",
+        seven_bit.port()
+    ))
+    .await;
+    let records = dns_records(&relay.config().dkim);
+    let text = "Grüße aus Köln — 你好，世界 — 😀\r\nZeile zwei: äöü ß   \r\n";
+    for key in KEYS {
+        let d = key.domain;
+        submit(
+            &relay,
+            &format!("app@{d}"),
+            " BODY=8BITMIME",
+            &dot_terminated(&format!(
+                "From: <shop@{d}>\r\nTo: <user@example.net>\r\nSubject: =?UTF-8?B?R3LDvMOfZQ==?=\r\n\
+                 Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <7bit@{d}>\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/mixed; boundary=\"part\"\r\n\r\n\
+                 --part\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                 {text}--part\r\nContent-Type: application/octet-stream\r\n\r\nbinär\r\n--part--\r\n"
+            )),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + support::HANG_GUARD;
+    while seven_bit.messages().len() < KEYS.len() {
+        assert!(tokio::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await;
+    let mut messages = Vec::new();
+    for m in seven_bit.messages() {
+        assert!(m.content.is_ascii(), "7-bit on the wire:\n{}", m.text());
+        assert!(
+            !m.mail_from.contains("BODY=8BITMIME"),
+            "no BODY=8BITMIME to an upstream without it: {}",
+            m.mail_from
+        );
+        let sent = m.text();
+        let qp = sent
+            .split("Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+            .nth(1)
+            .and_then(|rest| rest.split("--part").next())
+            .unwrap_or_else(|| panic!("no quoted-printable text part:\n{sent}"));
+        let decoded =
+            quoted_printable::decode(qp, quoted_printable::ParseMode::Strict).expect("valid QP");
+        assert_eq!(String::from_utf8(decoded).unwrap(), text);
+        assert!(
+            sent.contains("Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nYmluw6Ry\r\n"),
+            "{sent}"
+        );
+        let key = KEYS
+            .into_iter()
+            .find(|k| sent.contains(&format!("From: <shop@{}>", k.domain)))
+            .unwrap();
+        assert_signed_by(&format!("7bit-{}", key.algorithm), &m.content, key);
+        messages.push((format!("7bit-{}", key.algorithm), m.content.clone()));
+    }
+    assert_verifies(&records, &messages).await;
+}

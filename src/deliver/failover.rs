@@ -15,7 +15,7 @@ use super::upstream::Partial;
 use super::{Target, TargetKind};
 use crate::message::Message;
 use crate::proto::{Address, Enhanced, Response, ReversePath};
-use crate::transform::Transformer;
+use crate::transform::{TransformError, Transformer};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -259,27 +259,39 @@ async fn attempt(
     }
 }
 
-/// The message as an upstream with `sender` policy gets it: sender policy, DKIM
-/// signature (on the blocking pool: signing is CPU work), and the envelope sender.
+/// Why a message could not be prepared for an upstream.
+enum PrepareError {
+    /// It has 8-bit content that cannot be made 7-bit (for an upstream without 8BITMIME).
+    NotConvertible(String),
+    /// Anything else (signing failed): try again later.
+    Failed(String),
+}
+
+/// The message as an upstream with `sender` policy gets it: 8-bit parts made 7-bit if
+/// `seven_bit`, sender policy, DKIM signature (on the blocking pool: signing is CPU
+/// work), and the envelope sender.
 async fn prepare(
     transformer: &Arc<Transformer>,
     message: &Arc<Message>,
     sender: Option<String>,
-) -> Result<Arc<Message>, String> {
+    seven_bit: bool,
+) -> Result<Arc<Message>, PrepareError> {
     let (transformer, original) = (transformer.clone(), message.clone());
     tokio::task::spawn_blocking(move || {
         let content = match transformer
-            .for_upstream_cow(&original.content, sender.as_deref())
-            .map_err(|e| e.to_string())?
-        {
+            .for_upstream_as(&original.content, sender.as_deref(), seven_bit)
+            .map_err(|e| match e {
+                TransformError::NotConvertible(e) => PrepareError::NotConvertible(e.to_string()),
+                other => PrepareError::Failed(other.to_string()),
+            })? {
             // Nothing to rewrite or sign: the upstream gets the message as it is.
             std::borrow::Cow::Borrowed(_) if sender.is_none() => return Ok(original),
             content => content.into_owned(),
         };
         let mut envelope = original.envelope.clone();
         if let (Some(account), ReversePath::Mailbox(_)) = (&sender, &envelope.sender) {
-            let account =
-                Address::parse(account).map_err(|e| format!("sender {account:?}: {e}"))?;
+            let account = Address::parse(account)
+                .map_err(|e| PrepareError::Failed(format!("sender {account:?}: {e}")))?;
             envelope.sender = ReversePath::Mailbox(account);
         }
         Ok(Arc::new(Message {
@@ -290,7 +302,15 @@ async fn prepare(
         }))
     })
     .await
-    .map_err(|e| format!("transformation task failed: {e}"))?
+    .map_err(|e| PrepareError::Failed(format!("transformation task failed: {e}")))?
+}
+
+/// Whether `target` is known to lack 8BITMIME (from its last EHLO).
+fn known_7bit(target: &Target) -> bool {
+    match &target.kind {
+        TargetKind::Smtp(up) => up.offers_8bitmime() == Some(false),
+        TargetKind::Maildir(_) => false,
+    }
 }
 
 /// Deliver `message` by walking `targets`.
@@ -300,9 +320,10 @@ pub async fn walk(
     message: Arc<Message>,
 ) -> Report {
     let ordered = order(targets, &mut rand::rng());
-    // One transformed copy per sender policy: failing over between upstreams with the
-    // same policy does not sign again.
-    let mut prepared: HashMap<Option<String>, Arc<Message>> = HashMap::new();
+    // One transformed copy per sender policy (and 7-bit conversion): failing over
+    // between upstreams with the same policy does not sign again.
+    let mut prepared: HashMap<(Option<String>, bool), Arc<Message>> = HashMap::new();
+    let eight_bit = !message.content.is_ascii();
     let mut status: Vec<(Address, Option<RcptStatus>)> = message
         .envelope
         .recipients
@@ -329,25 +350,49 @@ pub async fn walk(
             .iter_mut()
             .filter(|(_, s)| s.is_none())
             .map(|(_, s)| s);
-        let admitted = admit(target, &message);
-        let for_target = match prepared.get(&target.sender) {
-            _ if admitted.is_err() => message.clone(),
-            Some(m) => m.clone(),
-            None => match prepare(transformer, &message, target.sender.clone()).await {
-                Ok(m) => {
-                    prepared.insert(target.sender.clone(), m.clone());
-                    m
-                }
-                Err(reason) => {
-                    warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
-                    last_transient = Some(Reason::Text(reason));
+        // 8-bit content for an upstream without 8BITMIME is converted before signing:
+        // at once when its last EHLO said so, else after it says so now.
+        let mut seven_bit = eight_bit && known_7bit(target);
+        let result = match admit(target, &message) {
+            Err(not_now) => not_now,
+            Ok(admission) => loop {
+                let key = (target.sender.clone(), seven_bit);
+                let for_target = match prepared.get(&key) {
+                    Some(m) => m.clone(),
+                    None => {
+                        match prepare(transformer, &message, target.sender.clone(), seven_bit).await
+                        {
+                            Ok(m) => {
+                                prepared.insert(key, m.clone());
+                                m
+                            }
+                            Err(PrepareError::NotConvertible(why)) => {
+                                break Attempt::Unsuitable(
+                                    target.name.clone(),
+                                    Unsuitable::NeedsConversion(why),
+                                );
+                            }
+                            Err(PrepareError::Failed(reason)) => {
+                                warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
+                                break Attempt::Transient(Reason::Text(reason));
+                            }
+                        }
+                    }
+                };
+                let result = attempt(target, admission, &for_target, &pending).await;
+                if eight_bit
+                    && !seven_bit
+                    && matches!(
+                        result,
+                        Attempt::Unsuitable(_, Unsuitable::NeedsConversion(_))
+                    )
+                {
+                    info!(queue_id = %message.id, upstream = %target.name, "the upstream has no 8BITMIME: converting the 8-bit parts to 7 bits");
+                    seven_bit = true;
                     continue;
                 }
+                break result;
             },
-        };
-        let result = match admitted {
-            Ok(admission) => attempt(target, admission, &for_target, &pending).await,
-            Err(not_now) => not_now,
         };
         attempted |= !matches!(
             result,
