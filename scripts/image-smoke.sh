@@ -5,7 +5,7 @@
 #   sudo ./scripts/image-smoke.sh
 #
 # For machines with buildah but no Docker engine and no access to an image registry
-# (Debian package mirrors must be reachable). Steps:
+# (the Debian mirror this machine's apt uses, or $MIRROR, must be reachable). Steps:
 #   1. apt-get installs buildah, podman and debootstrap if missing.
 #   2. Builds a Debian bookworm base with `debootstrap --variant=minbase` (cached in
 #      $CACHE, default /var/tmp/smarthost-image-cache, so reruns are fast), imports it
@@ -33,12 +33,37 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 CACHE=${CACHE:-/var/tmp/smarthost-image-cache}
 IMAGE=${IMAGE:-localhost/smarthost:smoke}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+# The Debian mirror for debootstrap: $MIRROR, else the one this machine's apt already
+# uses for its main archive (deb822 .sources files or sources.list), so the script names
+# no package host of its own.
+apt_mirror() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        # The first URIs of a stanza whose Suites are not -security ones.
+        awk 'BEGIN { RS = ""; FS = "\n" }
+             {
+                 uris = ""; suites = ""
+                 for (i = 1; i <= NF; i++) {
+                     if ($i ~ /^URIs:/)   { uris = $i;   sub(/^URIs:[ \t]*/, "", uris) }
+                     if ($i ~ /^Suites:/) { suites = $i; sub(/^Suites:[ \t]*/, "", suites) }
+                 }
+                 if (uris != "" && suites !~ /security/) { split(uris, u, " "); print u[1]; exit }
+             }' "$f"
+    done | head -n 1
+    if [ -r /etc/apt/sources.list ]; then
+        awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list
+    fi
+}
+MIRROR=${MIRROR:-$(apt_mirror | head -n 1)}
+[ -n "$MIRROR" ] || die_early=1
 
 say() { printf '\n== %s\n' "$*"; }
 die() { echo "scripts/image-smoke.sh: error: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (buildah --isolation chroot and debootstrap need it)"
+[ -z "${die_early:-}" ] || die "no Debian mirror found in /etc/apt (sources.list or sources.list.d/*.sources); set MIRROR to the URL of a Debian archive"
 
 say "1. tools"
 missing=()
