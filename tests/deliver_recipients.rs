@@ -329,3 +329,100 @@ async fn recipients_accepted_before_a_later_transaction_fails_are_not_sent_again
     }
     relay.shutdown().await;
 }
+
+/// One message per connection, as providers cap it: after one message the server
+/// answers the next MAIL on the same connection with `reply` (`None`: it closes the
+/// connection without a word instead). RSET before that still gets `250`, so the relay
+/// only learns at MAIL that the pooled connection is finished.
+async fn one_message_per_connection(reply: Option<&str>) {
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .messages_per_connection(1, reply)
+        .start()
+        .await;
+    // One connection at a time, so every message after the first gets the pooled one.
+    // A breaker that opens at the first counted failure, and a back-off of an hour:
+    // a failure counted for the upstream or an attempt counted for the message would
+    // leave a message in the spool.
+    let mut relay = start_relay(&format!(
+        "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\nbreaker_threshold = 1\nbreaker_cooldown = \"1h\"\nbreaker_max_cooldown = \"1h\"\n{}",
+        upstream(&fake, "max_connections = 1")
+    ))
+    .await;
+    for n in 1..=3 {
+        let to = vec![format!("m{n}@example.net")];
+        let (code, text) = submit(&relay, &to).await;
+        assert_eq!(code, 250, "{text}");
+        wait_until_queue_empty(&relay).await;
+        assert_eq!(fake.messages().len(), n, "message {n} delivered");
+    }
+    let conns: Vec<usize> = fake.messages().iter().map(|m| m.conn).collect();
+    assert_eq!(
+        conns,
+        [1, 2, 3],
+        "each message after the first on a new connection"
+    );
+    assert_eq!(fake.connections(), 3, "no other connection");
+    // 3 delivered, and for messages 2 and 3 one MAIL on the finished pooled connection.
+    assert_eq!(mail_lines(&fake), 5);
+    assert_each_once(
+        &fake,
+        &["m1@example.net", "m2@example.net", "m3@example.net"].map(String::from),
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_421_at_mail_on_a_reused_connection_reconnects_at_once_without_a_failure() {
+    one_message_per_connection(Some("421 4.7.0 Too many messages for this session")).await;
+}
+
+#[tokio::test]
+async fn a_close_at_mail_on_a_reused_connection_reconnects_at_once_without_a_failure() {
+    one_message_per_connection(None).await;
+}
+
+#[tokio::test]
+async fn a_421_at_mail_on_a_fresh_connection_is_still_a_failure() {
+    // The pooled connection's 421 at MAIL is no failure, but the fresh connection
+    // answers 421 too, and that counts: an attempt of the message.
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .replies_then(
+            Verb::Mail,
+            &[
+                "250 2.1.0 ok",
+                "421 4.7.0 Too many messages for this session",
+                "421 4.3.2 busy",
+            ],
+        )
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\nbreaker_threshold = 1\nbreaker_cooldown = \"1h\"\nbreaker_max_cooldown = \"1h\"\n{}",
+        upstream(&fake, "max_connections = 1")
+    ))
+    .await;
+    let (code, text) = submit(&relay, &["m1@example.net".to_owned()]).await;
+    assert_eq!(code, 250, "{text}");
+    wait_until_queue_empty(&relay).await;
+    let (code, text) = submit(&relay, &["m2@example.net".to_owned()]).await;
+    assert_eq!(code, 250, "{text}");
+    let state = wait_for(
+        "the second message's failed attempt in the spool",
+        || async {
+            queued(&relay)
+                .into_iter()
+                .next()
+                .map(|(_, e)| e.state)
+                .filter(|s| s.attempts >= 1)
+        },
+    )
+    .await;
+    assert_eq!(state.attempts, 1);
+    assert!(state.last_error.contains("4.3.2 busy"), "{state:?}");
+    // The pooled connection, then one fresh one: no third connection.
+    assert_eq!(fake.connections(), 2);
+    assert_eq!(fake.messages().len(), 1);
+    relay.shutdown().await;
+}
