@@ -631,3 +631,283 @@ timeout = "5s"
     )
     .await;
 }
+
+/// How dkimpy splits a signed message, with `python3 -c`: the header field names in
+/// order, the body, and whether the signature's body hash (`bh=`, relaxed body
+/// canonicalisation, SHA-256) is the hash of that whole body and has no `l=` limit.
+const DKIMPY_SPLIT: &str = r#"
+import base64, hashlib, json, re, sys
+try:
+    import dkim, dkim.util
+    from dkim.canonicalization import Relaxed
+except ImportError as missing:
+    print(f"MISSING python module {missing.name!r}", file=sys.stderr)
+    sys.exit(3)
+try:
+    headers, body = dkim.rfc822_parse(open(sys.argv[1], "rb").read())
+except Exception as e:
+    print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+    sys.exit(0)
+sigs = [v for n, v in headers if n.lower() == b"dkim-signature"]
+tags = dkim.util.parse_tag_value(sigs[0]) if sigs else {}
+bh = base64.b64encode(hashlib.sha256(Relaxed.canonicalize_body(body)).digest())
+print(json.dumps({
+    "headers": [n.decode("ascii", "replace") for n, _ in headers],
+    "body": base64.b64encode(body).decode("ascii"),
+    "bh_matches": re.sub(rb"\s+", b"", tags.get(b"bh", b"")) == bh,
+    "has_l": b"l" in tags,
+}))
+"#;
+
+/// What dkimpy sees in `message`: (header names, body, bh= matches the whole body, l= set),
+/// or why it cannot read the message.
+fn dkimpy_split(message: &[u8]) -> Result<(Vec<String>, Vec<u8>, bool, bool), String> {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("message.eml");
+    std::fs::write(&path, message).expect("write message");
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(DKIMPY_SPLIT)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); the DKIM interop tests need python3 with dkimpy (scripts/test.sh installs it)"));
+    assert!(
+        output.status.success(),
+        "dkimpy split failed (exit {:?}): {}; the DKIM interop tests need python3 with dkimpy (scripts/test.sh installs it)",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON from dkimpy");
+    if let Some(error) = v["error"].as_str() {
+        return Err(error.to_owned());
+    }
+    let headers = v["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|h| h.as_str().expect("name").to_owned())
+        .collect();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(v["body"].as_str().expect("body"))
+        .expect("base64 body");
+    Ok((
+        headers,
+        body,
+        v["bh_matches"].as_bool().expect("bh_matches"),
+        v["has_l"].as_bool().expect("has_l"),
+    ))
+}
+
+/// An odd header block the relay repairs before it signs: the content for the signing
+/// domain `d`, the header fields (after ours: DKIM-Signature, Received) and the body
+/// that must arrive, and a line the header block must contain.
+struct OddHeaderBlock {
+    name: &'static str,
+    content: fn(&str) -> String,
+    headers: &'static [&'static str],
+    body: &'static str,
+    contains: fn(&str) -> String,
+}
+
+const FIVE: &[&str] = &["From", "To", "Subject", "Date", "Message-ID"];
+
+const ODD_HEADER_BLOCKS: &[OddHeaderBlock] = &[
+    // Nothing in the header needs a change: before the fix the message went out as it
+    // came, its body lines inside the header section, the signature covering no body.
+    OddHeaderBlock {
+        name: "missing-empty-line",
+        content: |d| {
+            format!(
+                "From: Shop <shop@{d}>\r\nTo: user@example.net\r\nSubject: no empty line\r\nDate: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <missing-empty-line@{d}>\r\nYour order has shipped.\r\n\r\nThanks: a field-like line in the body\r\n"
+            )
+        },
+        headers: FIVE,
+        body: "Your order has shipped.\r\n\r\nThanks: a field-like line in the body\r\n",
+        contains: |_| "\r\nMessage-ID: <missing-empty-line@".into(),
+    },
+    // A line with a valid field name right after the header is still a field; the
+    // first line that is not one starts the body.
+    OddHeaderBlock {
+        name: "field-like-first-body-line",
+        content: |d| {
+            format!(
+                "From: Shop <shop@{d}>\r\nTo: user@example.net\r\nSubject: field-like\r\nDate: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <field-like-first-body-line@{d}>\r\nNote: a valid field name\r\nOrder number: 42\r\nTotal: 10 EUR\r\n"
+            )
+        },
+        headers: &["From", "To", "Subject", "Date", "Message-ID", "Note"],
+        body: "Order number: 42\r\nTotal: 10 EUR\r\n",
+        contains: |_| "\r\nNote: a valid field name\r\n\r\nOrder number: 42\r\n".into(),
+    },
+    OddHeaderBlock {
+        name: "space-before-colon",
+        content: |d| {
+            format!(
+                "From: Shop <shop@{d}>\r\nSubject : hello\r\nTo: user@example.net\r\nDate: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <space-before-colon@{d}>\r\n\r\nbody\r\n"
+            )
+        },
+        headers: &["From", "Subject", "To", "Date", "Message-ID"],
+        body: "body\r\n",
+        contains: |_| "\r\nSubject: hello\r\nTo: user@example.net\r\n".into(),
+    },
+    OddHeaderBlock {
+        name: "mbox-from-line",
+        content: |d| {
+            format!(
+                "From sender@{d} Mon Dec  7 10:00:00 2026\r\nFrom: Shop <shop@{d}>\r\nTo: user@example.net\r\nSubject: mbox\r\nDate: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <mbox-from-line@{d}>\r\n\r\nbody\r\n"
+            )
+        },
+        headers: &[
+            "X-Mailbox-Line",
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+        ],
+        body: "body\r\n",
+        contains: |d| format!("\r\nX-Mailbox-Line: sender@{d} Mon Dec  7 10:00:00 2026\r\n"),
+    },
+    OddHeaderBlock {
+        name: "mailboxes-without-comma",
+        content: |d| {
+            format!(
+                "From: A <a@{d}> B <b@example.org>\r\nTo: user@example.net\r\nSubject: no comma\r\nDate: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <mailboxes-without-comma@{d}>\r\n\r\nbody\r\n"
+            )
+        },
+        headers: FIVE,
+        body: "body\r\n",
+        contains: |d| format!("\r\nFrom: A <a@{d}>\r\n"),
+    },
+];
+
+#[tokio::test]
+async fn odd_header_blocks_are_repaired_and_the_signature_covers_the_whole_body() {
+    let (mut relay, _keys) = relay_with_keys("").await;
+    let records = dns_records(&relay.config().dkim);
+    for key in KEYS {
+        for case in ODD_HEADER_BLOCKS {
+            let content = (case.content)(key.domain);
+            submit(
+                &relay,
+                &format!("app@{}", key.domain),
+                "",
+                &dot_terminated(&content),
+            )
+            .await;
+        }
+    }
+    let delivered: Vec<Vec<u8>> = relay
+        .finish(KEYS.len() * ODD_HEADER_BLOCKS.len())
+        .await
+        .iter()
+        .map(as_sent)
+        .collect();
+    let mut messages = Vec::new();
+    for key in KEYS {
+        for case in ODD_HEADER_BLOCKS {
+            let id = format!("<{}@{}>", case.name, key.domain);
+            let message = delivered
+                .iter()
+                .find(|m| String::from_utf8_lossy(m).contains(&id))
+                .unwrap_or_else(|| panic!("no message {id} delivered"))
+                .clone();
+            let label = format!("{}-{}", case.name, key.algorithm);
+            let text = String::from_utf8_lossy(&message).into_owned();
+            assert_signed_by(&label, &message, key);
+            assert!(
+                text.contains(&(case.contains)(key.domain)),
+                "{label}: expected {:?} in\n{text}",
+                (case.contains)(key.domain)
+            );
+            let (headers, body, bh_matches, has_l) = dkimpy_split(&message)
+                .unwrap_or_else(|e| panic!("{label}: dkimpy cannot read the message: {e}\n{text}"));
+            let theirs: Vec<&str> = headers
+                .iter()
+                .map(String::as_str)
+                .filter(|h| {
+                    !h.eq_ignore_ascii_case("DKIM-Signature") && !h.eq_ignore_ascii_case("Received")
+                })
+                .collect();
+            assert_eq!(theirs, case.headers, "{label}: header fields\n{text}");
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                case.body,
+                "{label}: body as dkimpy reads it\n{text}"
+            );
+            assert!(
+                bh_matches && !has_l,
+                "{label}: bh= is not the hash of the whole body (l= set: {has_l})\n{text}"
+            );
+            messages.push((label, message));
+        }
+    }
+    assert_verifies(&records, &messages).await;
+}
+
+/// An upstream without 8BITMIME gets 8-bit body parts converted (quoted-printable for
+/// text, base64 otherwise) before signing: both verifiers accept the signature, and the
+/// text decodes to what the app sent.
+#[tokio::test]
+async fn eight_bit_parts_converted_for_a_7bit_upstream_verify() {
+    use fake_upstream::{FakeUpstream, Mode};
+    let seven_bit = FakeUpstream::builder(Mode::Plain).start().await;
+    let (mut relay, _keys) = relay_with_keys(&format!(
+        "[[upstream]]\nname = \"seven-bit\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n",
+        seven_bit.port()
+    ))
+    .await;
+    let records = dns_records(&relay.config().dkim);
+    let text = "Grüße aus Köln — 你好，世界 — 😀\r\nZeile zwei: äöü ß   \r\n";
+    for key in KEYS {
+        let d = key.domain;
+        submit(
+            &relay,
+            &format!("app@{d}"),
+            " BODY=8BITMIME",
+            &dot_terminated(&format!(
+                "From: <shop@{d}>\r\nTo: <user@example.net>\r\nSubject: =?UTF-8?B?R3LDvMOfZQ==?=\r\n\
+                 Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <7bit@{d}>\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/mixed; boundary=\"part\"\r\n\r\n\
+                 --part\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                 {text}--part\r\nContent-Type: application/octet-stream\r\n\r\nbinär\r\n--part--\r\n"
+            )),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + support::HANG_GUARD;
+    while seven_bit.messages().len() < KEYS.len() {
+        assert!(tokio::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await;
+    let mut messages = Vec::new();
+    for m in seven_bit.messages() {
+        assert!(m.content.is_ascii(), "7-bit on the wire:\n{}", m.text());
+        assert!(
+            !m.mail_from.contains("BODY=8BITMIME"),
+            "no BODY=8BITMIME to an upstream without it: {}",
+            m.mail_from
+        );
+        let sent = m.text();
+        let qp = sent
+            .split("Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+            .nth(1)
+            .and_then(|rest| rest.split("--part").next())
+            .unwrap_or_else(|| panic!("no quoted-printable text part:\n{sent}"));
+        let decoded =
+            quoted_printable::decode(qp, quoted_printable::ParseMode::Strict).expect("valid QP");
+        assert_eq!(String::from_utf8(decoded).unwrap(), text);
+        assert!(
+            sent.contains("Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nYmluw6Ry\r\n"),
+            "{sent}"
+        );
+        let key = KEYS
+            .into_iter()
+            .find(|k| sent.contains(&format!("From: <shop@{}>", k.domain)))
+            .unwrap();
+        assert_signed_by(&format!("7bit-{}", key.algorithm), &m.content, key);
+        messages.push((format!("7bit-{}", key.algorithm), m.content.clone()));
+    }
+    assert_verifies(&records, &messages).await;
+}

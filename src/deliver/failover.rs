@@ -10,12 +10,12 @@ use tracing::{info, warn};
 
 use super::breaker::Admission;
 use super::client::RcptReply;
-use super::outcome::{Failure, Scope, is_throttling, is_too_many_recipients};
+use super::outcome::{Failure, Scope, Unsuitable, is_throttling, is_too_many_recipients};
 use super::upstream::Partial;
 use super::{Target, TargetKind};
 use crate::message::Message;
-use crate::proto::{Address, Response, ReversePath};
-use crate::transform::Transformer;
+use crate::proto::{Address, Enhanced, Response, ReversePath};
+use crate::transform::{TransformError, Transformer};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -45,15 +45,25 @@ pub enum Reason {
         /// What it said.
         response: Response,
     },
-    /// Our description (connection failures, no suitable upstream).
+    /// Our description (connection failures, no upstream available).
     Text(String),
+    /// Our own verdict with the status that names its cause (RFC 3463): no upstream
+    /// can take the message.
+    Local {
+        /// SMTP reply code for passthrough (`552`, `554`).
+        code: u16,
+        /// Enhanced status code for the DSN and the reply.
+        status: Enhanced,
+        /// What happened.
+        text: String,
+    },
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Reply { upstream, response } => write!(f, "{upstream}: {response}"),
-            Reason::Text(t) => f.write_str(t),
+            Reason::Text(t) | Reason::Local { text: t, .. } => f.write_str(t),
         }
     }
 }
@@ -117,8 +127,8 @@ enum Attempt {
     /// Not tried: its circuit breaker is open. Not an attempt of the message, so its
     /// back-off does not grow while it waits for the upstream.
     Skipped(Reason),
-    /// This upstream cannot take this message (size, 8BITMIME, SMTPUTF8).
-    Unsuitable(String),
+    /// This upstream (named) cannot take this message (size, 8BITMIME, SMTPUTF8).
+    Unsuitable(String, Unsuitable),
     /// The message itself was refused for good; no other upstream will differ.
     Permanent(Reason),
     /// The upstream's sending budget is used up until then.
@@ -211,7 +221,7 @@ async fn attempt(
     warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
     let permanent = failure.is_permanent();
     let ended = match failure {
-        Failure::Unsuitable(why) => Attempt::Unsuitable(format!("{}: {why}", up.name)),
+        Failure::Unsuitable(why) => Attempt::Unsuitable(up.name.clone(), why),
         Failure::Refused { response, .. } => {
             let reason = Reason::Reply {
                 upstream: up.name.clone(),
@@ -235,7 +245,7 @@ async fn attempt(
     // their outcome (an accepted one is never sent again); the others stay pending.
     let reason = match ended {
         Attempt::Transient(r) | Attempt::Permanent(r) | Attempt::Skipped(r) => r,
-        Attempt::Unsuitable(why) => Reason::Text(why),
+        Attempt::Unsuitable(name, why) => Reason::Text(format!("{name}: {why}")),
         Attempt::Held(_) | Attempt::Replies { .. } => {
             unreachable!("a failed send is none of these")
         }
@@ -249,27 +259,39 @@ async fn attempt(
     }
 }
 
-/// The message as an upstream with `sender` policy gets it: sender policy, DKIM
-/// signature (on the blocking pool: signing is CPU work), and the envelope sender.
+/// Why a message could not be prepared for an upstream.
+enum PrepareError {
+    /// It has 8-bit content that cannot be made 7-bit (for an upstream without 8BITMIME).
+    NotConvertible(String),
+    /// Anything else (signing failed): try again later.
+    Failed(String),
+}
+
+/// The message as an upstream with `sender` policy gets it: 8-bit parts made 7-bit if
+/// `seven_bit`, sender policy, DKIM signature (on the blocking pool: signing is CPU
+/// work), and the envelope sender.
 async fn prepare(
     transformer: &Arc<Transformer>,
     message: &Arc<Message>,
     sender: Option<String>,
-) -> Result<Arc<Message>, String> {
+    seven_bit: bool,
+) -> Result<Arc<Message>, PrepareError> {
     let (transformer, original) = (transformer.clone(), message.clone());
     tokio::task::spawn_blocking(move || {
         let content = match transformer
-            .for_upstream_cow(&original.content, sender.as_deref())
-            .map_err(|e| e.to_string())?
-        {
+            .for_upstream_as(&original.content, sender.as_deref(), seven_bit)
+            .map_err(|e| match e {
+                TransformError::NotConvertible(e) => PrepareError::NotConvertible(e.to_string()),
+                other => PrepareError::Failed(other.to_string()),
+            })? {
             // Nothing to rewrite or sign: the upstream gets the message as it is.
             std::borrow::Cow::Borrowed(_) if sender.is_none() => return Ok(original),
             content => content.into_owned(),
         };
         let mut envelope = original.envelope.clone();
         if let (Some(account), ReversePath::Mailbox(_)) = (&sender, &envelope.sender) {
-            let account =
-                Address::parse(account).map_err(|e| format!("sender {account:?}: {e}"))?;
+            let account = Address::parse(account)
+                .map_err(|e| PrepareError::Failed(format!("sender {account:?}: {e}")))?;
             envelope.sender = ReversePath::Mailbox(account);
         }
         Ok(Arc::new(Message {
@@ -280,7 +302,15 @@ async fn prepare(
         }))
     })
     .await
-    .map_err(|e| format!("transformation task failed: {e}"))?
+    .map_err(|e| PrepareError::Failed(format!("transformation task failed: {e}")))?
+}
+
+/// Whether `target` is known to lack 8BITMIME (from its last EHLO).
+fn known_7bit(target: &Target) -> bool {
+    match &target.kind {
+        TargetKind::Smtp(up) => up.offers_8bitmime() == Some(false),
+        TargetKind::Maildir(_) => false,
+    }
 }
 
 /// Deliver `message` by walking `targets`.
@@ -290,9 +320,10 @@ pub async fn walk(
     message: Arc<Message>,
 ) -> Report {
     let ordered = order(targets, &mut rand::rng());
-    // One transformed copy per sender policy: failing over between upstreams with the
-    // same policy does not sign again.
-    let mut prepared: HashMap<Option<String>, Arc<Message>> = HashMap::new();
+    // One transformed copy per sender policy (and 7-bit conversion): failing over
+    // between upstreams with the same policy does not sign again.
+    let mut prepared: HashMap<(Option<String>, bool), Arc<Message>> = HashMap::new();
+    let eight_bit = !message.content.is_ascii();
     let mut status: Vec<(Address, Option<RcptStatus>)> = message
         .envelope
         .recipients
@@ -300,7 +331,7 @@ pub async fn walk(
         .map(|r| (r.clone(), None))
         .collect();
     let mut last_transient: Option<Reason> = None;
-    let mut unsuitable: Vec<String> = Vec::new();
+    let mut unsuitable: Vec<(String, Unsuitable)> = Vec::new();
     let mut attempted = false;
     let mut held_until: Option<SystemTime> = None;
     // Whether any upstream got as far as answering for the recipients.
@@ -319,29 +350,53 @@ pub async fn walk(
             .iter_mut()
             .filter(|(_, s)| s.is_none())
             .map(|(_, s)| s);
-        let admitted = admit(target, &message);
-        let for_target = match prepared.get(&target.sender) {
-            _ if admitted.is_err() => message.clone(),
-            Some(m) => m.clone(),
-            None => match prepare(transformer, &message, target.sender.clone()).await {
-                Ok(m) => {
-                    prepared.insert(target.sender.clone(), m.clone());
-                    m
-                }
-                Err(reason) => {
-                    warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
-                    last_transient = Some(Reason::Text(reason));
+        // 8-bit content for an upstream without 8BITMIME is converted before signing:
+        // at once when its last EHLO said so, else after it says so now.
+        let mut seven_bit = eight_bit && known_7bit(target);
+        let result = match admit(target, &message) {
+            Err(not_now) => not_now,
+            Ok(admission) => loop {
+                let key = (target.sender.clone(), seven_bit);
+                let for_target = match prepared.get(&key) {
+                    Some(m) => m.clone(),
+                    None => {
+                        match prepare(transformer, &message, target.sender.clone(), seven_bit).await
+                        {
+                            Ok(m) => {
+                                prepared.insert(key, m.clone());
+                                m
+                            }
+                            Err(PrepareError::NotConvertible(why)) => {
+                                break Attempt::Unsuitable(
+                                    target.name.clone(),
+                                    Unsuitable::NeedsConversion(why),
+                                );
+                            }
+                            Err(PrepareError::Failed(reason)) => {
+                                warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
+                                break Attempt::Transient(Reason::Text(reason));
+                            }
+                        }
+                    }
+                };
+                let result = attempt(target, admission, &for_target, &pending).await;
+                if eight_bit
+                    && !seven_bit
+                    && matches!(
+                        result,
+                        Attempt::Unsuitable(_, Unsuitable::NeedsConversion(_))
+                    )
+                {
+                    info!(queue_id = %message.id, upstream = %target.name, "the upstream has no 8BITMIME: converting the 8-bit parts to 7 bits");
+                    seven_bit = true;
                     continue;
                 }
+                break result;
             },
-        };
-        let result = match admitted {
-            Ok(admission) => attempt(target, admission, &for_target, &pending).await,
-            Err(not_now) => not_now,
         };
         attempted |= !matches!(
             result,
-            Attempt::Held(_) | Attempt::Unsuitable(_) | Attempt::Skipped(_)
+            Attempt::Held(_) | Attempt::Unsuitable(..) | Attempt::Skipped(_)
         );
         match result {
             Attempt::Replies {
@@ -381,7 +436,7 @@ pub async fn walk(
                 }
             }
             Attempt::Transient(reason) | Attempt::Skipped(reason) => last_transient = Some(reason),
-            Attempt::Unsuitable(why) => unsuitable.push(why),
+            Attempt::Unsuitable(name, why) => unsuitable.push((name, why)),
             Attempt::Held(until) => {
                 held_until = Some(held_until.map_or(until, |h: SystemTime| h.min(until)));
                 last_transient.get_or_insert(Reason::Text(format!(
@@ -401,10 +456,19 @@ pub async fn walk(
     let leftover = match last_transient {
         Some(reason) => RcptStatus::Deferred(reason),
         // Every upstream that answered lacked what the message needs.
-        None if !unsuitable.is_empty() => RcptStatus::Failed(Reason::Text(format!(
-            "no upstream can take this message: {}",
-            unsuitable.join("; ")
-        ))),
+        // The first upstream's reason names the status (the most preferred one).
+        None if !unsuitable.is_empty() => {
+            let (code, status) = unsuitable[0].1.status();
+            let each: Vec<String> = unsuitable
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect();
+            RcptStatus::Failed(Reason::Local {
+                code,
+                status,
+                text: format!("no upstream can take this message: {}", each.join("; ")),
+            })
+        }
         None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
     };
     let deferred =

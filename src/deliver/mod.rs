@@ -230,7 +230,7 @@ impl Deliverer {
                 RcptStatus::Deferred(reason) => {
                     let upstream = match reason {
                         Reason::Reply { upstream, .. } => upstream.clone(),
-                        Reason::Text(_) => "none".to_owned(),
+                        Reason::Text(_) | Reason::Local { .. } => "none".to_owned(),
                     };
                     metrics::counter!(name::DEFERRED, "upstream" => upstream).increment(1);
                 }
@@ -416,6 +416,7 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
     Err(HandoffError::Refused(match reason {
         Reason::Reply { upstream, response } => relay_reply(upstream, response),
         Reason::Text(text) => Reply::new(554, Enhanced(5, 3, 0), text.clone()),
+        Reason::Local { code, status, text } => Reply::new(*code, *status, text.clone()),
     }))
 }
 

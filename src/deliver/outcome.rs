@@ -13,7 +13,7 @@ use tokio_rustls::rustls;
 
 use crate::config::TlsMode;
 use crate::deliver::client::ClientError;
-use crate::proto::Response;
+use crate::proto::{Enhanced, Response};
 
 /// A step of the conversation with an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,7 +190,7 @@ pub enum Failure {
     },
     /// This upstream cannot take this message (size, 8BITMIME, SMTPUTF8); another may.
     #[error("{0}")]
-    Unsuitable(String),
+    Unsuitable(Unsuitable),
     /// Every connection slot of the upstream stayed busy.
     #[error("all {0} connections to this upstream are busy")]
     Busy(usize),
@@ -336,6 +336,39 @@ impl Failure {
             Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) => return None,
         };
         Some(text)
+    }
+}
+
+/// Why an upstream cannot take a message, with the enhanced status code (RFC 3463) that
+/// names the cause when no upstream can.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsuitable {
+    /// Bigger than the upstream's SIZE limit.
+    #[error("message of {size} octets exceeds the upstream's SIZE limit of {limit}")]
+    TooBig {
+        /// The message.
+        size: usize,
+        /// The upstream's limit.
+        limit: u64,
+    },
+    /// The envelope needs SMTPUTF8 (RFC 6531), which the upstream does not offer.
+    #[error("the message needs SMTPUTF8, which the upstream does not offer")]
+    NeedsSmtpUtf8,
+    /// 8-bit content that cannot be converted to 7 bits, and no 8BITMIME upstream.
+    #[error("{0}")]
+    NeedsConversion(String),
+}
+
+impl Unsuitable {
+    /// The SMTP reply code and enhanced status code of a refusal for this reason:
+    /// `552 5.3.4` (too big), `554 5.6.7` (SMTPUTF8 needed), `554 5.6.3` (conversion
+    /// required but not possible).
+    pub fn status(&self) -> (u16, Enhanced) {
+        match self {
+            Unsuitable::TooBig { .. } => (552, Enhanced(5, 3, 4)),
+            Unsuitable::NeedsSmtpUtf8 => (554, Enhanced(5, 6, 7)),
+            Unsuitable::NeedsConversion(_) => (554, Enhanced(5, 6, 3)),
+        }
     }
 }
 

@@ -735,6 +735,7 @@ fn failed_recipient(
     let diagnostic = reason.to_string();
     let status = match reason {
         Reason::Reply { response, .. } => status_of(&response.text(), permanent),
+        Reason::Local { status, .. } => status.to_string(),
         Reason::Text(_) => "5.0.0".into(),
     };
     FailedRecipient {

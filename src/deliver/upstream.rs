@@ -13,7 +13,7 @@ use super::breaker::Breaker;
 use super::client::{ClientError, Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
-use super::outcome::{Failure, Stage, is_too_many_recipients};
+use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
 use super::ratelimit::Budget;
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
@@ -47,6 +47,8 @@ pub struct SmtpUpstream {
     endpoint: Endpoint,
     /// The mode `tls=auto` found on first contact.
     detected: Mutex<Option<TlsMode>>,
+    /// Whether the server offered 8BITMIME in its last EHLO (unknown before the first).
+    offers_8bitmime: Mutex<Option<bool>>,
     username: Option<String>,
     secret: Option<(SecretSource, SecretKind)>,
     max_messages_per_connection: usize,
@@ -147,6 +149,7 @@ impl SmtpUpstream {
             sender: up.sender.clone(),
             endpoint,
             detected: Mutex::new(None),
+            offers_8bitmime: Mutex::new(None),
             username: up.username.clone(),
             secret,
             max_messages_per_connection: up.max_messages_per_connection,
@@ -184,6 +187,12 @@ impl SmtpUpstream {
     /// The configured account, if any.
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// Whether the server offered 8BITMIME when last asked; `None` before the first
+    /// connection.
+    pub fn offers_8bitmime(&self) -> Option<bool> {
+        *self.offers_8bitmime.lock().expect("8BITMIME lock")
     }
 
     /// Whether AUTH is used (an account and a secret are configured).
@@ -252,6 +261,7 @@ impl SmtpUpstream {
         if self.endpoint.mode == TlsMode::Auto {
             *self.detected.lock().expect("detected lock") = Some(session.mode);
         }
+        *self.offers_8bitmime.lock().expect("8BITMIME lock") = Some(session.caps.has("8BITMIME"));
         Ok(session)
     }
 
@@ -498,9 +508,11 @@ fn breaker(delivery: &DeliveryConfig, timeout: Duration) -> Breaker {
     )
 }
 
-/// Whether the content has 8-bit octets (it then needs 8BITMIME, RFC 6152).
+/// Whether the content has 8-bit octets (it then needs 8BITMIME, RFC 6152). What the
+/// client declared does not matter: 7-bit content goes without `BODY=8BITMIME`
+/// (RFC 6152 §3), to any upstream.
 fn needs_8bit(message: &Message) -> bool {
-    message.envelope.eight_bit || !message.content.is_ascii()
+    !message.content.is_ascii()
 }
 
 /// Can this server take this message? (SIZE, 8BITMIME, SMTPUTF8)
@@ -509,20 +521,19 @@ fn suitability(session: &Session, message: &Message) -> Result<(), Failure> {
     if let Some(limit) = caps.size_limit()
         && message.content.len() as u64 > limit
     {
-        return Err(Failure::Unsuitable(format!(
-            "message of {} octets exceeds the upstream's SIZE limit of {limit}",
-            message.content.len()
-        )));
+        return Err(Failure::Unsuitable(Unsuitable::TooBig {
+            size: message.content.len(),
+            limit,
+        }));
     }
     if message.envelope.smtputf8 && !caps.has("SMTPUTF8") {
-        return Err(Failure::Unsuitable(
-            "the message needs SMTPUTF8, which the upstream does not offer".into(),
-        ));
+        return Err(Failure::Unsuitable(Unsuitable::NeedsSmtpUtf8));
     }
     if needs_8bit(message) && !caps.has("8BITMIME") {
-        return Err(Failure::Unsuitable(
+        return Err(Failure::Unsuitable(Unsuitable::NeedsConversion(
             "the message has 8-bit content and the upstream does not offer 8BITMIME".into(),
-        ));
+        )));
+        // (The delivery walk converts it and tries again; see failover::walk.)
     }
     Ok(())
 }

@@ -372,7 +372,51 @@ fn angle_address(inside: &str) -> Option<String> {
     header_address(&compact)
 }
 
-/// Read every mailbox of a header value, leniently; groups are flattened.
+/// `value` with a comma after every `<...>` that another `<` follows without a list
+/// separator between them: `A <a@x.org> B <b@x.org>` (mailboxes without their comma, as
+/// hand-made headers have them) reads as the two mailboxes it names, not as one address
+/// glued together from both, which no upstream takes.
+fn separate_mailboxes(value: &str) -> std::borrow::Cow<'_, str> {
+    let (mut in_quote, mut depth, mut escaped, mut in_angle) = (false, 0usize, false, false);
+    // Just after a `>` with no `,`, `;` or `:` since.
+    let mut after_angle: Option<usize> = None;
+    let mut commas = Vec::new();
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote || depth > 0 => escaped = true,
+            '"' if depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            _ if in_quote || depth > 0 => {}
+            '<' if !in_angle => {
+                commas.extend(after_angle.take());
+                in_angle = true;
+            }
+            '>' if in_angle => {
+                in_angle = false;
+                after_angle = Some(i + 1);
+            }
+            ',' | ';' | ':' if !in_angle => after_angle = None,
+            _ => {}
+        }
+    }
+    if commas.is_empty() {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + commas.len());
+    let mut start = 0;
+    for at in commas {
+        out.push_str(&value[start..at]);
+        out.push(',');
+        start = at;
+    }
+    out.push_str(&value[start..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Read every mailbox of a header value, leniently; groups are flattened, and mailboxes
+/// without the comma between them are read as a list ([`separate_mailboxes`]).
 pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
     let angles = angle_positions(value);
     if let [open] = angles.as_slice()
@@ -386,7 +430,7 @@ pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
             address,
         }];
     }
-    let bytes = format!("{value}\r\n");
+    let bytes = format!("{}\r\n", separate_mailboxes(value));
     let parsed = MessageStream::new(bytes.as_bytes()).parse_address();
     let addrs: Vec<&mail_parser::Addr> = match &parsed {
         HeaderValue::Address(mail_parser::Address::List(list)) => list.iter().collect(),
@@ -615,6 +659,39 @@ mod tests {
         );
         assert!(parse_mailboxes("Undisclosed recipients:;").is_empty());
         assert!(parse_mailboxes("just a name").is_empty());
+    }
+
+    #[test]
+    fn mailboxes_without_their_comma_are_a_list() {
+        assert_eq!(
+            parse_mailboxes("A <a@x.org> B <b@x.org>"),
+            [mailbox(Some("A"), "a@x.org"), mailbox(Some("B"), "b@x.org")]
+        );
+        assert_eq!(
+            parse_mailboxes("A <a@x.org><b@x.org> C <c@x.org>"),
+            [
+                mailbox(Some("A"), "a@x.org"),
+                mailbox(None, "b@x.org"),
+                mailbox(Some("C"), "c@x.org")
+            ]
+        );
+        assert_eq!(
+            first("\"A <q@x.org> B\" <a@x.org> (c <c@x.org>) B <b@x.org>"),
+            mailbox(Some("A <q@x.org> B"), "a@x.org")
+        );
+        assert_eq!(
+            first("Team: A <a@x.org> B <b@x.org>;"),
+            mailbox(Some("A"), "a@x.org")
+        );
+        // With the comma, or with one mailbox, nothing changes.
+        for value in [
+            "A <a@x.org>, B <b@x.org>",
+            "<a@x.y> trailing",
+            "Team: <a@x.org>, <b@x.org>;",
+            "<@route:a@x.org>",
+        ] {
+            assert_eq!(separate_mailboxes(value), value);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod dkim;
 pub mod from_rewrite;
 pub mod headers;
 pub mod normalize;
+pub mod seven_bit;
 pub mod trace;
 
 use from_rewrite::{Mailbox, decode_raw, parse_mailboxes, render};
@@ -20,6 +21,9 @@ pub enum TransformError {
     /// Neither the From header nor the envelope has an address (refused at DATA, 550 5.6.0).
     #[error("the From header has no usable address and the envelope sender is empty")]
     NoAddress,
+    /// 8-bit content for an upstream without 8BITMIME that cannot be made 7-bit.
+    #[error(transparent)]
+    NotConvertible(seven_bit::NotConvertible),
     /// Signing failed; the message is not sent unsigned (a transient failure).
     #[error("DKIM signing for {domain} failed: {reason}")]
     Signing {
@@ -28,6 +32,12 @@ pub enum TransformError {
         /// mail-auth's reason.
         reason: String,
     },
+}
+
+impl From<seven_bit::NotConvertible> for TransformError {
+    fn from(e: seven_bit::NotConvertible) -> TransformError {
+        TransformError::NotConvertible(e)
+    }
 }
 
 /// The first mailbox of the From header.
@@ -120,10 +130,27 @@ impl Transformer {
         content: &'a [u8],
         sender: Option<&str>,
     ) -> Result<std::borrow::Cow<'a, [u8]>, TransformError> {
+        self.for_upstream_as(content, sender, false)
+    }
+
+    /// [`Transformer::for_upstream_cow`], and with `seven_bit` 8-bit body parts are first
+    /// given a 7-bit transfer encoding (an upstream without 8BITMIME), so the signature
+    /// covers the converted content.
+    pub fn for_upstream_as<'a>(
+        &self,
+        content: &'a [u8],
+        sender: Option<&str>,
+        seven_bit: bool,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, TransformError> {
         use std::borrow::Cow;
+        let content: Cow<'a, [u8]> = if seven_bit {
+            seven_bit::to_seven_bit(content)?
+        } else {
+            Cow::Borrowed(content)
+        };
         let content: Cow<'a, [u8]> = match sender {
-            Some(account) => Cow::Owned(apply_sender_policy(content, account)),
-            None => Cow::Borrowed(content),
+            Some(account) => Cow::Owned(apply_sender_policy(&content, account)),
+            None => content,
         };
         let Some(domain) = from_mailbox(&content)
             .and_then(|m| m.address.rsplit_once('@').map(|(_, d)| d.to_owned()))

@@ -1,5 +1,5 @@
-//! What every message gets once, at acceptance: strict From/Sender/Reply-To, a Date and
-//! a Message-ID if missing. Runs while the client is still connected, so a message that
+//! What every message gets once, at acceptance: a repaired header block (see
+//! [`super::headers`]), strict From/Sender/Reply-To, a Date and a Message-ID if missing. Runs while the client is still connected, so a message that
 //! cannot be repaired is refused with a reason instead of bouncing later.
 
 use std::time::SystemTime;
@@ -50,7 +50,9 @@ fn envelope_address(sender: &crate::proto::Address) -> String {
 /// Apply the acceptance-time rewrites.
 pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, TransformError> {
     let mut msg = Message::parse(content);
-    let mut changed = false;
+    // A repaired header block (missing empty line, `Name :`, mbox line) is written
+    // back even if no field changes: the signature must cover what is sent.
+    let mut changed = !msg.repairs.is_empty();
 
     // From: exactly one field holding exactly one mailbox (RFC 5322 §3.6.2).
     let from_fields: Vec<usize> = (0..msg.fields.len())
