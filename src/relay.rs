@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
 use crate::config::{Config, DeliveryMode};
 use crate::deliver::scheduler::{Scheduler, Settings};
-use crate::deliver::{Deliverer, SetupError};
+use crate::deliver::{Deliverer, Passthrough, SetupError};
 use crate::ops::metrics;
 use crate::spool::{Spool, SpoolError};
 use crate::tls::TlsSetupError;
@@ -56,6 +56,8 @@ pub struct RelayHandle {
     grace: Duration,
     deliverer: Arc<Deliverer>,
     scheduler: Option<Scheduler>,
+    /// Passthrough mode's hand-off, whose spool may hold deferred leftovers.
+    passthrough: Option<Arc<Passthrough>>,
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<JoinHandle<()>>,
     control: ListenerControl,
@@ -74,6 +76,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         _ => None,
     };
     let deliverer = Arc::new(Deliverer::from_config(&config, transformer)?);
+    let mut passthrough_handle: Option<Arc<Passthrough>> = None;
     let (handoff, scheduler): (Arc<dyn Handoff>, Option<Scheduler>) = match config.delivery.mode {
         DeliveryMode::Queue => {
             let spool = Arc::new(Spool::open(&config.spool.dir)?);
@@ -84,7 +87,16 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         }
         DeliveryMode::Passthrough => {
             info!("passthrough mode: 250 once an upstream accepted the message");
-            (deliverer.clone(), None)
+            let passthrough = Arc::new(
+                Passthrough::start(
+                    deliverer.clone(),
+                    config.spool.dir.clone(),
+                    Settings::from_config(&config),
+                )
+                .await,
+            );
+            passthrough_handle = Some(passthrough.clone());
+            (passthrough, None)
         }
     };
     let metrics_listener = match config.metrics.listen {
@@ -127,6 +139,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         grace: config.server.shutdown_grace,
         deliverer,
         scheduler,
+        passthrough: passthrough_handle,
         metrics_addr,
         metrics_task,
         control,
@@ -225,6 +238,9 @@ impl RelayHandle {
         if let Some(scheduler) = &self.scheduler {
             // Deliveries under way finish (or stay queued: the spool keeps the rest).
             scheduler.stop(Duration::from_secs(10)).await;
+        }
+        if let Some(leftovers) = self.passthrough.as_ref().and_then(|p| p.running()) {
+            leftovers.stop(Duration::from_secs(10)).await;
         }
         // Say goodbye to upstreams instead of dropping pooled connections.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.deliverer.close_idle()).await;

@@ -75,7 +75,12 @@ async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl 
 }
 
 fn queued(relay: &Relay) -> Vec<(String, smarthost::spool::Entry)> {
-    Spool::inspect(&relay.config().spool.dir)
+    let dir = &relay.config().spool.dir;
+    // Passthrough mode creates the spool only when it needs it.
+    if !dir.exists() {
+        return Vec::new();
+    }
+    Spool::inspect(dir)
         .expect("read the spool")
         .into_iter()
         .map(|(id, e)| (id.to_string(), e))
@@ -327,5 +332,212 @@ async fn recipients_accepted_before_a_later_transaction_fails_are_not_sent_again
             .count();
         assert_eq!(offered, 1, "{r}");
     }
+    relay.shutdown().await;
+}
+
+/// One message per connection, as providers cap it: after one message the server
+/// answers the next MAIL on the same connection with `reply` (`None`: it closes the
+/// connection without a word instead). RSET before that still gets `250`, so the relay
+/// only learns at MAIL that the pooled connection is finished.
+async fn one_message_per_connection(reply: Option<&str>) {
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .messages_per_connection(1, reply)
+        .start()
+        .await;
+    // One connection at a time, so every message after the first gets the pooled one.
+    // A breaker that opens at the first counted failure, and a back-off of an hour:
+    // a failure counted for the upstream or an attempt counted for the message would
+    // leave a message in the spool.
+    let mut relay = start_relay(&format!(
+        "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\nbreaker_threshold = 1\nbreaker_cooldown = \"1h\"\nbreaker_max_cooldown = \"1h\"\n{}",
+        upstream(&fake, "max_connections = 1")
+    ))
+    .await;
+    for n in 1..=3 {
+        let to = vec![format!("m{n}@example.net")];
+        let (code, text) = submit(&relay, &to).await;
+        assert_eq!(code, 250, "{text}");
+        wait_until_queue_empty(&relay).await;
+        assert_eq!(fake.messages().len(), n, "message {n} delivered");
+    }
+    let conns: Vec<usize> = fake.messages().iter().map(|m| m.conn).collect();
+    assert_eq!(
+        conns,
+        [1, 2, 3],
+        "each message after the first on a new connection"
+    );
+    assert_eq!(fake.connections(), 3, "no other connection");
+    // 3 delivered, and for messages 2 and 3 one MAIL on the finished pooled connection.
+    assert_eq!(mail_lines(&fake), 5);
+    assert_each_once(
+        &fake,
+        &["m1@example.net", "m2@example.net", "m3@example.net"].map(String::from),
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_421_at_mail_on_a_reused_connection_reconnects_at_once_without_a_failure() {
+    one_message_per_connection(Some("421 4.7.0 Too many messages for this session")).await;
+}
+
+#[tokio::test]
+async fn a_close_at_mail_on_a_reused_connection_reconnects_at_once_without_a_failure() {
+    one_message_per_connection(None).await;
+}
+
+#[tokio::test]
+async fn a_421_at_mail_on_a_fresh_connection_is_still_a_failure() {
+    // The pooled connection's 421 at MAIL is no failure, but the fresh connection
+    // answers 421 too, and that counts: an attempt of the message.
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .replies_then(
+            Verb::Mail,
+            &[
+                "250 2.1.0 ok",
+                "421 4.7.0 Too many messages for this session",
+                "421 4.3.2 busy",
+            ],
+        )
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\nbreaker_threshold = 1\nbreaker_cooldown = \"1h\"\nbreaker_max_cooldown = \"1h\"\n{}",
+        upstream(&fake, "max_connections = 1")
+    ))
+    .await;
+    let (code, text) = submit(&relay, &["m1@example.net".to_owned()]).await;
+    assert_eq!(code, 250, "{text}");
+    wait_until_queue_empty(&relay).await;
+    let (code, text) = submit(&relay, &["m2@example.net".to_owned()]).await;
+    assert_eq!(code, 250, "{text}");
+    let state = wait_for(
+        "the second message's failed attempt in the spool",
+        || async {
+            queued(&relay)
+                .into_iter()
+                .next()
+                .map(|(_, e)| e.state)
+                .filter(|s| s.attempts >= 1)
+        },
+    )
+    .await;
+    assert_eq!(state.attempts, 1);
+    assert!(state.last_error.contains("4.3.2 busy"), "{state:?}");
+    // The pooled connection, then one fresh one: no third connection.
+    assert_eq!(fake.connections(), 2);
+    assert_eq!(fake.messages().len(), 1);
+    relay.shutdown().await;
+}
+
+const PASSTHROUGH_RETRY_SOON: &str =
+    "[delivery]\nmode = \"passthrough\"\nretry_base = \"200ms\"\nretry_max = \"1s\"\n";
+
+#[tokio::test]
+async fn passthrough_one_of_three_refused_answers_250_and_bounces_the_refused_one() {
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .rcpt_reply_for("r2@example.net", "550 5.1.1 No such user here")
+        .start()
+        .await;
+    let mut relay = start_relay(&format!(
+        "[delivery]\nmode = \"passthrough\"\nretry_base = \"1h\"\nretry_max = \"2h\"\n{}",
+        upstream(&fake, "")
+    ))
+    .await;
+    let to = recipients(3);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "{text}");
+
+    // The relay's DSN goes to the sender through the same upstream.
+    let messages = wait_for("the message and the DSN at the upstream", || async {
+        let m = fake.messages();
+        (m.len() >= 2).then_some(m)
+    })
+    .await;
+    wait_until_queue_empty(&relay).await;
+    assert_eq!(messages.len(), 2, "one copy and one DSN, nothing else");
+    assert_eq!(messages[0].rcpts, ["r1@example.net", "r3@example.net"]);
+    let dsn = &messages[1];
+    assert_eq!(dsn.mail_from, "<>");
+    assert_eq!(dsn.rcpts, ["app@example.com"]);
+    let text = dsn.text();
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; r2@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(!text.contains("Final-Recipient: rfc822; r1@"), "{text}");
+    assert!(!text.contains("Final-Recipient: rfc822; r3@"), "{text}");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn passthrough_452_after_two_of_five_answers_250_once_and_retries_the_rest_from_the_spool() {
+    // Recipients 3 to 5 are deferred once (a 452 that is not about the number of
+    // recipients, so it is no reason to go on at once), then accepted.
+    let mut builder = FakeUpstream::builder(Mode::Plain).ext("PIPELINING");
+    for r in 3..=5 {
+        builder = builder.rcpt_replies_then(
+            &format!("r{r}@example.net"),
+            &["452 4.2.2 Mailbox temporarily over quota"],
+        );
+    }
+    let fake = builder.start().await;
+    let mut relay = start_relay(&format!("{PASSTHROUGH_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let to = recipients(5);
+    let (code, text) = submit(&relay, &to).await;
+    assert_eq!(code, 250, "the client hears 250 once: {text}");
+    assert_eq!(
+        fake.messages().len(),
+        1,
+        "r1 and r2 while the client waited"
+    );
+
+    // The three deferred recipients are in the spool, and go from there.
+    wait_for("the deferred recipients from the spool", || async {
+        (fake.messages().len() >= 2).then_some(())
+    })
+    .await;
+    wait_until_queue_empty(&relay).await;
+
+    // The client reconnects (as a client does after a failure): nothing is resent.
+    let mut again = relay.client().await;
+    again.expect("NOOP", 250).await;
+    again.expect("QUIT", 221).await;
+
+    let rcpts: Vec<Vec<String>> = fake.messages().into_iter().map(|m| m.rcpts).collect();
+    assert_eq!(rcpts, [&to[0..2], &to[2..5]]);
+    assert_each_once(&fake, &to);
+    // r1 and r2 were offered once: the spooled retry sent only r3 to r5.
+    for r in &to[0..2] {
+        let offered = fake
+            .lines()
+            .iter()
+            .filter(|l| l.text.eq_ignore_ascii_case(&format!("RCPT TO:<{r}>")))
+            .count();
+        assert_eq!(offered, 1, "{r}");
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn passthrough_with_no_recipient_accepted_passes_the_upstreams_reply_on() {
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .reply(Verb::Rcpt, "451 4.3.0 Try again later")
+        .start()
+        .await;
+    let mut relay = start_relay(&format!("{PASSTHROUGH_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let (code, text) = submit(&relay, &recipients(2)).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("Try again later"), "{text}");
+    assert!(
+        !relay.config().spool.dir.exists(),
+        "the client keeps the message; the spool is not even created"
+    );
     relay.shutdown().await;
 }

@@ -1123,6 +1123,20 @@ mod tests {
             &[("SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS", "7")],
         );
         assert_eq!(up.max_recipients, 7);
+        for (preset, want) in [("sendgrid", 5000), ("gmail", 100), ("ses:us-east-1", 100)] {
+            let up = upstream(
+                &format!(
+                    "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+                ),
+                &[],
+            );
+            assert_eq!(up.max_messages_per_connection, want, "{preset}");
+        }
+        let up = upstream(
+            "[[upstream]]\nprovider = \"sendgrid\"\npassword = \"p\"\nmax_messages_per_connection = 20\n",
+            &[],
+        );
+        assert_eq!(up.max_messages_per_connection, 20);
         let got = error(
             "[[upstream]]\nurl = \"smtps://x\"\n",
             &[("SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS", "0")],

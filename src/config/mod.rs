@@ -194,6 +194,9 @@ impl Default for DeliveryConfig {
 /// RFC 5321 §4.5.3.1.8 requires servers to take at least 100.
 pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 
+/// Messages per pooled connection unless configured or set by a preset.
+pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 100;
+
 /// One `[[upstream]]`.
 ///
 /// Deserialized from [`RawUpstream`], which has `url` and `provider` both optional;
@@ -297,9 +300,10 @@ pub struct RawUpstream {
     pub oauth_token_file: Option<PathBuf>,
     /// `[upstream.oauth]`: tokens fetched and refreshed by the relay.
     pub oauth: Option<OAuthConfig>,
-    /// Messages sent over one connection before it is closed and a new one opened.
-    #[serde(default = "values::hundred")]
-    pub max_messages_per_connection: usize,
+    /// Messages sent over one connection before it is closed and a new one opened
+    /// (default: the preset's documented cap, else
+    /// [`DEFAULT_MAX_MESSAGES_PER_CONNECTION`]).
+    pub max_messages_per_connection: Option<usize>,
     /// Recipients per transaction (default: the preset's cap, else
     /// [`DEFAULT_MAX_RECIPIENTS`]).
     pub max_recipients: Option<usize>,
@@ -347,6 +351,12 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
                 .and_then(Provider::max_recipients)
                 .unwrap_or(DEFAULT_MAX_RECIPIENTS)
         });
+        let max_messages_per_connection = raw.max_messages_per_connection.unwrap_or_else(|| {
+            raw.provider
+                .as_ref()
+                .and_then(Provider::max_messages_per_connection)
+                .unwrap_or(DEFAULT_MAX_MESSAGES_PER_CONNECTION)
+        });
         Ok(UpstreamConfig {
             url,
             provider: raw.provider,
@@ -364,7 +374,7 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
             oauth_token: raw.oauth_token,
             oauth_token_file: raw.oauth_token_file,
             oauth: raw.oauth,
-            max_messages_per_connection: raw.max_messages_per_connection,
+            max_messages_per_connection,
             max_recipients,
             timeout: raw.timeout,
             data_timeout: raw.data_timeout,

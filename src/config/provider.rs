@@ -89,6 +89,25 @@ impl Provider {
         }
     }
 
+    /// The provider's documented cap on messages per SMTP connection, where it documents
+    /// one; `None`: the relay's default (100) applies.
+    ///
+    /// - SendGrid: "You may send up to 5k messages per SMTP connection" (Twilio SendGrid
+    ///   docs, "Integrating with the SMTP API", rate limits).
+    /// - Amazon SES asks clients to reconnect "after you have delivered a fixed number of
+    ///   messages" without giving the number (AWS Messaging blog, "Amazon SES SMTP
+    ///   Recommendations"); Microsoft 365 documents 3 concurrent connections and 30
+    ///   messages a minute, not a count per connection ("Exchange Online limits"). Gmail,
+    ///   Outlook.com, QQ, Exmail, 163 and Mailgun document none we could confirm. The
+    ///   default stays for all of them; a connection the provider ends early costs only
+    ///   a reconnection (no failure, no back-off).
+    pub fn max_messages_per_connection(&self) -> Option<usize> {
+        match self {
+            Provider::SendGrid => Some(5000),
+            _ => None,
+        }
+    }
+
     /// Whether the provider refuses mail whose From is not the authenticated account,
     /// so `sender` defaults to the username.
     pub fn from_must_be_account(&self) -> bool {

@@ -178,10 +178,6 @@ pub(super) fn one() -> u32 {
     1
 }
 
-pub(super) fn hundred() -> usize {
-    100
-}
-
 pub(super) fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
 }

@@ -139,6 +139,8 @@ pub struct SmtpClient<S> {
     timeout: Duration,
     /// Bound for the reply to the end of the message data.
     final_reply_timeout: Duration,
+    /// Whether the last [`SmtpClient::transaction`] got as far as sending `DATA`.
+    reached_data: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
@@ -150,7 +152,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             rbuf: Vec::new(),
             timeout,
             final_reply_timeout: FINAL_REPLY_TIMEOUT,
+            reached_data: false,
         }
+    }
+
+    /// Whether the last [`SmtpClient::transaction`] sent `DATA`. When it ended in an
+    /// error before that, the server cannot have taken the message.
+    pub fn reached_data(&self) -> bool {
+        self.reached_data
     }
 
     /// Wait up to `wait` for the reply to the end of the message data.
@@ -305,6 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         content: &[u8],
         pipelining: bool,
     ) -> Result<Vec<RcptReply>, ClientError> {
+        self.reached_data = false;
         let mail = format!("MAIL FROM:{mail_from}");
         let rcpt_lines: Vec<String> = recipients
             .iter()
@@ -378,6 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             self.reset().await;
             return Ok(results);
         }
+        self.reached_data = true;
         let go = self.command("DATA").await?;
         let final_reply = if go.code == 354 {
             let mut wire = Vec::with_capacity(content.len() + content.len() / 50 + 8);

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 
 use super::Deliverer;
 use super::bounce::{FailedRecipient, bounce, status_of};
-use super::failover::{RcptStatus, Reason};
+use super::failover::{RcptStatus, Reason, Report};
 use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::Config;
 use crate::message::{Message, QueueId};
@@ -227,6 +227,56 @@ impl Scheduler {
         while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Take over what a passthrough delivery left: `report` (for `message`'s recipients,
+    /// in order) has some recipients delivered and the others deferred or refused. The
+    /// refused ones get their DSN (queued and sent like any bounce), the deferred ones
+    /// are spooled with the delivered ones marked done, and retried after the first
+    /// back-off like queue-mode mail; an accepted recipient is never sent again.
+    ///
+    /// When this returns `Ok`, all of it is on disk (the DSN first, then the message),
+    /// so the client may be told `250`. On error nothing of the message is queued
+    /// (a DSN may be: at worst the sender hears of a refusal and the client retries).
+    pub async fn adopt(&self, message: &Arc<Message>, report: &Report) -> Result<(), SpoolError> {
+        let now = SystemTime::now();
+        let mut state = DeliveryState::new(message.envelope.recipients.len());
+        state.attempts = 1;
+        let mut failed = Vec::new();
+        for (index, (rcpt, status)) in report.recipients.iter().enumerate() {
+            match status {
+                RcptStatus::Delivered { .. } => state.rcpts[index] = RcptState::Delivered,
+                RcptStatus::Failed(reason) => {
+                    state.rcpts[index] = RcptState::Failed;
+                    failed.push(failed_recipient(rcpt, reason, true));
+                }
+                RcptStatus::Deferred(reason) => state.last_error = reason.to_string(),
+            }
+        }
+        if let Some(dsn) = bounce(message, &failed, &self.inner.settings.hostname, now) {
+            let dsn_id = dsn.id;
+            self.inner.spool.put(&dsn).await?;
+            metrics::counter!(crate::ops::metrics::name::BOUNCED).increment(1);
+            info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "passthrough: bounce queued to the sender for the refused recipients");
+            self.enqueue(dsn_id, Some(Arc::new(dsn)));
+        } else if !failed.is_empty() {
+            info!(queue_id = %message.id, "failed recipients of a null-sender message are not bounced");
+        }
+        if state.is_complete() {
+            return Ok(());
+        }
+        let delay = self.backoff(state.attempts);
+        let next = now + delay;
+        state.next_attempt = next.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1;
+        let pending = state
+            .rcpts
+            .iter()
+            .filter(|r| **r == RcptState::Pending)
+            .count();
+        self.inner.spool.put_with_state(message, state).await?;
+        info!(queue_id = %message.id, pending, retry_in = ?Duration::from_millis(delay.as_millis() as u64), "passthrough: the deferred recipients are queued and retried like queue-mode mail; the others are not sent again");
+        self.schedule(message.id, next);
+        Ok(())
     }
 
     /// Queue `id` for delivery now; with its content if memory allows.

@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
 use super::breaker::Breaker;
-use super::client::{Credentials, RcptReply, SecretKind};
+use super::client::{ClientError, Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
 use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
@@ -93,6 +93,9 @@ struct Idle {
 struct Lease {
     session: Session,
     sent: usize,
+    /// Taken from the pool: it carried earlier messages, and the server may be done
+    /// with it (a per-connection message cap) even though it answered RSET.
+    reused: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -279,6 +282,7 @@ impl SmtpUpstream {
                 return Ok(Lease {
                     session: idle.session,
                     sent: idle.sent,
+                    reused: true,
                     _slot: slot,
                 });
             }
@@ -287,6 +291,7 @@ impl SmtpUpstream {
         Ok(Lease {
             session,
             sent: 0,
+            reused: false,
             _slot: slot,
         })
     }
@@ -364,6 +369,52 @@ impl SmtpUpstream {
                 .client
                 .transaction(&mail_from, &rcpts, &message.content, pipelining)
                 .await;
+            // The server is finished with this connection before taking anything of
+            // this transaction: a 421 (RFC 5321 §3.8), or a close before DATA.
+            let finished = match &result {
+                Ok(answers) => answers.iter().find_map(|r| match r {
+                    RcptReply::Refused(resp) if resp.code == 421 => Some(resp.to_string()),
+                    _ => None,
+                }),
+                Err(e @ (ClientError::Closed | ClientError::Io(_)))
+                    if !lease.session.client.reached_data() =>
+                {
+                    Some(e.to_string())
+                }
+                Err(_) => None,
+            };
+            if let Some(why) = finished
+                && (transactions > 0 || lease.reused)
+            {
+                // The connection carried earlier transactions (of this message, or of
+                // earlier ones from the pool) and is finished: servers cap messages
+                // per connection. That is no failure of the upstream nor of the
+                // message: the rest goes on a new connection at once. A fresh
+                // connection that does the same before any transaction is a real
+                // failure, so this cannot loop: each reconnection follows a settled
+                // transaction or the first use of a pooled connection.
+                info!(
+                    queue_id = %message.id,
+                    upstream = %self.name,
+                    reply = %why,
+                    transactions_on_it = lease.sent + transactions,
+                    "the upstream ended a reused connection at the start of a transaction (a per-connection message limit); continuing on a new connection now (set max_messages_per_connection to its limit to retire connections before it does)"
+                );
+                for index in batch.into_iter().rev() {
+                    waiting.push_front(index);
+                }
+                match self.open(&mut |_| {}).await {
+                    Ok(session) => {
+                        // The old one is closing from the server's side.
+                        drop(std::mem::replace(&mut lease.session, session));
+                        lease.sent = 0;
+                        lease.reused = false;
+                        transactions = 0;
+                        continue;
+                    }
+                    Err(failure) => return Err(Partial { replies, failure }),
+                }
+            }
             let answers = match result {
                 Ok(answers) => answers,
                 Err(e) => {
@@ -373,37 +424,12 @@ impl SmtpUpstream {
                     });
                 }
             };
-            // 421: the server is closing this channel (RFC 5321 §3.8); nothing of this
-            // transaction was taken.
+            // 421 on a fresh connection: nothing of this transaction was taken, and the
+            // upstream is failing.
             if let Some(closing) = answers.iter().find_map(|r| match r {
                 RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
                 _ => None,
             }) {
-                if transactions > 0 {
-                    // The connection carried transactions of this message and is
-                    // finished (servers cap messages per connection): the rest goes on
-                    // a new one at once. Each reconnection follows a settled
-                    // transaction, so this cannot loop.
-                    info!(
-                        queue_id = %message.id,
-                        upstream = %self.name,
-                        reply = %closing,
-                        "the upstream closed the connection between two transactions of this message; the rest goes on a new connection now"
-                    );
-                    for index in batch.into_iter().rev() {
-                        waiting.push_front(index);
-                    }
-                    match self.open(&mut |_| {}).await {
-                        Ok(session) => {
-                            // The old one is closing from the server's side.
-                            drop(std::mem::replace(&mut lease.session, session));
-                            lease.sent = 0;
-                            transactions = 0;
-                            continue;
-                        }
-                        Err(failure) => return Err(Partial { replies, failure }),
-                    }
-                }
                 return Err(Partial {
                     replies,
                     failure: Failure::Refused {

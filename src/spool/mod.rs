@@ -434,7 +434,9 @@ impl Spool {
         self.put_with_state(message, state).await
     }
 
-    async fn put_with_state(
+    /// Store a new message durably with a delivery state of its own (recipients already
+    /// settled elsewhere, e.g. by a passthrough delivery).
+    pub async fn put_with_state(
         &self,
         message: &Message,
         state: DeliveryState,

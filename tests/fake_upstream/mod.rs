@@ -143,6 +143,9 @@ struct Script {
     xoauth2_validator: Option<Xoauth2Validator>,
     /// At most this many accepted recipients per transaction; further RCPTs get the reply.
     rcpt_cap: Option<(usize, String)>,
+    /// At most this many messages per connection; the next MAIL gets the reply, or the
+    /// connection is closed without a word (`None`).
+    messages_per_connection: Option<(usize, Option<String>)>,
 }
 
 /// Decides whether a bearer token is good for a user ([`Builder::xoauth2_validator`]).
@@ -267,6 +270,15 @@ impl Builder {
         self
     }
 
+    /// Take at most `n` messages per connection, as providers do: the next `MAIL` on the
+    /// connection is answered `reply` (e.g. `"421 4.7.0 Too many messages for this
+    /// session"`, which closes it), or with `None` the connection is closed without a
+    /// word. RSET is still answered `250` before that.
+    pub fn messages_per_connection(mut self, n: usize, reply: Option<&str>) -> Builder {
+        self.script.messages_per_connection = Some((n, reply.map(str::to_owned)));
+        self
+    }
+
     /// Close the connection, without a word, after each accepted message (as servers do
     /// with idle clients).
     pub fn hang_up_after_message(mut self) -> Builder {
@@ -359,6 +371,7 @@ impl FakeUpstream {
                 hang_up_after_message: false,
                 xoauth2_validator: None,
                 rcpt_cap: None,
+                messages_per_connection: None,
             },
         }
     }
@@ -671,7 +684,16 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
             }
             "MAIL" => {
                 let arg = line.split_once(':').map_or("", |(_, arg)| arg).to_owned();
-                let reply = if session.mail_from.is_some() {
+                let capped = script
+                    .messages_per_connection
+                    .as_ref()
+                    .filter(|(n, _)| delivered >= *n);
+                let reply = if let Some((_, cap_reply)) = capped {
+                    match cap_reply {
+                        Some(reply) => reply.clone(),
+                        None => return,
+                    }
+                } else if session.mail_from.is_some() {
                     "503 5.5.1 nested MAIL".into()
                 } else if let Some(reply) = scripted(Verb::Mail) {
                     reply
