@@ -21,6 +21,7 @@
 //! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `send`, and the metrics/health HTTP endpoint |
 //! | [`relay`] | wiring the stages together, reload, graceful shutdown |
 //! | [`message`] | what flows between stages: queue id, envelope, content |
+//! | [`telemetry`] | metric names and descriptions: a leaf every stage records to |
 //! | [`tls`] | rustls set-up from PEM files, shared by SMTP and HTTPS |
 //!
 //! In queue mode a client hears `250` only once the message is fsync'd in the spool; in
@@ -38,6 +39,7 @@ pub mod ops;
 pub mod proto;
 pub mod relay;
 pub mod spool;
+pub mod telemetry;
 pub mod tls;
 pub mod transform;
 

@@ -24,9 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::message::Message;
-use crate::ops::metrics::name;
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
+use crate::telemetry::name;
 use limits::ClientCounter;
 use phase::Rules;
 use session::SessionContext;

@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 use super::phase::{Completion, Phase, Rules, Step};
 use super::{Handoff, HandoffError, RunState};
 use crate::message::{ClientInfo, Message, QueueId};
-use crate::ops::metrics::name;
 use crate::proto::{Enhanced, MAX_COMMAND_LINE, Reply, parse_command};
+use crate::telemetry::name;
 use crate::transform::normalize::{Acceptance, normalize};
 use crate::transform::trace::received_header;
 

@@ -167,7 +167,7 @@ impl Transformer {
                 domain: key.domain.clone(),
                 reason,
             })?;
-        metrics::histogram!(crate::ops::metrics::name::DKIM_DURATION)
+        metrics::histogram!(crate::telemetry::name::DKIM_DURATION)
             .record(started.elapsed().as_secs_f64());
         let mut signed = Vec::with_capacity(header.len() + content.len());
         signed.extend_from_slice(header.as_bytes());
