@@ -26,6 +26,30 @@ const MAX_ENCODED_WORD: usize = 75;
 /// is longer than [`FOLD_AT`] unless the address alone is.
 const MAX_NAME_TOKEN: usize = FOLD_AT - "Reply-To: ".len();
 
+/// Longest display name we write, in octets of decoded (UTF-8) text; a longer one is cut
+/// at a character boundary. RFC 5322 §2.1.1 limits a line to 998 octets: a name longer
+/// than a whole line is no name a reader can show, and without a bound a rewrite
+/// amplifies (every 42 octets of text become a 68-character encoded word, so a 24 MiB
+/// name became 41 MiB, and twice that with the `sender` policy, From and Reply-To).
+/// Rendered, a name at the bound takes at most 24 encoded words, about 1.7 KB.
+pub const MAX_NAME_OCTETS: usize = 998;
+
+/// Longest run of a header value outside angle brackets (a display name, a comment,
+/// an address without brackets, up to the next `,` `;` `:` `<` or `>`) that is read, in
+/// octets after unfolding. Far above [`MAX_NAME_OCTETS`] so that any encoding of a name
+/// at the bound (quoted pairs, Q-encoded words: up to 7 characters an octet) is read
+/// whole before the name is cut.
+const MAX_PHRASE_READ: usize = 16 * 1024;
+
+/// Longest address between angle brackets that is read: a path has at most 256 octets
+/// (RFC 5321 §4.5.3.1.3); the rest is room for comments and obsolete white space. A
+/// longer one is no address and is read as `<>`.
+const MAX_ANGLE_READ: usize = 4 * 1024;
+
+/// Longest header value that is read: at the first list separator past this bound the
+/// rest of the list is dropped (a Reply-To of a thousand addresses is no reply address).
+const MAX_VALUE_READ: usize = 64 * 1024;
+
 /// A mailbox read from a header: display name (decoded) and address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mailbox {
@@ -146,27 +170,162 @@ pub fn is_strict_mailbox(value: &str) -> bool {
     if !is_addr_spec(addr) {
         return false;
     }
-    match name.strip_suffix(' ') {
-        _ if name.is_empty() => true,
-        Some(display) => !display.is_empty() && !display.ends_with(' ') && is_display_name(display),
-        None => false,
-    }
+    let display = match name.strip_suffix(' ') {
+        _ if name.is_empty() => return true,
+        Some(display) if !display.is_empty() && !display.ends_with(' ') => display,
+        _ => return false,
+    };
+    // A name above the bound is cut when rewritten, so it is not strict (checked last,
+    // and decoded only for a value that could hold one).
+    is_display_name(display)
+        && (value.len() <= MAX_NAME_OCTETS
+            || display_text(display).is_none_or(|t| t.len() <= MAX_NAME_OCTETS))
 }
 
 /// Decode raw header bytes: UTF-8 if valid, else GB18030 (covering GBK and GB2312,
 /// which Chinese legacy apps send raw), else Windows-1252.
 pub fn decode_raw(bytes: &[u8]) -> String {
+    decode_cow(bytes).into_owned()
+}
+
+/// [`decode_raw`] without a copy for UTF-8.
+fn decode_cow(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     if let Ok(s) = std::str::from_utf8(bytes) {
-        return s.to_owned();
+        return std::borrow::Cow::Borrowed(s);
     }
     if let Some(s) = encoding_rs::GB18030.decode_without_bom_handling_and_without_replacement(bytes)
     {
-        return s.into_owned();
+        return s;
     }
     encoding_rs::WINDOWS_1252
         .decode_without_bom_handling(bytes)
         .0
-        .into_owned()
+}
+
+/// A raw header value (as [`super::headers::Field::raw_value`] holds it: folded, any
+/// bytes) decoded ([`decode_raw`]), unfolded, and bounded for reading, in one pass: a
+/// run outside angle brackets longer than [`MAX_PHRASE_READ`] is cut (an open quoted
+/// string or comment is closed), an address in angle brackets longer than
+/// [`MAX_ANGLE_READ`] becomes `<>`, and a list longer than [`MAX_VALUE_READ`] ends at
+/// a separator. The structure (quotes, comments, brackets, separators) of what is kept
+/// is that of the value, so it reads as the value does, up to the cut. Returns the text
+/// and whether anything was cut.
+///
+/// Reading then costs memory in proportion to the bounds, not to the header: a 24 MiB
+/// display name is scanned once, never copied (unless it needs a legacy charset
+/// decoded) and never handed to mail-parser.
+pub fn bounded_value(raw: &[u8]) -> (String, bool) {
+    let decoded = decode_cow(raw);
+    let mut out = String::with_capacity(decoded.len().min(MAX_VALUE_READ + 16));
+    let (mut in_quote, mut depth, mut escaped, mut in_angle) = (false, 0usize, false, false);
+    // Octets of the current run outside brackets / inside brackets; where each starts.
+    let (mut run, mut run_start, mut angle, mut angle_start) = (0usize, 0usize, 0usize, 0usize);
+    // Dropping the rest of an over-long run or address.
+    let (mut skipping, mut cut) = (false, false);
+    let mut chars = decoded.chars().peekable();
+    while let Some(c) = chars.next() {
+        // Unfold: a line break goes (RFC 5322 §2.2.3), as in `headers::unfold`.
+        if c == '\n' || (c == '\r' && chars.peek() == Some(&'\n')) {
+            continue;
+        }
+        if in_angle {
+            let closing = match c {
+                _ if escaped => {
+                    escaped = false;
+                    false
+                }
+                '\\' if in_quote => {
+                    escaped = true;
+                    false
+                }
+                '"' => {
+                    in_quote = !in_quote;
+                    false
+                }
+                '>' if !in_quote => true,
+                _ => false,
+            };
+            if closing {
+                in_angle = false;
+                skipping = false;
+                out.push('>');
+                (run, run_start) = (0, out.len());
+                continue;
+            }
+            angle += c.len_utf8();
+            if skipping {
+                continue;
+            }
+            if angle > MAX_ANGLE_READ {
+                out.truncate(angle_start);
+                (skipping, cut) = (true, true);
+                continue;
+            }
+            out.push(c);
+            continue;
+        }
+        let top = !in_quote && depth == 0 && !escaped;
+        if top && matches!(c, ',' | ';' | ':' | '<' | '>') {
+            if out.len() >= MAX_VALUE_READ {
+                cut = true;
+                break;
+            }
+            skipping = false;
+            out.push(c);
+            (run, run_start) = (0, out.len());
+            if c == '<' {
+                (in_angle, angle, angle_start) = (true, 0, out.len());
+            }
+            continue;
+        }
+        // The state before `c`, for closing what is open if the run is cut here.
+        let (was_quote, was_depth, was_escaped) = (in_quote, depth, escaped);
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote || depth > 0 => escaped = true,
+            '"' if depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            _ => {}
+        }
+        run += c.len_utf8();
+        if skipping {
+            continue;
+        }
+        if run > MAX_PHRASE_READ {
+            (skipping, cut) = (true, true);
+            if was_escaped {
+                out.pop();
+            }
+            if was_quote {
+                out.push('"');
+            } else if was_depth > 0 {
+                out.extend(std::iter::repeat_n(')', was_depth));
+            } else if let Some(space) = out[run_start..].rfind([' ', '\t'])
+                && out[run_start + space + 1..].starts_with("=?")
+            {
+                // Not half an encoded word: it would read as text.
+                out.truncate(run_start + space);
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    (out, cut)
+}
+
+/// The display name cut to [`MAX_NAME_OCTETS`] at a character boundary.
+fn cap_name(mut name: String) -> String {
+    if name.len() > MAX_NAME_OCTETS {
+        let mut end = MAX_NAME_OCTETS;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+        let kept = name.trim_end().len();
+        name.truncate(kept);
+    }
+    name
 }
 
 /// Whitespace runs become one space, leading and trailing white space goes, and so do
@@ -453,6 +612,12 @@ pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
         .collect()
 }
 
+/// The mailboxes of a raw header value ([`super::headers::Field::raw_value`]), read
+/// through [`bounded_value`].
+pub fn read_mailboxes(raw: &[u8]) -> Vec<Mailbox> {
+    parse_mailboxes(&bounded_value(raw).0)
+}
+
 fn is_comment_or_blank(rest: &str) -> bool {
     let rest = rest.trim();
     rest.is_empty() || (rest.starts_with('(') && rest.ends_with(')'))
@@ -530,13 +695,17 @@ pub fn encode_words(text: &str) -> Vec<String> {
 
 /// Render mailboxes strictly (comma-separated), folded at 78 characters for a header
 /// called `header` (the returned text goes after `Header: `). Names are tidied first
-/// (white space runs become one space, control characters go); an empty name is left
-/// out.
+/// (white space runs become one space, control characters go) and cut to
+/// [`MAX_NAME_OCTETS`]; an empty name is left out.
 pub fn render(mailboxes: &[Mailbox], header: &str) -> String {
     let mut out = String::new();
     let mut line_len = header.len() + 2;
     for (i, mailbox) in mailboxes.iter().enumerate() {
-        let name = mailbox.name.as_deref().map(tidy).filter(|n| !n.is_empty());
+        let name = mailbox
+            .name
+            .as_deref()
+            .map(|n| cap_name(tidy(n)))
+            .filter(|n| !n.is_empty());
         let mut tokens = name.as_deref().map(name_tokens).unwrap_or_default();
         tokens.push(format!("<{}>", mailbox.address));
         if i + 1 < mailboxes.len() {
@@ -738,6 +907,96 @@ mod tests {
         let unfolded = value.replace("\r\n", "");
         assert!(is_strict_mailbox(&unfolded), "{unfolded}");
         assert_eq!(first(&unfolded), mailbox(Some(&name), "a@example.com"));
+    }
+
+    #[test]
+    fn bounded_values_read_like_the_unfolded_value() {
+        for raw in [
+            &b" A <a@x.org>\r\n"[..],
+            b" \"Quoted, \\\"Name\" <q@x.org>\r\n",
+            b" Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>\r\n",
+            b" Team: one@x.org,\r\n two@x.org;\r\n",
+            b" =?UTF-8?B?5byg5LiJ?=\r\n <z@qq.com>\r\n",
+            b" <\">\"@x.org>, b@x.org\r\n",
+            b" \xd5\xc5\xc8\xfd <zhangsan@qq.com>\r\n",
+            b" a\rb <c@d.org>\r\n",
+        ] {
+            let want = decode_raw(&crate::transform::headers::unfold(raw));
+            assert_eq!(bounded_value(raw), (want, false), "{raw:?}");
+        }
+    }
+
+    /// A value with a run of `n` octets of `unit` in the middle.
+    fn huge(before: &str, unit: &str, n: usize, after: &str) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(n + 100);
+        raw.extend_from_slice(before.as_bytes());
+        let mut line = 0;
+        while raw.len() < n {
+            raw.extend_from_slice(unit.as_bytes());
+            line += unit.len();
+            if line > 900 {
+                raw.extend_from_slice(b"\r\n ");
+                line = 0;
+            }
+        }
+        raw.extend_from_slice(after.as_bytes());
+        raw
+    }
+
+    #[test]
+    fn huge_values_are_cut_while_reading() {
+        const N: usize = 4 << 20;
+        for (raw, name) in [
+            (huge(" ", "Big ", N, "<big@x.org>\r\n"), "Big"),
+            (huge(" \"", "q\\\" ", N, "\" <big@x.org>\r\n"), "q\""),
+            (huge(" big@x.org (", "c(o)m ", N, ")\r\n"), "c(o)m"),
+            (
+                huge(" ", "=?UTF-8?B?5byg5LiJ?= ", N, "<big@x.org>\r\n"),
+                "张三",
+            ),
+            (huge(" ", "张三", N, " <big@x.org>\r\n"), "张三"),
+        ] {
+            let (value, cut) = bounded_value(&raw);
+            assert!(cut);
+            assert!(value.len() <= MAX_PHRASE_READ + 100, "{}", value.len());
+            let read = parse_mailboxes(&value);
+            assert_eq!(read.len(), 1, "{value}");
+            assert_eq!(read[0].address, "big@x.org");
+            let text = read[0].name.as_deref().unwrap();
+            assert!(text.len() >= MAX_NAME_OCTETS, "{text}");
+            assert!(text.starts_with(name), "{text}");
+            let rendered = render(&read, "From");
+            assert!(rendered.len() < 2 * MAX_NAME_OCTETS, "{rendered}");
+            let unfolded = rendered.replace("\r\n", "");
+            assert!(is_strict_mailbox(&unfolded), "{unfolded}");
+            let again = parse_mailboxes(&unfolded);
+            let capped = again[0].name.as_deref().unwrap();
+            assert!(capped.len() <= MAX_NAME_OCTETS && text.starts_with(capped));
+        }
+        // An address that long is none; a list that long ends early.
+        let (value, cut) = bounded_value(&huge(" A <", "a", N, "@x.org>, b@x.org\r\n"));
+        assert!(cut);
+        assert_eq!(value, " A <>, b@x.org");
+        let (value, cut) = bounded_value(&huge(" ", "a@x.org, ", N, "last@x.org\r\n"));
+        assert!(cut && value.len() <= MAX_VALUE_READ + 16, "{}", value.len());
+        assert!(parse_mailboxes(&value).len() > 1000);
+    }
+
+    #[test]
+    fn names_are_cut_at_a_character_boundary() {
+        for (unit, kept) in [("a", 998), ("é", 998), ("张", 996), ("😀", 996)] {
+            let name = unit.repeat(2000);
+            let rendered = render(&[mailbox(Some(&name), "a@x.org")], "From");
+            let unfolded = rendered.replace("\r\n", "");
+            let read = first(&unfolded);
+            assert_eq!(read.name.as_deref(), Some(&name[..kept]), "{unit}");
+            assert!(is_strict_mailbox(&unfolded));
+        }
+        assert_eq!(cap_name(format!("{} b", "a".repeat(997))), "a".repeat(997));
+        // A strict value is kept only with a name within the bound.
+        let long = format!("{} <a@x.org>", "a".repeat(MAX_NAME_OCTETS + 1));
+        assert!(!is_strict_mailbox(&long));
+        assert!(is_strict_mailbox(&long[1..]));
     }
 
     #[test]
