@@ -696,8 +696,25 @@ pub fn encode_words(text: &str) -> Vec<String> {
 /// Render mailboxes strictly (comma-separated), folded at 78 characters for a header
 /// called `header` (the returned text goes after `Header: `). Names are tidied first
 /// (white space runs become one space, control characters go) and cut to
-/// [`MAX_NAME_OCTETS`]; an empty name is left out.
+/// [`MAX_NAME_OCTETS`]; an empty name is left out. A list is cut after the mailboxes
+/// that fit in half of [`MAX_VALUE_READ`], so that what is written is read back whole
+/// (normalising twice changes nothing).
 pub fn render(mailboxes: &[Mailbox], header: &str) -> String {
+    // An upper bound of each mailbox's unfolded length: a name at most doubles (quoted
+    // pairs; encoded words take 68 characters for 42 octets).
+    let mut budget = MAX_VALUE_READ / 2;
+    let count = mailboxes
+        .iter()
+        .take_while(|m| {
+            let name = m.name.as_ref().map_or(0, |n| n.len().min(MAX_NAME_OCTETS));
+            let need = 2 * name + m.address.len() + 8;
+            let fits = need <= budget;
+            budget = budget.saturating_sub(need);
+            fits
+        })
+        .count()
+        .max(1);
+    let mailboxes = &mailboxes[..count.min(mailboxes.len())];
     let mut out = String::new();
     let mut line_len = header.len() + 2;
     for (i, mailbox) in mailboxes.iter().enumerate() {
@@ -980,6 +997,25 @@ mod tests {
         let (value, cut) = bounded_value(&huge(" ", "a@x.org, ", N, "last@x.org\r\n"));
         assert!(cut && value.len() <= MAX_VALUE_READ + 16, "{}", value.len());
         assert!(parse_mailboxes(&value).len() > 1000);
+    }
+
+    #[test]
+    fn long_lists_are_written_so_that_they_read_back_whole() {
+        let raw = huge(" ", "a@x.org, ", 4 << 20, "last@x.org\r\n");
+        let (value, cut) = bounded_value(&raw);
+        assert!(cut);
+        let read = parse_mailboxes(&value);
+        let rendered = render(&read, "Reply-To");
+        assert!(
+            rendered.len() <= MAX_VALUE_READ / 2 + 100,
+            "{}",
+            rendered.len()
+        );
+        let (again, cut) = bounded_value(format!(" {rendered}\r\n").as_bytes());
+        assert!(!cut);
+        let reread = parse_mailboxes(&again);
+        assert!(reread.len() > 1000 && reread.len() < read.len());
+        assert_eq!(render(&reread, "Reply-To"), rendered);
     }
 
     #[test]

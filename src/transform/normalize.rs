@@ -290,6 +290,18 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_reply_to_list_is_cut_once() {
+        let s = sender();
+        let list = "Some One <some.one@example.com>, ".repeat(100_000);
+        let content = format!(
+            "From: a@x.org\r\nReply-To: {list}last@x.org\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n"
+        );
+        let out = normalize(content.as_bytes(), &ctx(&s)).unwrap();
+        assert!(out.len() < 64 * 1024, "{}", out.len());
+        assert_eq!(normalize(&out, &ctx(&s)).unwrap(), out, "normalised twice");
+    }
+
+    #[test]
     fn raw_gbk_names_become_utf8_encoded_words() {
         let s = sender();
         let out = normalize(b"From: \xd5\xc5\xc8\xfd <zhangsan@qq.com>\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n", &ctx(&s)).unwrap();
