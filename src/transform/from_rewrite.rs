@@ -185,21 +185,52 @@ pub fn is_strict_mailbox(value: &str) -> bool {
 /// Decode raw header bytes: UTF-8 if valid, else GB18030 (covering GBK and GB2312,
 /// which Chinese legacy apps send raw), else Windows-1252.
 pub fn decode_raw(bytes: &[u8]) -> String {
-    decode_cow(bytes).into_owned()
+    let mut out = String::with_capacity(bytes.len());
+    decode_chunks(bytes, |text| {
+        out.push_str(text);
+        true
+    });
+    out
 }
 
-/// [`decode_raw`] without a copy for UTF-8.
-fn decode_cow(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        return std::borrow::Cow::Borrowed(s);
+/// Decode `bytes` as [`decode_raw`] does, handing the text to `each` a piece at a time
+/// (until it returns false): UTF-8 in one piece without a copy, a legacy charset through
+/// a small buffer, so that decoding never needs memory in proportion to the input.
+fn decode_chunks(bytes: &[u8], mut each: impl FnMut(&str) -> bool) {
+    use encoding_rs::{CoderResult, DecoderResult, Encoding, GB18030, WINDOWS_1252};
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        each(text);
+        return;
     }
-    if let Some(s) = encoding_rs::GB18030.decode_without_bom_handling_and_without_replacement(bytes)
-    {
-        return s;
+    let mut buf = vec![0u8; 8192];
+    let valid = |encoding: &'static Encoding, buf: &mut [u8]| {
+        let mut decoder = encoding.new_decoder_without_bom_handling();
+        let mut src = bytes;
+        loop {
+            let (result, read, _) = decoder.decode_to_utf8_without_replacement(src, buf, true);
+            src = &src[read..];
+            match result {
+                DecoderResult::InputEmpty => return true,
+                DecoderResult::Malformed(..) => return false,
+                DecoderResult::OutputFull => {}
+            }
+        }
+    };
+    let encoding = if valid(GB18030, &mut buf) {
+        GB18030
+    } else {
+        WINDOWS_1252
+    };
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let mut src = bytes;
+    loop {
+        let (result, read, written, _) = decoder.decode_to_utf8(src, &mut buf, true);
+        src = &src[read..];
+        let text = std::str::from_utf8(&buf[..written]).expect("encoding_rs writes UTF-8");
+        if !each(text) || result == CoderResult::InputEmpty {
+            return;
+        }
     }
-    encoding_rs::WINDOWS_1252
-        .decode_without_bom_handling(bytes)
-        .0
 }
 
 /// A raw header value (as [`super::headers::Field::raw_value`] holds it: folded, any
@@ -212,88 +243,139 @@ fn decode_cow(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// and whether anything was cut.
 ///
 /// Reading then costs memory in proportion to the bounds, not to the header: a 24 MiB
-/// display name is scanned once, never copied (unless it needs a legacy charset
-/// decoded) and never handed to mail-parser.
+/// display name is scanned once (twice in a legacy charset: once to tell GB18030 from
+/// Windows-1252), never copied and never handed to mail-parser.
 pub fn bounded_value(raw: &[u8]) -> (String, bool) {
-    let decoded = decode_cow(raw);
-    let mut out = String::with_capacity(decoded.len().min(MAX_VALUE_READ + 16));
-    let (mut in_quote, mut depth, mut escaped, mut in_angle) = (false, 0usize, false, false);
-    // Octets of the current run outside brackets / inside brackets; where each starts.
-    let (mut run, mut run_start, mut angle, mut angle_start) = (0usize, 0usize, 0usize, 0usize);
-    // Dropping the rest of an over-long run or address.
-    let (mut skipping, mut cut) = (false, false);
-    let mut chars = decoded.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut reader = BoundedReader {
+        out: String::with_capacity(raw.len().min(MAX_VALUE_READ + 16)),
+        ..BoundedReader::default()
+    };
+    decode_chunks(raw, |text| text.chars().all(|c| reader.push(c)));
+    reader.finish()
+}
+
+/// The state of [`bounded_value`].
+#[derive(Default)]
+struct BoundedReader {
+    out: String,
+    in_quote: bool,
+    /// Comment nesting.
+    depth: usize,
+    /// After a backslash in a quoted string or comment.
+    escaped: bool,
+    in_angle: bool,
+    /// A CR not yet known to start a line break.
+    pending_cr: bool,
+    /// Octets of the current run outside brackets, and where it starts in `out`.
+    run: usize,
+    run_start: usize,
+    /// Octets of the current address in brackets, and where it starts in `out`.
+    angle: usize,
+    angle_start: usize,
+    /// Dropping the rest of an over-long run or address.
+    skipping: bool,
+    /// Something was dropped.
+    cut: bool,
+}
+
+impl BoundedReader {
+    /// Read `c`; false once the rest of the value is to be dropped.
+    fn push(&mut self, c: char) -> bool {
         // Unfold: a line break goes (RFC 5322 §2.2.3), as in `headers::unfold`.
-        if c == '\n' || (c == '\r' && chars.peek() == Some(&'\n')) {
-            continue;
+        if std::mem::take(&mut self.pending_cr) {
+            if c == '\n' {
+                return true;
+            }
+            if !self.read('\r') {
+                return false;
+            }
         }
-        if in_angle {
+        match c {
+            '\n' => true,
+            '\r' => {
+                self.pending_cr = true;
+                true
+            }
+            c => self.read(c),
+        }
+    }
+
+    /// The text read and whether anything was cut.
+    fn finish(mut self) -> (String, bool) {
+        if std::mem::take(&mut self.pending_cr) {
+            self.read('\r');
+        }
+        (self.out, self.cut)
+    }
+
+    fn read(&mut self, c: char) -> bool {
+        let out = &mut self.out;
+        if self.in_angle {
             let closing = match c {
-                _ if escaped => {
-                    escaped = false;
+                _ if self.escaped => {
+                    self.escaped = false;
                     false
                 }
-                '\\' if in_quote => {
-                    escaped = true;
+                '\\' if self.in_quote => {
+                    self.escaped = true;
                     false
                 }
                 '"' => {
-                    in_quote = !in_quote;
+                    self.in_quote = !self.in_quote;
                     false
                 }
-                '>' if !in_quote => true,
+                '>' if !self.in_quote => true,
                 _ => false,
             };
             if closing {
-                in_angle = false;
-                skipping = false;
+                self.in_angle = false;
+                self.skipping = false;
                 out.push('>');
-                (run, run_start) = (0, out.len());
-                continue;
+                (self.run, self.run_start) = (0, out.len());
+                return true;
             }
-            angle += c.len_utf8();
-            if skipping {
-                continue;
+            self.angle += c.len_utf8();
+            if self.skipping {
+                return true;
             }
-            if angle > MAX_ANGLE_READ {
-                out.truncate(angle_start);
-                (skipping, cut) = (true, true);
-                continue;
+            if self.angle > MAX_ANGLE_READ {
+                out.truncate(self.angle_start);
+                (self.skipping, self.cut) = (true, true);
+                return true;
             }
             out.push(c);
-            continue;
+            return true;
         }
-        let top = !in_quote && depth == 0 && !escaped;
+        let top = !self.in_quote && self.depth == 0 && !self.escaped;
         if top && matches!(c, ',' | ';' | ':' | '<' | '>') {
             if out.len() >= MAX_VALUE_READ {
-                cut = true;
-                break;
+                self.cut = true;
+                return false;
             }
-            skipping = false;
+            self.skipping = false;
             out.push(c);
-            (run, run_start) = (0, out.len());
+            (self.run, self.run_start) = (0, out.len());
             if c == '<' {
-                (in_angle, angle, angle_start) = (true, 0, out.len());
+                (self.in_angle, self.angle, self.angle_start) = (true, 0, out.len());
             }
-            continue;
+            return true;
         }
         // The state before `c`, for closing what is open if the run is cut here.
-        let (was_quote, was_depth, was_escaped) = (in_quote, depth, escaped);
+        let (was_quote, was_depth, was_escaped) = (self.in_quote, self.depth, self.escaped);
         match c {
-            _ if escaped => escaped = false,
-            '\\' if in_quote || depth > 0 => escaped = true,
-            '"' if depth == 0 => in_quote = !in_quote,
-            '(' if !in_quote => depth += 1,
-            ')' if !in_quote && depth > 0 => depth -= 1,
+            _ if self.escaped => self.escaped = false,
+            '\\' if self.in_quote || self.depth > 0 => self.escaped = true,
+            '"' if self.depth == 0 => self.in_quote = !self.in_quote,
+            '(' if !self.in_quote => self.depth += 1,
+            ')' if !self.in_quote && self.depth > 0 => self.depth -= 1,
             _ => {}
         }
-        run += c.len_utf8();
-        if skipping {
-            continue;
+        self.run += c.len_utf8();
+        if self.skipping {
+            return true;
         }
-        if run > MAX_PHRASE_READ {
-            (skipping, cut) = (true, true);
+        if self.run > MAX_PHRASE_READ {
+            (self.skipping, self.cut) = (true, true);
             if was_escaped {
                 out.pop();
             }
@@ -301,17 +383,17 @@ pub fn bounded_value(raw: &[u8]) -> (String, bool) {
                 out.push('"');
             } else if was_depth > 0 {
                 out.extend(std::iter::repeat_n(')', was_depth));
-            } else if let Some(space) = out[run_start..].rfind([' ', '\t'])
-                && out[run_start + space + 1..].starts_with("=?")
+            } else if let Some(space) = out[self.run_start..].rfind([' ', '\t'])
+                && out[self.run_start + space + 1..].starts_with("=?")
             {
                 // Not half an encoded word: it would read as text.
-                out.truncate(run_start + space);
+                out.truncate(self.run_start + space);
             }
-            continue;
+            return true;
         }
         out.push(c);
+        true
     }
-    (out, cut)
 }
 
 /// The display name cut to [`MAX_NAME_OCTETS`] at a character boundary.
@@ -937,6 +1019,8 @@ mod tests {
             b" <\">\"@x.org>, b@x.org\r\n",
             b" \xd5\xc5\xc8\xfd <zhangsan@qq.com>\r\n",
             b" a\rb <c@d.org>\r\n",
+            b" a@x.org\r",
+            b" \x80uro <e@x.org>\r\n",
         ] {
             let want = decode_raw(&crate::transform::headers::unfold(raw));
             assert_eq!(bounded_value(raw), (want, false), "{raw:?}");
@@ -990,6 +1074,18 @@ mod tests {
             let capped = again[0].name.as_deref().unwrap();
             assert!(capped.len() <= MAX_NAME_OCTETS && text.starts_with(capped));
         }
+        // A legacy charset is decoded through a small buffer, and cut the same way.
+        let gbk = huge(" ", "\u{0}", N, "").len();
+        let mut raw = b" ".to_vec();
+        while raw.len() < gbk {
+            raw.extend_from_slice(b"\xd5\xc5\xc8\xfd \r\n ");
+        }
+        raw.extend_from_slice(b"<big@x.org>\r\n");
+        let (value, cut) = bounded_value(&raw);
+        assert!(cut && value.len() <= MAX_PHRASE_READ + 100);
+        let read = parse_mailboxes(&value);
+        assert_eq!(read[0].address, "big@x.org");
+        assert!(read[0].name.as_deref().unwrap().starts_with("张三 张三"));
         // An address that long is none; a list that long ends early.
         let (value, cut) = bounded_value(&huge(" A <", "a", N, "@x.org>, b@x.org\r\n"));
         assert!(cut);
@@ -1040,6 +1136,9 @@ mod tests {
         let gbk = b"\xd5\xc5\xc8\xfd <zhangsan@qq.com>";
         assert_eq!(decode_raw(gbk), "张三 <zhangsan@qq.com>");
         assert_eq!(decode_raw("é <a@x.org>".as_bytes()), "é <a@x.org>");
+        assert_eq!(decode_raw(b"\x80 \xe9"), "€ é");
+        let long = b"\xd5\xc5\xc8\xfd".repeat(10_000);
+        assert_eq!(decode_raw(&long), "张三".repeat(10_000));
     }
 
     #[test]
