@@ -532,6 +532,19 @@ async fn complete(
             return (next, Reply::new(550, Enhanced(5, 6, 0), text));
         }
     };
+    // The repairs may add a little (Date, Message-ID, encoded words, one display name of
+    // at most MAX_NAME_OCTETS); a message that no longer fits the limit we advertise is
+    // refused now rather than handed on above it (RFC 1870: 552 5.3.4).
+    if content.len() as u64 > ctx.rules.max_message_size {
+        let text = format!(
+            "Message too big once its headers are repaired: {} octets exceed the limit of {}; nothing was kept",
+            content.len(),
+            ctx.rules.max_message_size
+        );
+        info!(client = %peer, size = content.len(), "message refused: too big once normalised");
+        metrics::counter!(name::REJECTED, "reason" => "size").increment(1);
+        return (next, Reply::new(552, Enhanced(5, 3, 4), text));
+    }
     let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
     let mut data = Vec::with_capacity(trace.len() + content.len());
     data.extend_from_slice(trace.as_bytes());
