@@ -6,6 +6,7 @@
 //! queue mode, the delivery stage in passthrough mode — and answers `250` only once the
 //! handoff says the message is safe.
 
+mod intake;
 mod limits;
 pub mod phase;
 mod session;
