@@ -4,24 +4,29 @@
 //! message acceptable to strict providers and delivers it through a pool of upstreams.
 //!
 //! ```text
-//!   client ──SMTP──▶ accept ──▶ spool ──▶ transform ──▶ deliver ──▶ upstream
-//!                    (server)   (durable)  (From, DKIM)  (pool, TLS)  (smtps/smtp/maildir)
+//!  client ─SMTP─▶ accept ─▶ transform::normalize ─▶ Handoff ─┬─ queue mode:  spool (fsync) ─▶ scheduler ─┐
+//!                 (session,  (strict From, Date,             │                                            ├─▶ deliver::failover ─▶ upstreams
+//!                  limits)    Message-ID, Received)          └─ passthrough: deliver at once ─────────────┘   (sender policy, 7-bit,
+//!                                                                            (leftovers to the spool)          DKIM, pool, TLS, OAuth)
 //! ```
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`proto`] | sans-I/O SMTP: command parser, replies, addresses, DATA framing, client-side reply parser |
-//! | [`accept`] | stage 1: listener, connection limits, the session state machine and its driver |
-//! | [`transform`] | stage 3: pure rewrites of the message (trace headers today) |
-//! | [`deliver`] | stage 4: upstreams (Maildir today) and the SMTP client |
-//! | [`config`] | typed configuration: layering, environment, validation |
-//! | [`relay`] | wiring the stages together, graceful shutdown |
+//! | [`proto`] | sans-I/O SMTP: command parser, replies, addresses, DATA framing, client-side reply parser, PROXY header |
+//! | [`accept`] | stage 1: listener, connection limits, the session state machine ([`accept::phase`]) and its driver; hands each message over through [`accept::Handoff`] |
+//! | [`spool`] | stage 2: the durable journal (group commit, recovery, quarantine), per-recipient state, `ctl/` requests from the `queue` command |
+//! | [`transform`] | stage 3: pure rewrites: the header block and From/Sender/Reply-To at acceptance, the upstream's `sender` policy, 7-bit conversion and DKIM at delivery |
+//! | [`deliver`] | stage 4: the queue-mode scheduler (retries, bounces, disk guard), the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
+//! | [`config`] | typed configuration: layering, environment, validation per section, provider presets |
+//! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `send`, and the metrics/health HTTP endpoint |
+//! | [`relay`] | wiring the stages together, reload, graceful shutdown |
 //! | [`message`] | what flows between stages: queue id, envelope, content |
-//! | [`tls`] | rustls set-up from PEM files |
+//! | [`telemetry`] | metric names and descriptions: a leaf every stage records to |
+//! | [`tls`] | rustls set-up from PEM files, shared by SMTP and HTTPS |
 //!
-//! The durable spool (stage 2) sits between accept and deliver behind the
-//! [`accept::Handoff`] interface; until it lands, messages are delivered while the
-//! client waits, and `250` is sent only once the upstream has the message.
+//! In queue mode a client hears `250` only once the message is fsync'd in the spool; in
+//! passthrough mode only once an upstream accepted it (recipients left over then go to
+//! the spool). See `docs/` for the user-facing behaviour.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,6 +39,7 @@ pub mod ops;
 pub mod proto;
 pub mod relay;
 pub mod spool;
+pub mod telemetry;
 pub mod tls;
 pub mod transform;
 

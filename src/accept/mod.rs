@@ -6,6 +6,7 @@
 //! queue mode, the delivery stage in passthrough mode — and answers `250` only once the
 //! handoff says the message is safe.
 
+mod intake;
 mod limits;
 pub mod phase;
 mod session;
@@ -24,9 +25,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::message::Message;
-use crate::ops::metrics::name;
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
+use crate::telemetry::name;
 use limits::ClientCounter;
 use phase::Rules;
 use session::SessionContext;

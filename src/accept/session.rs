@@ -1,27 +1,24 @@
 //! The per-connection driver: reads bytes, runs them through [`Phase`], writes replies.
 //!
-//! This is the only place that writes to the client socket and the only place where
-//! errors from later stages become SMTP replies.
+//! This is the only place that writes to the client socket; what a complete message
+//! becomes, and the reply it gets, is the [`intake`]'s.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::phase::{Completion, Phase, Rules, Step};
-use super::{Handoff, HandoffError, RunState};
-use crate::message::{ClientInfo, Message, QueueId};
-use crate::ops::metrics::name;
+use super::intake;
+use super::phase::{Phase, Rules, Step};
+use super::{Handoff, RunState};
 use crate::proto::{Enhanced, MAX_COMMAND_LINE, Reply, parse_command};
-use crate::transform::normalize::{Acceptance, normalize};
-use crate::transform::trace::received_header;
 
 /// Protocol errors a client may make before we hang up (RFC 5321 §4.3.2 lets a server
 /// close on a client that only sends garbage).
@@ -64,6 +61,12 @@ enum End {
 enum Transport<S> {
     Plain(S),
     Tls(Box<tokio_rustls::server::TlsStream<S>>),
+    /// During the STARTTLS handshake, which owns the stream; never read or written.
+    Upgrading,
+}
+
+fn upgrading<T>() -> Poll<std::io::Result<T>> {
+    Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Transport<S> {
@@ -75,6 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Transport<S> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Upgrading => upgrading(),
         }
     }
 }
@@ -88,18 +92,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Upgrading => upgrading(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Upgrading => upgrading(),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Upgrading => upgrading(),
         }
     }
 }
@@ -285,9 +292,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Answer `220`, drop anything the client pipelined after STARTTLS (it was sent in
     /// plaintext and must not be executed inside TLS), and run the handshake.
-    async fn start_tls(mut self, acceptor: &TlsAcceptor) -> Result<(Connection<S>, String), End> {
+    /// Returns the TLS version and cipher suite.
+    async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> Result<String, End> {
         self.flush().await.map_err(End::Io)?;
-        let Transport::Plain(plain) = self.stream else {
+        let Transport::Plain(plain) = std::mem::replace(&mut self.stream, Transport::Upgrading)
+        else {
             return Err(End::Io(std::io::Error::other("STARTTLS on a TLS stream")));
         };
         let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(plain));
@@ -305,14 +314,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .negotiated_cipher_suite()
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default();
-        let conn = Connection {
-            stream: Transport::Tls(Box::new(tls)),
-            rbuf: Vec::new(),
-            rpos: 0,
-            wbuf: Vec::new(),
-            timeout: self.timeout,
-        };
-        Ok((conn, format!("{version} {suite}")))
+        self.stream = Transport::Tls(Box::new(tls));
+        self.rbuf = Vec::new();
+        self.rpos = 0;
+        self.wbuf.clear();
+        Ok(format!("{version} {suite}"))
     }
 }
 
@@ -322,7 +328,7 @@ pub(crate) async fn run<S>(
     peer: SocketAddr,
     refusal: Option<String>,
     ctx: Arc<SessionContext>,
-    mut shutdown: watch::Receiver<RunState>,
+    shutdown: watch::Receiver<RunState>,
     initial: Vec<u8>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -330,7 +336,7 @@ pub(crate) async fn run<S>(
     let mut rules = ctx.rules.clone();
     rules.starttls_available = ctx.tls.is_some();
     let refused = refusal.is_some();
-    let (mut phase, greeting) = Phase::start(&rules, refusal);
+    let (phase, greeting) = Phase::start(&rules, refusal);
     if refused {
         info!(client = %peer, "refused: not in trusted_networks");
     }
@@ -347,227 +353,243 @@ pub(crate) async fn run<S>(
         },
     };
     conn.queue(&greeting);
-    let mut tls_info: Option<String> = None;
-    let mut errors = 0;
+    let session = Session {
+        conn,
+        phase: Some(phase),
+        rules,
+        ctx,
+        peer,
+        tls_info: None,
+        errors: 0,
+        shutdown,
+    };
+    session.run().await;
+}
 
-    let end = loop {
-        if errors >= MAX_ERRORS {
-            let text = format!("{} Too many errors, closing connection", rules.hostname);
-            conn.queue(&Reply::new(421, Enhanced(4, 7, 0), text));
-            break None;
+/// What the session does after a step.
+enum Flow {
+    /// Read the next command.
+    Continue,
+    /// Send what is queued and close (QUIT, too many errors, a reply that closes).
+    Close,
+    /// The connection ended or must end without a QUIT.
+    Ended(End),
+    /// Drop the connection as it is (a failed TLS handshake: nothing can be sent).
+    Abort,
+}
+
+/// One SMTP session: the connection, the protocol phase, and what the session learned.
+/// One method per step; only [`Session::run`] loops.
+struct Session<S> {
+    conn: Connection<S>,
+    /// Always `Some` between steps; taken while a step moves the phase by value.
+    phase: Option<Phase>,
+    rules: Rules,
+    ctx: Arc<SessionContext>,
+    peer: SocketAddr,
+    /// The TLS version and cipher after STARTTLS, for the `Received` header.
+    tls_info: Option<String>,
+    /// Protocol errors so far; at [`MAX_ERRORS`] the session ends with `421`.
+    errors: u32,
+    shutdown: watch::Receiver<RunState>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    fn phase(&mut self) -> &mut Phase {
+        self.phase
+            .as_mut()
+            .expect("the phase is back after every step")
+    }
+
+    async fn run(mut self) {
+        let end = loop {
+            let flow = self.next_command().await;
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => break None,
+                Flow::Ended(end) => break Some(end),
+                Flow::Abort => return,
+            }
+        };
+        self.finish(end).await;
+    }
+
+    /// Read one command line and carry it out.
+    async fn next_command(&mut self) -> Flow {
+        if self.errors >= MAX_ERRORS {
+            let text = format!(
+                "{} Too many errors, closing connection",
+                self.rules.hostname
+            );
+            self.conn.queue(&Reply::new(421, Enhanced(4, 7, 0), text));
+            return Flow::Close;
         }
-        let line = match conn.next_line(&mut shutdown, !phase.in_transaction()).await {
+        let idle = !self.phase().in_transaction();
+        let line = match self.conn.next_line(&mut self.shutdown, idle).await {
             Ok(Line::Command(line)) => line,
             Ok(Line::TooLong) => {
-                errors += 1;
-                conn.queue(&Reply::new(
+                self.errors += 1;
+                self.conn.queue(&Reply::new(
                     500,
                     Enhanced(5, 5, 2),
                     format!("Line too long (limit {MAX_COMMAND_LINE} octets)"),
                 ));
-                continue;
+                return Flow::Continue;
             }
-            Err(end) => break Some(end),
+            Err(end) => return Flow::Ended(end),
         };
         let cmd = match parse_command(&line) {
             Ok(cmd) => cmd,
             Err(e) => {
-                errors += 1;
+                self.errors += 1;
                 let reply = e.reply();
-                debug!(client = %peer, error = %e, "bad command");
-                conn.queue(&reply);
-                if reply.close {
-                    break None;
-                }
-                continue;
+                debug!(client = %self.peer, error = %e, "bad command");
+                return self.reply(reply);
             }
         };
-        let (next, step) = phase.on_command(cmd, &rules);
-        phase = next;
+        let phase = self
+            .phase
+            .take()
+            .expect("the phase is back after every step");
+        let (next, step) = phase.on_command(cmd, &self.rules);
+        self.phase = Some(next);
         match step {
             Step::Reply(reply) => {
                 if matches!(reply.code, 500..=504 | 554 | 555) {
-                    errors += 1;
+                    self.errors += 1;
                 }
-                conn.queue(&reply);
-                if reply.close {
-                    break None;
-                }
+                self.reply(reply)
             }
-            Step::ReadData(go) => {
-                conn.queue(&go);
-                if let Err(end) = conn.read_data(&mut phase, &mut shutdown).await {
-                    break Some(end);
-                }
-                let (next, reply) = complete(phase, peer, tls_info.as_deref(), &ctx).await;
-                phase = next;
-                conn.queue(&reply);
-            }
-            Step::ReadChunk { size, last } => {
-                if let Err(end) = conn.read_chunk(&mut phase, size, &mut shutdown).await {
-                    break Some(end);
-                }
-                if let Some(reply) = phase.chunk_without_transaction() {
-                    errors += 1;
-                    conn.queue(&reply);
-                } else if last {
-                    if let Some(incoming) = phase.incoming() {
-                        incoming.reader.finish(&mut incoming.content);
-                    }
-                    let (next, reply) = complete(phase, peer, tls_info.as_deref(), &ctx).await;
-                    phase = next;
-                    conn.queue(&reply);
-                } else {
-                    conn.queue(&Reply::new(
-                        250,
-                        Enhanced(2, 0, 0),
-                        format!("{size} octets received"),
-                    ));
-                }
-            }
-            Step::StartTls(ready) => {
-                let acceptor = ctx
-                    .tls
-                    .clone()
-                    .expect("STARTTLS is only offered with a certificate");
-                conn.queue(&ready);
-                match conn.start_tls(&acceptor).await {
-                    Ok((upgraded, info)) => {
-                        debug!(client = %peer, tls = %info, "STARTTLS done");
-                        conn = upgraded;
-                        tls_info = Some(info);
-                        rules.starttls_available = false;
-                    }
-                    Err(end) => {
-                        info!(client = %peer, error = ?end, "TLS handshake failed");
-                        return;
-                    }
-                }
-            }
+            Step::ReadData(go) => self.on_data(go).await,
+            Step::ReadChunk { size, last } => self.on_chunk(size, last).await,
+            Step::StartTls(ready) => self.on_starttls(ready).await,
         }
-    };
-
-    match end {
-        Some(End::Timeout) => {
-            let text = format!(
-                "{} Timeout: no complete command within {}s, closing connection",
-                rules.hostname,
-                conn.timeout.as_secs()
-            );
-            conn.queue(&Reply::new(421, Enhanced(4, 4, 2), text));
-            info!(client = %peer, "closed after timeout");
-        }
-        Some(End::Shutdown) => {
-            let text = format!(
-                "{} Service shutting down, please try again later",
-                rules.hostname
-            );
-            conn.queue(&Reply::new(421, Enhanced(4, 3, 2), text));
-        }
-        Some(End::Eof) => {
-            if phase.in_transaction() {
-                info!(client = %peer, "client disconnected during a transaction; nothing was accepted");
-            }
-            return;
-        }
-        Some(End::Io(e)) => {
-            debug!(client = %peer, error = %e, "connection error");
-            return;
-        }
-        None => {}
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = conn.flush().await;
-        let _ = conn.stream.shutdown().await;
-    })
-    .await;
-}
 
-/// A message is complete: check it, hand it to the next stage, and produce the reply.
-async fn complete(
-    phase: Phase,
-    peer: SocketAddr,
-    tls: Option<&str>,
-    ctx: &SessionContext,
-) -> (Phase, Reply) {
-    let helo = phase
-        .helo()
-        .cloned()
-        .expect("a transaction implies a greeting");
-    let (next, completion) = phase.end_of_content();
-    let (envelope, content) = match completion {
-        Completion::Accept { envelope, content } => (envelope, content),
-        Completion::Reject(reply) => {
-            info!(client = %peer, reply = %reply, "message rejected");
-            let reason = match reply.code {
-                552 => "size",
-                554 => "loop",
-                _ => "other",
-            };
-            metrics::counter!(name::REJECTED, "reason" => reason).increment(1);
-            return (next, reply);
+    /// Queue `reply`; close after it if it says so.
+    fn reply(&mut self, reply: Reply) -> Flow {
+        self.conn.queue(&reply);
+        if reply.close {
+            Flow::Close
+        } else {
+            Flow::Continue
         }
-    };
-    let id = QueueId::generate();
-    let now = SystemTime::now();
-    let client = ClientInfo {
-        ip: peer.ip(),
-        helo: helo.name,
-        esmtp: helo.extended,
-        tls: tls.map(str::to_owned),
-    };
-    let acceptance = Acceptance {
-        sender: &envelope.sender,
-        hostname: &ctx.rules.hostname,
-        smtputf8: envelope.smtputf8,
-        id,
-        now,
-    };
-    let content = match normalize(&content, &acceptance) {
-        Ok(content) => content,
-        Err(e) => {
-            info!(client = %peer, error = %e, "message refused: no usable sender address");
-            let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
-            metrics::counter!(name::REJECTED, "reason" => "no_address").increment(1);
-            return (next, Reply::new(550, Enhanced(5, 6, 0), text));
+    }
+
+    /// `DATA`: read the content up to `CRLF.CRLF`, then hand the message on.
+    async fn on_data(&mut self, go: Reply) -> Flow {
+        self.conn.queue(&go);
+        let phase = self
+            .phase
+            .as_mut()
+            .expect("the phase is back after every step");
+        if let Err(end) = self.conn.read_data(phase, &mut self.shutdown).await {
+            return Flow::Ended(end);
         }
-    };
-    let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
-    let mut data = Vec::with_capacity(trace.len() + content.len());
-    data.extend_from_slice(trace.as_bytes());
-    data.extend_from_slice(&content);
-    drop(content);
-    let size = data.len();
-    let (sender, rcpts) = (envelope.sender.to_string(), envelope.recipients.len());
-    let message = Message {
-        id,
-        envelope,
-        content: data,
-        received_at: now,
-    };
-    let reply = match ctx.handoff.submit(message).await {
-        Ok(()) => {
-            metrics::counter!(name::RECEIVED).increment(1);
-            info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, "message accepted");
-            Reply::new(250, Enhanced(2, 0, 0), format!("queued as {id}"))
+        self.complete().await;
+        Flow::Continue
+    }
+
+    /// `BDAT`: read the chunk; after the last one hand the message on.
+    async fn on_chunk(&mut self, size: u64, last: bool) -> Flow {
+        let phase = self
+            .phase
+            .as_mut()
+            .expect("the phase is back after every step");
+        if let Err(end) = self.conn.read_chunk(phase, size, &mut self.shutdown).await {
+            return Flow::Ended(end);
         }
-        Err(HandoffError::Refused(reply)) => {
-            metrics::counter!(name::REJECTED, "reason" => "delivery").increment(1);
-            info!(queue_id = %id, client = %peer, from = %sender, reply = %reply, "message refused by delivery");
-            reply
+        if let Some(reply) = self.phase().chunk_without_transaction() {
+            self.errors += 1;
+            self.conn.queue(&reply);
+        } else if last {
+            if let Some(incoming) = self.phase().incoming() {
+                incoming.reader.finish(&mut incoming.content);
+            }
+            self.complete().await;
+        } else {
+            self.conn.queue(&Reply::new(
+                250,
+                Enhanced(2, 0, 0),
+                format!("{size} octets received"),
+            ));
         }
-        Err(HandoffError::Unavailable(detail)) => {
-            metrics::counter!(name::REJECTED, "reason" => "local_error").increment(1);
-            warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: local failure");
-            Reply::temporary_failure()
+        Flow::Continue
+    }
+
+    /// The content is complete: the intake checks it and hands it on; queue its reply.
+    async fn complete(&mut self) {
+        let phase = self
+            .phase
+            .take()
+            .expect("the phase is back after every step");
+        let (next, reply) =
+            intake::complete(phase, self.peer, self.tls_info.as_deref(), &self.ctx).await;
+        self.phase = Some(next);
+        self.conn.queue(&reply);
+    }
+
+    /// `STARTTLS`: answer, then the handshake; the session goes on encrypted with a
+    /// fresh state (the phase has forgotten the greeting).
+    async fn on_starttls(&mut self, ready: Reply) -> Flow {
+        let acceptor = self
+            .ctx
+            .tls
+            .clone()
+            .expect("STARTTLS is only offered with a certificate");
+        self.conn.queue(&ready);
+        match self.conn.start_tls(&acceptor).await {
+            Ok(info) => {
+                debug!(client = %self.peer, tls = %info, "STARTTLS done");
+                self.tls_info = Some(info);
+                self.rules.starttls_available = false;
+                Flow::Continue
+            }
+            Err(end) => {
+                info!(client = %self.peer, error = ?end, "TLS handshake failed");
+                Flow::Abort
+            }
         }
-        Err(HandoffError::NoStorage(detail)) => {
-            metrics::counter!(name::REJECTED, "reason" => "no_storage").increment(1);
-            warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: spool storage full");
-            Reply::insufficient_storage()
+    }
+
+    /// The last words: `421` for a timeout or a shutdown, then flush and close; nothing
+    /// for a client that is gone.
+    async fn finish(mut self, end: Option<End>) {
+        match end {
+            Some(End::Timeout) => {
+                let text = format!(
+                    "{} Timeout: no complete command within {}s, closing connection",
+                    self.rules.hostname,
+                    self.conn.timeout.as_secs()
+                );
+                self.conn.queue(&Reply::new(421, Enhanced(4, 4, 2), text));
+                info!(client = %self.peer, "closed after timeout");
+            }
+            Some(End::Shutdown) => {
+                let text = format!(
+                    "{} Service shutting down, please try again later",
+                    self.rules.hostname
+                );
+                self.conn.queue(&Reply::new(421, Enhanced(4, 3, 2), text));
+            }
+            Some(End::Eof) => {
+                if self.phase().in_transaction() {
+                    info!(client = %self.peer, "client disconnected during a transaction; nothing was accepted");
+                }
+                return;
+            }
+            Some(End::Io(e)) => {
+                debug!(client = %self.peer, error = %e, "connection error");
+                return;
+            }
+            None => {}
         }
-    };
-    (next, reply)
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = self.conn.flush().await;
+            let _ = self.conn.stream.shutdown().await;
+        })
+        .await;
+    }
 }
 
 #[cfg(test)]
@@ -577,7 +599,7 @@ mod tests {
     struct Discard;
 
     impl Handoff for Discard {
-        fn submit(&self, _message: Message) -> crate::accept::HandoffFuture<'_> {
+        fn submit(&self, _message: crate::message::Message) -> crate::accept::HandoffFuture<'_> {
             Box::pin(async { Ok(()) })
         }
     }

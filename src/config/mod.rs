@@ -9,6 +9,7 @@ mod load;
 mod oauth;
 mod provider;
 mod upstream_url;
+mod validate;
 mod values;
 
 use std::net::SocketAddr;

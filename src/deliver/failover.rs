@@ -196,7 +196,7 @@ async fn attempt(
             if up.breaker.record_success() {
                 info!(upstream = %up.name, "circuit breaker closed: the upstream works again");
             }
-            metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone())
+            metrics::gauge!(crate::telemetry::name::UPSTREAM_UP, "upstream" => up.name.clone())
                 .set(1.0);
             return Attempt::Replies {
                 replies: replies.into_iter().map(as_pair).collect(),
@@ -208,7 +208,7 @@ async fn attempt(
     let (host, port, mode) = up.describe();
     let fix = failure.diagnosis(host, port, mode);
     let up_gauge =
-        metrics::gauge!(crate::ops::metrics::name::UPSTREAM_UP, "upstream" => up.name.clone());
+        metrics::gauge!(crate::telemetry::name::UPSTREAM_UP, "upstream" => up.name.clone());
     if failure.scope() == Scope::Upstream {
         if up.breaker.record_failure(admission, Instant::now()) {
             warn!(upstream = %up.name, "circuit breaker opened: skipping this upstream for a while");

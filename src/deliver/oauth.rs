@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::{OAuthConfig, OAuthFlow, Secret};
-use crate::ops::metrics::name;
+use crate::telemetry::name;
 use crate::tls::TlsSetupError;
 
 /// The device-code grant type (RFC 8628 §3.4).

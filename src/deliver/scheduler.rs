@@ -256,7 +256,7 @@ impl Scheduler {
         if let Some(dsn) = bounce(message, &failed, &self.inner.settings.hostname, now) {
             let dsn_id = dsn.id;
             self.inner.spool.put(&dsn).await?;
-            metrics::counter!(crate::ops::metrics::name::BOUNCED).increment(1);
+            metrics::counter!(crate::telemetry::name::BOUNCED).increment(1);
             info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "passthrough: bounce queued to the sender for the refused recipients");
             self.enqueue(dsn_id, Some(Arc::new(dsn)));
         } else if !failed.is_empty() {
@@ -465,7 +465,7 @@ impl Scheduler {
             let dsn_id = dsn.id;
             match spool.put(&dsn).await {
                 Ok(()) => {
-                    metrics::counter!(crate::ops::metrics::name::BOUNCED).increment(1);
+                    metrics::counter!(crate::telemetry::name::BOUNCED).increment(1);
                     info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "bounce queued to the sender");
                     self.enqueue(dsn_id, Some(Arc::new(dsn)));
                 }
@@ -647,7 +647,7 @@ impl Scheduler {
                 self.apply(request).await;
             }
             {
-                use crate::ops::metrics::name;
+                use crate::telemetry::name;
                 metrics::gauge!(name::QUEUE).set(self.inner.spool.len() as f64);
                 let oldest = self
                     .inner

@@ -14,35 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-/// Metric names, in one place.
-pub mod name {
-    /// Messages accepted (250 sent).
-    pub const RECEIVED: &str = "smarthost_messages_received_total";
-    /// Messages or connections refused, by `reason`.
-    pub const REJECTED: &str = "smarthost_messages_rejected_total";
-    /// Recipients delivered, by `upstream`.
-    pub const DELIVERED: &str = "smarthost_messages_delivered_total";
-    /// Recipients deferred, by `upstream`.
-    pub const DEFERRED: &str = "smarthost_messages_deferred_total";
-    /// Bounces generated.
-    pub const BOUNCED: &str = "smarthost_messages_bounced_total";
-    /// Messages in the spool.
-    pub const QUEUE: &str = "smarthost_queue_messages";
-    /// Age of the oldest queued message.
-    pub const QUEUE_OLDEST: &str = "smarthost_queue_oldest_age_seconds";
-    /// Client connections open now.
-    pub const CONNECTIONS: &str = "smarthost_connections_active";
-    /// Time for one delivery attempt (walk over the upstreams).
-    pub const DELIVERY_DURATION: &str = "smarthost_delivery_duration_seconds";
-    /// Time to sign one message.
-    pub const DKIM_DURATION: &str = "smarthost_dkim_sign_duration_seconds";
-    /// 1 while an upstream is usable (circuit breaker closed), by `upstream`.
-    pub const UPSTREAM_UP: &str = "smarthost_upstream_up";
-    /// OAuth token requests, by `upstream` and `result` (`ok`, `error`).
-    pub const OAUTH_REFRESH: &str = "smarthost_oauth_refresh_total";
-    /// When the upstream's current OAuth access token expires (Unix time), by `upstream`.
-    pub const OAUTH_TOKEN_EXPIRY: &str = "smarthost_oauth_token_expiry_seconds";
-}
+use crate::telemetry::name;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -59,47 +31,9 @@ pub fn recorder() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // A second relay in the same process (tests) shares the first recorder.
         let _ = metrics::set_global_recorder(recorder);
-        describe();
+        crate::telemetry::describe();
         handle
     })
-}
-
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(name::RECEIVED, "Messages accepted with 250");
-    describe_counter!(
-        name::REJECTED,
-        "Messages and connections refused, by reason"
-    );
-    describe_counter!(name::DELIVERED, "Recipients delivered, by upstream");
-    describe_counter!(name::DEFERRED, "Recipients deferred, by upstream");
-    describe_counter!(name::BOUNCED, "Bounces (RFC 3464) generated");
-    describe_gauge!(name::QUEUE, "Messages in the spool");
-    describe_gauge!(
-        name::QUEUE_OLDEST,
-        Unit::Seconds,
-        "Age of the oldest queued message"
-    );
-    describe_gauge!(name::CONNECTIONS, "Client connections open now");
-    describe_histogram!(
-        name::DELIVERY_DURATION,
-        Unit::Seconds,
-        "One delivery attempt over the upstreams"
-    );
-    describe_histogram!(name::DKIM_DURATION, Unit::Seconds, "Signing one message");
-    describe_counter!(
-        name::OAUTH_REFRESH,
-        "OAuth access token requests, by upstream and result (ok, error)"
-    );
-    describe_gauge!(
-        name::OAUTH_TOKEN_EXPIRY,
-        Unit::Seconds,
-        "Unix time at which the upstream's current OAuth access token expires"
-    );
-    describe_gauge!(
-        name::UPSTREAM_UP,
-        "1 while the upstream is usable (circuit breaker closed)"
-    );
 }
 
 /// Mark an upstream as usable (at start, before any attempt).

@@ -26,6 +26,30 @@ const MAX_ENCODED_WORD: usize = 75;
 /// is longer than [`FOLD_AT`] unless the address alone is.
 const MAX_NAME_TOKEN: usize = FOLD_AT - "Reply-To: ".len();
 
+/// Longest display name we write, in octets of decoded (UTF-8) text; a longer one is cut
+/// at a character boundary. RFC 5322 §2.1.1 limits a line to 998 octets: a name longer
+/// than a whole line is no name a reader can show, and without a bound a rewrite
+/// amplifies (every 42 octets of text become a 68-character encoded word, so a 24 MiB
+/// name became 41 MiB, and twice that with the `sender` policy, From and Reply-To).
+/// Rendered, a name at the bound takes at most 24 encoded words, about 1.7 KB.
+pub const MAX_NAME_OCTETS: usize = 998;
+
+/// Longest run of a header value outside angle brackets (a display name, a comment,
+/// an address without brackets, up to the next `,` `;` `:` `<` or `>`) that is read, in
+/// octets after unfolding. Far above [`MAX_NAME_OCTETS`] so that any encoding of a name
+/// at the bound (quoted pairs, Q-encoded words: up to 7 characters an octet) is read
+/// whole before the name is cut.
+const MAX_PHRASE_READ: usize = 16 * 1024;
+
+/// Longest address between angle brackets that is read: a path has at most 256 octets
+/// (RFC 5321 §4.5.3.1.3); the rest is room for comments and obsolete white space. A
+/// longer one is no address and is read as `<>`.
+const MAX_ANGLE_READ: usize = 4 * 1024;
+
+/// Longest header value that is read: at the first list separator past this bound the
+/// rest of the list is dropped (a Reply-To of a thousand addresses is no reply address).
+const MAX_VALUE_READ: usize = 64 * 1024;
+
 /// A mailbox read from a header: display name (decoded) and address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mailbox {
@@ -146,27 +170,244 @@ pub fn is_strict_mailbox(value: &str) -> bool {
     if !is_addr_spec(addr) {
         return false;
     }
-    match name.strip_suffix(' ') {
-        _ if name.is_empty() => true,
-        Some(display) => !display.is_empty() && !display.ends_with(' ') && is_display_name(display),
-        None => false,
-    }
+    let display = match name.strip_suffix(' ') {
+        _ if name.is_empty() => return true,
+        Some(display) if !display.is_empty() && !display.ends_with(' ') => display,
+        _ => return false,
+    };
+    // A name above the bound is cut when rewritten, so it is not strict (checked last,
+    // and decoded only for a value that could hold one).
+    is_display_name(display)
+        && (value.len() <= MAX_NAME_OCTETS
+            || display_text(display).is_none_or(|t| t.len() <= MAX_NAME_OCTETS))
 }
 
 /// Decode raw header bytes: UTF-8 if valid, else GB18030 (covering GBK and GB2312,
 /// which Chinese legacy apps send raw), else Windows-1252.
 pub fn decode_raw(bytes: &[u8]) -> String {
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        return s.to_owned();
+    let mut out = String::with_capacity(bytes.len());
+    decode_chunks(bytes, |text| {
+        out.push_str(text);
+        true
+    });
+    out
+}
+
+/// Decode `bytes` as [`decode_raw`] does, handing the text to `each` a piece at a time
+/// (until it returns false): UTF-8 in one piece without a copy, a legacy charset through
+/// a small buffer, so that decoding never needs memory in proportion to the input.
+fn decode_chunks(bytes: &[u8], mut each: impl FnMut(&str) -> bool) {
+    use encoding_rs::{CoderResult, DecoderResult, Encoding, GB18030, WINDOWS_1252};
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        each(text);
+        return;
     }
-    if let Some(s) = encoding_rs::GB18030.decode_without_bom_handling_and_without_replacement(bytes)
-    {
-        return s.into_owned();
+    let mut buf = vec![0u8; 8192];
+    let valid = |encoding: &'static Encoding, buf: &mut [u8]| {
+        let mut decoder = encoding.new_decoder_without_bom_handling();
+        let mut src = bytes;
+        loop {
+            let (result, read, _) = decoder.decode_to_utf8_without_replacement(src, buf, true);
+            src = &src[read..];
+            match result {
+                DecoderResult::InputEmpty => return true,
+                DecoderResult::Malformed(..) => return false,
+                DecoderResult::OutputFull => {}
+            }
+        }
+    };
+    let encoding = if valid(GB18030, &mut buf) {
+        GB18030
+    } else {
+        WINDOWS_1252
+    };
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let mut src = bytes;
+    loop {
+        let (result, read, written, _) = decoder.decode_to_utf8(src, &mut buf, true);
+        src = &src[read..];
+        let text = std::str::from_utf8(&buf[..written]).expect("encoding_rs writes UTF-8");
+        if !each(text) || result == CoderResult::InputEmpty {
+            return;
+        }
     }
-    encoding_rs::WINDOWS_1252
-        .decode_without_bom_handling(bytes)
-        .0
-        .into_owned()
+}
+
+/// A raw header value (as [`super::headers::Field::raw_value`] holds it: folded, any
+/// bytes) decoded ([`decode_raw`]), unfolded, and bounded for reading, in one pass: a
+/// run outside angle brackets longer than [`MAX_PHRASE_READ`] is cut (an open quoted
+/// string or comment is closed), an address in angle brackets longer than
+/// [`MAX_ANGLE_READ`] becomes `<>`, and a list longer than [`MAX_VALUE_READ`] ends at
+/// a separator. The structure (quotes, comments, brackets, separators) of what is kept
+/// is that of the value, so it reads as the value does, up to the cut. Returns the text
+/// and whether anything was cut.
+///
+/// Reading then costs memory in proportion to the bounds, not to the header: a 24 MiB
+/// display name is scanned once (twice in a legacy charset: once to tell GB18030 from
+/// Windows-1252), never copied and never handed to mail-parser.
+pub fn bounded_value(raw: &[u8]) -> (String, bool) {
+    let mut reader = BoundedReader {
+        out: String::with_capacity(raw.len().min(MAX_VALUE_READ + 16)),
+        ..BoundedReader::default()
+    };
+    decode_chunks(raw, |text| text.chars().all(|c| reader.push(c)));
+    reader.finish()
+}
+
+/// The state of [`bounded_value`].
+#[derive(Default)]
+struct BoundedReader {
+    out: String,
+    in_quote: bool,
+    /// Comment nesting.
+    depth: usize,
+    /// After a backslash in a quoted string or comment.
+    escaped: bool,
+    in_angle: bool,
+    /// A CR not yet known to start a line break.
+    pending_cr: bool,
+    /// Octets of the current run outside brackets, and where it starts in `out`.
+    run: usize,
+    run_start: usize,
+    /// Octets of the current address in brackets, and where it starts in `out`.
+    angle: usize,
+    angle_start: usize,
+    /// Dropping the rest of an over-long run or address.
+    skipping: bool,
+    /// Something was dropped.
+    cut: bool,
+}
+
+impl BoundedReader {
+    /// Read `c`; false once the rest of the value is to be dropped.
+    fn push(&mut self, c: char) -> bool {
+        // Unfold: a line break goes (RFC 5322 §2.2.3), as in `headers::unfold`.
+        if std::mem::take(&mut self.pending_cr) {
+            if c == '\n' {
+                return true;
+            }
+            if !self.read('\r') {
+                return false;
+            }
+        }
+        match c {
+            '\n' => true,
+            '\r' => {
+                self.pending_cr = true;
+                true
+            }
+            c => self.read(c),
+        }
+    }
+
+    /// The text read and whether anything was cut.
+    fn finish(mut self) -> (String, bool) {
+        if std::mem::take(&mut self.pending_cr) {
+            self.read('\r');
+        }
+        (self.out, self.cut)
+    }
+
+    fn read(&mut self, c: char) -> bool {
+        let out = &mut self.out;
+        if self.in_angle {
+            let closing = match c {
+                _ if self.escaped => {
+                    self.escaped = false;
+                    false
+                }
+                '\\' if self.in_quote => {
+                    self.escaped = true;
+                    false
+                }
+                '"' => {
+                    self.in_quote = !self.in_quote;
+                    false
+                }
+                '>' if !self.in_quote => true,
+                _ => false,
+            };
+            if closing {
+                self.in_angle = false;
+                self.skipping = false;
+                out.push('>');
+                (self.run, self.run_start) = (0, out.len());
+                return true;
+            }
+            self.angle += c.len_utf8();
+            if self.skipping {
+                return true;
+            }
+            if self.angle > MAX_ANGLE_READ {
+                out.truncate(self.angle_start);
+                (self.skipping, self.cut) = (true, true);
+                return true;
+            }
+            out.push(c);
+            return true;
+        }
+        let top = !self.in_quote && self.depth == 0 && !self.escaped;
+        if top && matches!(c, ',' | ';' | ':' | '<' | '>') {
+            if out.len() >= MAX_VALUE_READ {
+                self.cut = true;
+                return false;
+            }
+            self.skipping = false;
+            out.push(c);
+            (self.run, self.run_start) = (0, out.len());
+            if c == '<' {
+                (self.in_angle, self.angle, self.angle_start) = (true, 0, out.len());
+            }
+            return true;
+        }
+        // The state before `c`, for closing what is open if the run is cut here.
+        let (was_quote, was_depth, was_escaped) = (self.in_quote, self.depth, self.escaped);
+        match c {
+            _ if self.escaped => self.escaped = false,
+            '\\' if self.in_quote || self.depth > 0 => self.escaped = true,
+            '"' if self.depth == 0 => self.in_quote = !self.in_quote,
+            '(' if !self.in_quote => self.depth += 1,
+            ')' if !self.in_quote && self.depth > 0 => self.depth -= 1,
+            _ => {}
+        }
+        self.run += c.len_utf8();
+        if self.skipping {
+            return true;
+        }
+        if self.run > MAX_PHRASE_READ {
+            (self.skipping, self.cut) = (true, true);
+            if was_escaped {
+                out.pop();
+            }
+            if was_quote {
+                out.push('"');
+            } else if was_depth > 0 {
+                out.extend(std::iter::repeat_n(')', was_depth));
+            } else if let Some(space) = out[self.run_start..].rfind([' ', '\t'])
+                && out[self.run_start + space + 1..].starts_with("=?")
+            {
+                // Not half an encoded word: it would read as text.
+                out.truncate(self.run_start + space);
+            }
+            return true;
+        }
+        out.push(c);
+        true
+    }
+}
+
+/// The display name cut to [`MAX_NAME_OCTETS`] at a character boundary.
+fn cap_name(mut name: String) -> String {
+    if name.len() > MAX_NAME_OCTETS {
+        let mut end = MAX_NAME_OCTETS;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+        let kept = name.trim_end().len();
+        name.truncate(kept);
+    }
+    name
 }
 
 /// Whitespace runs become one space, leading and trailing white space goes, and so do
@@ -453,6 +694,12 @@ pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
         .collect()
 }
 
+/// The mailboxes of a raw header value ([`super::headers::Field::raw_value`]), read
+/// through [`bounded_value`].
+pub fn read_mailboxes(raw: &[u8]) -> Vec<Mailbox> {
+    parse_mailboxes(&bounded_value(raw).0)
+}
+
 fn is_comment_or_blank(rest: &str) -> bool {
     let rest = rest.trim();
     rest.is_empty() || (rest.starts_with('(') && rest.ends_with(')'))
@@ -530,13 +777,34 @@ pub fn encode_words(text: &str) -> Vec<String> {
 
 /// Render mailboxes strictly (comma-separated), folded at 78 characters for a header
 /// called `header` (the returned text goes after `Header: `). Names are tidied first
-/// (white space runs become one space, control characters go); an empty name is left
-/// out.
+/// (white space runs become one space, control characters go) and cut to
+/// [`MAX_NAME_OCTETS`]; an empty name is left out. A list is cut after the mailboxes
+/// that fit in half of [`MAX_VALUE_READ`], so that what is written is read back whole
+/// (normalising twice changes nothing).
 pub fn render(mailboxes: &[Mailbox], header: &str) -> String {
+    // An upper bound of each mailbox's unfolded length: a name at most doubles (quoted
+    // pairs; encoded words take 68 characters for 42 octets).
+    let mut budget = MAX_VALUE_READ / 2;
+    let count = mailboxes
+        .iter()
+        .take_while(|m| {
+            let name = m.name.as_ref().map_or(0, |n| n.len().min(MAX_NAME_OCTETS));
+            let need = 2 * name + m.address.len() + 8;
+            let fits = need <= budget;
+            budget = budget.saturating_sub(need);
+            fits
+        })
+        .count()
+        .max(1);
+    let mailboxes = &mailboxes[..count.min(mailboxes.len())];
     let mut out = String::new();
     let mut line_len = header.len() + 2;
     for (i, mailbox) in mailboxes.iter().enumerate() {
-        let name = mailbox.name.as_deref().map(tidy).filter(|n| !n.is_empty());
+        let name = mailbox
+            .name
+            .as_deref()
+            .map(|n| cap_name(tidy(n)))
+            .filter(|n| !n.is_empty());
         let mut tokens = name.as_deref().map(name_tokens).unwrap_or_default();
         tokens.push(format!("<{}>", mailbox.address));
         if i + 1 < mailboxes.len() {
@@ -741,10 +1009,136 @@ mod tests {
     }
 
     #[test]
+    fn bounded_values_read_like_the_unfolded_value() {
+        for raw in [
+            &b" A <a@x.org>\r\n"[..],
+            b" \"Quoted, \\\"Name\" <q@x.org>\r\n",
+            b" Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>\r\n",
+            b" Team: one@x.org,\r\n two@x.org;\r\n",
+            b" =?UTF-8?B?5byg5LiJ?=\r\n <z@qq.com>\r\n",
+            b" <\">\"@x.org>, b@x.org\r\n",
+            b" \xd5\xc5\xc8\xfd <zhangsan@qq.com>\r\n",
+            b" a\rb <c@d.org>\r\n",
+            b" a@x.org\r",
+            b" \x80uro <e@x.org>\r\n",
+        ] {
+            let want = decode_raw(&crate::transform::headers::unfold(raw));
+            assert_eq!(bounded_value(raw), (want, false), "{raw:?}");
+        }
+    }
+
+    /// A value with a run of `n` octets of `unit` in the middle.
+    fn huge(before: &str, unit: &str, n: usize, after: &str) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(n + 100);
+        raw.extend_from_slice(before.as_bytes());
+        let mut line = 0;
+        while raw.len() < n {
+            raw.extend_from_slice(unit.as_bytes());
+            line += unit.len();
+            if line > 900 {
+                raw.extend_from_slice(b"\r\n ");
+                line = 0;
+            }
+        }
+        raw.extend_from_slice(after.as_bytes());
+        raw
+    }
+
+    #[test]
+    fn huge_values_are_cut_while_reading() {
+        const N: usize = 4 << 20;
+        for (raw, name) in [
+            (huge(" ", "Big ", N, "<big@x.org>\r\n"), "Big"),
+            (huge(" \"", "q\\\" ", N, "\" <big@x.org>\r\n"), "q\""),
+            (huge(" big@x.org (", "c(o)m ", N, ")\r\n"), "c(o)m"),
+            (
+                huge(" ", "=?UTF-8?B?5byg5LiJ?= ", N, "<big@x.org>\r\n"),
+                "张三",
+            ),
+            (huge(" ", "张三", N, " <big@x.org>\r\n"), "张三"),
+        ] {
+            let (value, cut) = bounded_value(&raw);
+            assert!(cut);
+            assert!(value.len() <= MAX_PHRASE_READ + 100, "{}", value.len());
+            let read = parse_mailboxes(&value);
+            assert_eq!(read.len(), 1, "{value}");
+            assert_eq!(read[0].address, "big@x.org");
+            let text = read[0].name.as_deref().unwrap();
+            assert!(text.len() >= MAX_NAME_OCTETS, "{text}");
+            assert!(text.starts_with(name), "{text}");
+            let rendered = render(&read, "From");
+            assert!(rendered.len() < 2 * MAX_NAME_OCTETS, "{rendered}");
+            let unfolded = rendered.replace("\r\n", "");
+            assert!(is_strict_mailbox(&unfolded), "{unfolded}");
+            let again = parse_mailboxes(&unfolded);
+            let capped = again[0].name.as_deref().unwrap();
+            assert!(capped.len() <= MAX_NAME_OCTETS && text.starts_with(capped));
+        }
+        // A legacy charset is decoded through a small buffer, and cut the same way.
+        let gbk = huge(" ", "\u{0}", N, "").len();
+        let mut raw = b" ".to_vec();
+        while raw.len() < gbk {
+            raw.extend_from_slice(b"\xd5\xc5\xc8\xfd \r\n ");
+        }
+        raw.extend_from_slice(b"<big@x.org>\r\n");
+        let (value, cut) = bounded_value(&raw);
+        assert!(cut && value.len() <= MAX_PHRASE_READ + 100);
+        let read = parse_mailboxes(&value);
+        assert_eq!(read[0].address, "big@x.org");
+        assert!(read[0].name.as_deref().unwrap().starts_with("张三 张三"));
+        // An address that long is none; a list that long ends early.
+        let (value, cut) = bounded_value(&huge(" A <", "a", N, "@x.org>, b@x.org\r\n"));
+        assert!(cut);
+        assert_eq!(value, " A <>, b@x.org");
+        let (value, cut) = bounded_value(&huge(" ", "a@x.org, ", N, "last@x.org\r\n"));
+        assert!(cut && value.len() <= MAX_VALUE_READ + 16, "{}", value.len());
+        assert!(parse_mailboxes(&value).len() > 1000);
+    }
+
+    #[test]
+    fn long_lists_are_written_so_that_they_read_back_whole() {
+        let raw = huge(" ", "a@x.org, ", 4 << 20, "last@x.org\r\n");
+        let (value, cut) = bounded_value(&raw);
+        assert!(cut);
+        let read = parse_mailboxes(&value);
+        let rendered = render(&read, "Reply-To");
+        assert!(
+            rendered.len() <= MAX_VALUE_READ / 2 + 100,
+            "{}",
+            rendered.len()
+        );
+        let (again, cut) = bounded_value(format!(" {rendered}\r\n").as_bytes());
+        assert!(!cut);
+        let reread = parse_mailboxes(&again);
+        assert!(reread.len() > 1000 && reread.len() < read.len());
+        assert_eq!(render(&reread, "Reply-To"), rendered);
+    }
+
+    #[test]
+    fn names_are_cut_at_a_character_boundary() {
+        for (unit, kept) in [("a", 998), ("é", 998), ("张", 996), ("😀", 996)] {
+            let name = unit.repeat(2000);
+            let rendered = render(&[mailbox(Some(&name), "a@x.org")], "From");
+            let unfolded = rendered.replace("\r\n", "");
+            let read = first(&unfolded);
+            assert_eq!(read.name.as_deref(), Some(&name[..kept]), "{unit}");
+            assert!(is_strict_mailbox(&unfolded));
+        }
+        assert_eq!(cap_name(format!("{} b", "a".repeat(997))), "a".repeat(997));
+        // A strict value is kept only with a name within the bound.
+        let long = format!("{} <a@x.org>", "a".repeat(MAX_NAME_OCTETS + 1));
+        assert!(!is_strict_mailbox(&long));
+        assert!(is_strict_mailbox(&long[1..]));
+    }
+
+    #[test]
     fn decodes_legacy_charsets() {
         let gbk = b"\xd5\xc5\xc8\xfd <zhangsan@qq.com>";
         assert_eq!(decode_raw(gbk), "张三 <zhangsan@qq.com>");
         assert_eq!(decode_raw("é <a@x.org>".as_bytes()), "é <a@x.org>");
+        assert_eq!(decode_raw(b"\x80 \xe9"), "€ é");
+        let long = b"\xd5\xc5\xc8\xfd".repeat(10_000);
+        assert_eq!(decode_raw(&long), "张三".repeat(10_000));
     }
 
     #[test]

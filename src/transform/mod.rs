@@ -12,7 +12,7 @@ pub mod normalize;
 pub mod seven_bit;
 pub mod trace;
 
-use from_rewrite::{Mailbox, decode_raw, parse_mailboxes, render};
+use from_rewrite::{Mailbox, read_mailboxes, render};
 use headers::Message;
 
 /// Why a message could not be transformed.
@@ -44,9 +44,7 @@ impl From<seven_bit::NotConvertible> for TransformError {
 pub fn from_mailbox(content: &[u8]) -> Option<Mailbox> {
     let msg = Message::parse(content);
     let field = msg.get("From")?;
-    parse_mailboxes(&decode_raw(&field.unfolded()))
-        .into_iter()
-        .next()
+    read_mailboxes(&field.raw_value).into_iter().next()
 }
 
 /// The upstream's `sender` policy: the From address becomes `account`, the display name
@@ -66,7 +64,7 @@ pub fn apply_sender_policy(content: &[u8], account: &str) -> Vec<u8> {
         );
         return msg.to_bytes();
     };
-    let original = parse_mailboxes(&decode_raw(&msg.fields[index].unfolded()))
+    let original = read_mailboxes(&msg.fields[index].raw_value)
         .into_iter()
         .next();
     if original
@@ -167,7 +165,7 @@ impl Transformer {
                 domain: key.domain.clone(),
                 reason,
             })?;
-        metrics::histogram!(crate::ops::metrics::name::DKIM_DURATION)
+        metrics::histogram!(crate::telemetry::name::DKIM_DURATION)
             .record(started.elapsed().as_secs_f64());
         let mut signed = Vec::with_capacity(header.len() + content.len());
         signed.extend_from_slice(header.as_bytes());

@@ -1,12 +1,19 @@
 //! What every message gets once, at acceptance: a repaired header block (see
-//! [`super::headers`]), strict From/Sender/Reply-To, a Date and a Message-ID if missing. Runs while the client is still connected, so a message that
-//! cannot be repaired is refused with a reason instead of bouncing later.
+//! [`super::headers`]), strict From/Sender/Reply-To (display names cut to
+//! [`super::from_rewrite::MAX_NAME_OCTETS`]), a Date and a Message-ID if missing. Runs
+//! while the client is still connected, so a message that cannot be repaired is refused
+//! with a reason instead of bouncing later.
+//!
+//! Header values are read through [`bounded_value`]: memory for reading them is bounded,
+//! whatever their size, and the rewrite never makes a header much longer than the
+//! bounds (a From or Sender of at most a couple of KB).
 
 use std::time::SystemTime;
 
 use super::TransformError;
 use super::from_rewrite::{
-    Mailbox, ascii_domain, decode_raw, header_address, is_strict_mailbox, parse_mailboxes, render,
+    Mailbox, ascii_domain, bounded_value, header_address, is_strict_mailbox, parse_mailboxes,
+    render,
 };
 use super::headers::Message;
 use super::trace::rfc5322_date;
@@ -30,9 +37,9 @@ pub struct Acceptance<'a> {
 /// The header's mailboxes, with domains in A-labels unless SMTPUTF8 allows UTF-8. Without
 /// SMTPUTF8 a mailbox whose local part is not ASCII is unusable: no upstream could
 /// take it (RFC 6531 §3.2); so is one whose A-label form is no valid domain (a label
-/// over 63 octets).
-fn mailboxes(raw: &[u8], smtputf8: bool) -> Vec<Mailbox> {
-    parse_mailboxes(&decode_raw(raw))
+/// over 63 octets). `value` comes from [`bounded_value`]: decoded, unfolded, bounded.
+fn mailboxes(value: &str, smtputf8: bool) -> Vec<Mailbox> {
+    parse_mailboxes(value)
         .into_iter()
         .filter_map(|m| {
             let address = header_address(&ascii_domain(&m.address, smtputf8))?;
@@ -60,10 +67,11 @@ pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, Transf
         .collect();
     match from_fields.first() {
         Some(&first) => {
-            let raw = msg.fields[first].unfolded();
-            let strict = std::str::from_utf8(&raw).is_ok_and(is_strict_mailbox);
+            // Read once, bounded: a huge display name is neither copied nor parsed.
+            let (value, cut) = bounded_value(&msg.fields[first].raw_value);
+            let strict = !cut && is_strict_mailbox(&value);
             if !strict || from_fields.len() > 1 {
-                let mailbox = match mailboxes(&raw, ctx.smtputf8).into_iter().next() {
+                let mailbox = match mailboxes(&value, ctx.smtputf8).into_iter().next() {
                     Some(m) => m,
                     None => {
                         let ReversePath::Mailbox(sender) = ctx.sender else {
@@ -115,11 +123,11 @@ pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, Transf
             msg.fields.remove(*extra);
             changed = true;
         }
-        let raw = msg.fields[index].unfolded();
-        if std::str::from_utf8(&raw).is_ok_and(is_strict_mailbox) {
+        let (value, cut) = bounded_value(&msg.fields[index].raw_value);
+        if !cut && is_strict_mailbox(&value) {
             continue;
         }
-        let mut found = mailboxes(&raw, ctx.smtputf8);
+        let mut found = mailboxes(&value, ctx.smtputf8);
         if single {
             found.truncate(1);
         }
@@ -232,6 +240,65 @@ mod tests {
         )
         .unwrap();
         assert!(!out.contains("Reply-To"), "{out}");
+    }
+
+    #[test]
+    fn huge_display_names_are_cut_and_the_message_shrinks() {
+        use crate::transform::apply_sender_policy;
+        use crate::transform::from_rewrite::MAX_NAME_OCTETS;
+        let s = sender();
+        // 8 MiB names, folded, in each of the three fields (the worst case is 24 MiB
+        // in tests/transform_amplify.rs; the cost is the same per octet).
+        let name = "Long Name\r\n ".repeat(8 << 20 >> 4);
+        let content = format!(
+            "From: {name}<big@x.org>\r\nSender: \"{name}\" <s@x.org>\r\nReply-To: {name}(c) <r@x.org>, <r2@x.org>\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n"
+        );
+        let out = normalize(content.as_bytes(), &ctx(&s)).unwrap();
+        assert!(out.len() < 8 * 1024, "{}", out.len());
+        let msg = Message::parse(&out);
+        for field in ["From", "Sender", "Reply-To"] {
+            let value = String::from_utf8(msg.get(field).unwrap().unfolded()).unwrap();
+            let read = parse_mailboxes(&value);
+            let name = read[0].name.as_deref().unwrap();
+            assert!(name.starts_with("Long Name Long Name"), "{field}: {value}");
+            assert!(
+                name.len() <= MAX_NAME_OCTETS && name.len() > 900,
+                "{field}: {value}"
+            );
+            if field != "Reply-To" {
+                assert!(is_strict_mailbox(&value), "{field}: {value}");
+            }
+        }
+        assert_eq!(
+            parse_mailboxes(&String::from_utf8(msg.get("Reply-To").unwrap().unfolded()).unwrap())
+                .len(),
+            2
+        );
+        assert_eq!(normalize(&out, &ctx(&s)).unwrap(), out, "normalised twice");
+        // The sender policy at delivery: From and Reply-To short and strict.
+        let delivered = apply_sender_policy(&out, "relay@example.com");
+        assert!(delivered.len() < 8 * 1024, "{}", delivered.len());
+        // Even on content that was never normalised (spooled before the bound).
+        let only_from = format!("From: {name}<big@x.org>\r\n\r\nb\r\n");
+        let delivered = apply_sender_policy(only_from.as_bytes(), "relay@example.com");
+        assert!(delivered.len() < 8 * 1024, "{}", delivered.len());
+        let msg = Message::parse(&delivered);
+        for field in ["From", "Reply-To"] {
+            let value = String::from_utf8(msg.get(field).unwrap().unfolded()).unwrap();
+            assert!(is_strict_mailbox(&value), "{field}: {value}");
+        }
+    }
+
+    #[test]
+    fn a_huge_reply_to_list_is_cut_once() {
+        let s = sender();
+        let list = "Some One <some.one@example.com>, ".repeat(100_000);
+        let content = format!(
+            "From: a@x.org\r\nReply-To: {list}last@x.org\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n"
+        );
+        let out = normalize(content.as_bytes(), &ctx(&s)).unwrap();
+        assert!(out.len() < 64 * 1024, "{}", out.len());
+        assert_eq!(normalize(&out, &ctx(&s)).unwrap(), out, "normalised twice");
     }
 
     #[test]

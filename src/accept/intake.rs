@@ -1,0 +1,117 @@
+//! Intake: a message whose content is complete becomes a [`Message`] for the next stage:
+//! the transaction's checks (size, loops), a queue id, the header repairs
+//! ([`normalize`]), our `Received` header, the hand-off, and the reply the client gets.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use tracing::{info, warn};
+
+use super::HandoffError;
+use super::phase::{Completion, Phase};
+use super::session::SessionContext;
+use crate::message::{ClientInfo, Message, QueueId};
+use crate::proto::{Enhanced, Reply};
+use crate::telemetry::name;
+use crate::transform::normalize::{Acceptance, normalize};
+use crate::transform::trace::received_header;
+
+/// A message is complete: check it, hand it to the next stage, and produce the reply.
+pub(super) async fn complete(
+    phase: Phase,
+    peer: SocketAddr,
+    tls: Option<&str>,
+    ctx: &SessionContext,
+) -> (Phase, Reply) {
+    let helo = phase
+        .helo()
+        .cloned()
+        .expect("a transaction implies a greeting");
+    let (next, completion) = phase.end_of_content();
+    let (envelope, content) = match completion {
+        Completion::Accept { envelope, content } => (envelope, content),
+        Completion::Reject(reply) => {
+            info!(client = %peer, reply = %reply, "message rejected");
+            let reason = match reply.code {
+                552 => "size",
+                554 => "loop",
+                _ => "other",
+            };
+            metrics::counter!(name::REJECTED, "reason" => reason).increment(1);
+            return (next, reply);
+        }
+    };
+    let id = QueueId::generate();
+    let now = SystemTime::now();
+    let client = ClientInfo {
+        ip: peer.ip(),
+        helo: helo.name,
+        esmtp: helo.extended,
+        tls: tls.map(str::to_owned),
+    };
+    let acceptance = Acceptance {
+        sender: &envelope.sender,
+        hostname: &ctx.rules.hostname,
+        smtputf8: envelope.smtputf8,
+        id,
+        now,
+    };
+    let content = match normalize(&content, &acceptance) {
+        Ok(content) => content,
+        Err(e) => {
+            info!(client = %peer, error = %e, "message refused: no usable sender address");
+            let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
+            metrics::counter!(name::REJECTED, "reason" => "no_address").increment(1);
+            return (next, Reply::new(550, Enhanced(5, 6, 0), text));
+        }
+    };
+    // The repairs may add a little (Date, Message-ID, encoded words, one display name of
+    // at most MAX_NAME_OCTETS); a message that no longer fits the limit we advertise is
+    // refused now rather than handed on above it (RFC 1870: 552 5.3.4).
+    if content.len() as u64 > ctx.rules.max_message_size {
+        let text = format!(
+            "Message too big once its headers are repaired: {} octets exceed the limit of {}; nothing was kept",
+            content.len(),
+            ctx.rules.max_message_size
+        );
+        info!(client = %peer, size = content.len(), "message refused: too big once normalised");
+        metrics::counter!(name::REJECTED, "reason" => "size").increment(1);
+        return (next, Reply::new(552, Enhanced(5, 3, 4), text));
+    }
+    let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
+    let mut data = Vec::with_capacity(trace.len() + content.len());
+    data.extend_from_slice(trace.as_bytes());
+    data.extend_from_slice(&content);
+    drop(content);
+    let size = data.len();
+    let (sender, rcpts) = (envelope.sender.to_string(), envelope.recipients.len());
+    let message = Message {
+        id,
+        envelope,
+        content: data,
+        received_at: now,
+    };
+    let reply = match ctx.handoff.submit(message).await {
+        Ok(()) => {
+            metrics::counter!(name::RECEIVED).increment(1);
+            info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, "message accepted");
+            Reply::new(250, Enhanced(2, 0, 0), format!("queued as {id}"))
+        }
+        Err(HandoffError::Refused(reply)) => {
+            metrics::counter!(name::REJECTED, "reason" => "delivery").increment(1);
+            info!(queue_id = %id, client = %peer, from = %sender, reply = %reply, "message refused by delivery");
+            reply
+        }
+        Err(HandoffError::Unavailable(detail)) => {
+            metrics::counter!(name::REJECTED, "reason" => "local_error").increment(1);
+            warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: local failure");
+            Reply::temporary_failure()
+        }
+        Err(HandoffError::NoStorage(detail)) => {
+            metrics::counter!(name::REJECTED, "reason" => "no_storage").increment(1);
+            warn!(queue_id = %id, client = %peer, error = %detail, "message not accepted: spool storage full");
+            Reply::insufficient_storage()
+        }
+    };
+    (next, reply)
+}

@@ -1,0 +1,672 @@
+//! Tests of loading: layering, environment overrides, interpolation, and the errors
+//! that name the key, the origin and the fix.
+
+use super::*;
+use crate::config::{DeliveryMode, TlsMode, UpstreamUrl};
+use std::io::Write;
+
+fn file(text: &str) -> (tempfile::NamedTempFile, ConfigSource) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    let source = ConfigSource::File(f.path().to_owned());
+    (f, source)
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const MINIMAL: &str = "[[upstream]]\nurl = \"maildir:/tmp/out\"\n";
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = load(&ConfigSource::Embedded, &[]).unwrap();
+    assert_eq!(c.server.listen[0].to_string(), "127.0.0.1:2525");
+    assert_eq!(c.delivery.mode, DeliveryMode::Queue);
+    assert_eq!(c.upstream[0].url, "maildir:data/outbox".parse().unwrap());
+}
+
+#[test]
+fn a_file_is_complete_on_its_own() {
+    let (_f, src) = file(MINIMAL);
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(c.server.max_recipients, 1000);
+    assert_eq!(c.upstream.len(), 1);
+    assert!(c.dkim.is_empty());
+}
+
+#[test]
+fn environment_overrides_and_creates_keys() {
+    let (_f, src) = file(MINIMAL);
+    let vars = env(&[
+        ("SMARTHOST__SERVER__MAX_RECIPIENTS", "5"),
+        (
+            "SMARTHOST__SERVER__TRUSTED_NETWORKS",
+            "10.0.0.0/8, 172.16.0.0/12",
+        ),
+        ("SMARTHOST__UPSTREAM__1__URL", "smtps://smtp.example.com"),
+        ("SMARTHOST__UPSTREAM__1__PASSWORD", "pw"),
+        ("SMARTHOST__UPSTREAM__1__USERNAME", "me"),
+        ("SMARTHOST__DELIVERY__MODE", "passthrough"),
+        ("UNRELATED", "x"),
+    ]);
+    let c = load(&src, &vars).unwrap();
+    assert_eq!(c.server.max_recipients, 5);
+    assert_eq!(c.server.trusted_networks.len(), 2);
+    assert_eq!(c.upstream.len(), 2);
+    assert!(matches!(
+        c.upstream[1].url,
+        UpstreamUrl::Smtp {
+            tls: TlsMode::Implicit,
+            ..
+        }
+    ));
+    assert_eq!(c.upstream[1].password.as_ref().unwrap().expose(), "pw");
+    assert_eq!(c.delivery.mode, DeliveryMode::Passthrough);
+}
+
+#[test]
+fn log_format_defaults_to_text_and_is_set_by_file_or_environment() {
+    use crate::config::LogFormat;
+    let (_f, src) = file(MINIMAL);
+    assert_eq!(load(&src, &[]).unwrap().log.format, LogFormat::Text);
+    let (_f, src) = file(&format!("[log]\nformat = \"json\"\n{MINIMAL}"));
+    assert_eq!(load(&src, &[]).unwrap().log.format, LogFormat::Json);
+    let vars = env(&[("SMARTHOST__LOG__FORMAT", "JSON")]);
+    let c = load(&ConfigSource::Embedded, &vars).unwrap();
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn env_without_index_means_the_first_entry() {
+    let vars = env(&[("SMARTHOST__UPSTREAM__URL", "smtp://mail.example.com")]);
+    let c = load(&ConfigSource::Embedded, &vars).unwrap();
+    assert!(matches!(
+        c.upstream[0].url,
+        UpstreamUrl::Smtp { port: 587, .. }
+    ));
+}
+
+#[test]
+fn variables_are_interpolated_and_secret_files_read() {
+    let mut pw = tempfile::NamedTempFile::new().unwrap();
+    writeln!(pw, "from-file").unwrap();
+    let text = format!(
+        "[server]\nhostname = \"${{HOST}}\"\n[[upstream]]\nurl = \"smtps://mx.example\"\nusername = \"u\"\npassword_file = \"{}\"\n[[upstream]]\nname = \"b\"\nurl = \"smtps://mx2.example\"\nusername = \"u\"\npassword = \"a$${{b}}${{PW}}\"\n",
+        pw.path().display()
+    );
+    let (_f, src) = file(&text);
+    let c = load(&src, &env(&[("HOST", "relay.internal"), ("PW", "secret")])).unwrap();
+    assert_eq!(c.server.hostname, "relay.internal");
+    assert_eq!(
+        c.upstream[0].password.as_ref().unwrap().expose(),
+        "from-file"
+    );
+    assert_eq!(
+        c.upstream[1].password.as_ref().unwrap().expose(),
+        "a${b}secret"
+    );
+}
+
+fn error(text: &str, vars: &[(&str, &str)]) -> String {
+    let (f, src) = file(text);
+    let e = load(&src, &env(vars)).unwrap_err().to_string();
+    e.replace(&f.path().display().to_string(), "FILE")
+}
+
+#[test]
+fn errors_name_the_key_the_origin_and_the_valid_values() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "[server]\nmax_conections = 5\n[[upstream]]\nurl = \"maildir:x\"\n",
+            &[],
+            "FILE: `server.max_conections`: unknown key `max_conections`, valid keys here are `hostname`",
+        ),
+        (
+            "[delivery]\nmode = \"fast\"\n[[upstream]]\nurl = \"maildir:x\"\n",
+            &[],
+            "FILE: `delivery.mode`: unknown value \"fast\"; valid values are \"queue\", \"passthrough\"",
+        ),
+        (
+            "[[upstream]]\nurl = \"smtp://smtp.qq.com:465\"\n",
+            &[],
+            "FILE: `upstream[0].url`: port 465 expects TLS from the first byte",
+        ),
+        (
+            "[[upstream]]\nprovider = \"gmial\"\n",
+            &[],
+            "FILE: `upstream[0].provider`: unknown provider preset \"gmial\"; valid presets are \"gmail\", \"outlook\", \"office365\", \"qq\", \"exmail\", \"163\", \"ses:REGION\" (e.g. \"ses:us-east-1\"), \"sendgrid\", \"mailgun\"",
+        ),
+        (
+            MINIMAL,
+            &[("SMARTHOST__UPSTREAM__0__PROVIDER", "gmial")],
+            "environment variable SMARTHOST__UPSTREAM__0__PROVIDER: `upstream[0].provider`: unknown provider preset \"gmial\"",
+        ),
+        (
+            MINIMAL,
+            &[("SMARTHOST__SERVER__MAX_CONNECTIONS", "lots")],
+            "environment variable SMARTHOST__SERVER__MAX_CONNECTIONS: `server.max_connections`",
+        ),
+        (
+            MINIMAL,
+            &[("SMARTHOST__SERVER__BOGUS", "1")],
+            "environment variable SMARTHOST__SERVER__BOGUS: `server.bogus`: unknown key",
+        ),
+        (
+            "[[upstream]]\nurl = \"maildir:x\"\n[[dkim]]\ndomain = \"example.com\"\n",
+            &[],
+            "FILE: `dkim[0].key_file`: missing required key `key_file`",
+        ),
+        (
+            "[server]\nlisten = [\"localhost:25\"]\n",
+            &[],
+            "FILE: `server.listen`: invalid address \"localhost:25\": expected IP:PORT",
+        ),
+        (
+            "[server]\ntrusted_networks = [\"lan\"]\n",
+            &[],
+            "FILE: `server.trusted_networks`: invalid network \"lan\"",
+        ),
+        (
+            "[server]\nshutdown_grace = \"soon\"\n",
+            &[],
+            "FILE: `server.shutdown_grace`: invalid duration \"soon\"",
+        ),
+        (
+            "[server]\n",
+            &[],
+            "FILE: `upstream`: no upstream configured",
+        ),
+        (
+            "[[upstream]]\nurl = \"smtps://x\"\npassword = \"${NOPE}\"\n",
+            &[],
+            "FILE: `upstream[0].password`: uses ${NOPE} but the environment variable NOPE is not set",
+        ),
+        (
+            "[[upstream]]\nurl = \"smtps://x\"\npassword = \"p\"\n",
+            &[],
+            "FILE: `upstream[0].username`: a password or token is configured but no username",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n[[upstream]]\nurl = \"maildir:x\"\n",
+            &[],
+            "FILE: `log.format`: unknown value \"xml\"; valid values are \"text\", \"json\"",
+        ),
+        (
+            MINIMAL,
+            &[("SMARTHOST__LOG__FORMAT", "yaml")],
+            "environment variable SMARTHOST__LOG__FORMAT: `log.format`: unknown value \"yaml\"; valid values are \"text\", \"json\"",
+        ),
+        ("[server\n", &[], "FILE: not valid TOML"),
+    ];
+    for (text, vars, want) in cases {
+        let got = error(text, vars);
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
+}
+
+#[test]
+fn upstream_values_are_checked() {
+    for (extra, want) in [
+        (
+            "max_messages_per_connection = 0",
+            "`upstream[0].max_messages_per_connection`: must be at least 1",
+        ),
+        (
+            "max_recipients = 0",
+            "`upstream[0].max_recipients`: must be at least 1",
+        ),
+        (
+            "timeout = \"0s\"",
+            "`upstream[0].timeout`: must be longer than zero",
+        ),
+        (
+            "daily_limit = 0",
+            "`upstream[0].daily_limit`: must be at least 1",
+        ),
+        (
+            "username = \"u\"\npassword = \"p\"\noauth_token = \"t\"",
+            "give either a password or an OAuth token",
+        ),
+    ] {
+        let got = error(
+            &format!("[[upstream]]\nurl = \"smtps://x\"\n{extra}\n"),
+            &[],
+        );
+        assert!(got.contains(want), "{extra}: {got}");
+    }
+}
+
+#[test]
+fn idn_dkim_domains_are_kept_in_a_labels() {
+    let (_f, src) = file(
+        "[[upstream]]\nurl = \"maildir:x\"\n[[dkim]]\ndomain = \"bücher.example\"\nkey_file = \"k.pem\"\n",
+    );
+    assert_eq!(
+        load(&src, &[]).unwrap().dkim[0].domain,
+        "xn--bcher-kva.example"
+    );
+}
+
+#[test]
+fn empty_credentials_mean_no_auth() {
+    let (_f, src) = file("[[upstream]]\nurl = \"smtps://x\"\nusername = \"\"\npassword = \"\"\n");
+    let c = load(&src, &[]).unwrap();
+    assert!(c.upstream[0].username.is_none() && c.upstream[0].password.is_none());
+}
+
+fn upstream(text: &str, vars: &[(&str, &str)]) -> crate::config::UpstreamConfig {
+    let (_f, src) = file(text);
+    load(&src, &env(vars)).unwrap().upstream.remove(0)
+}
+
+#[test]
+fn every_provider_preset_fills_the_url() {
+    let cases = [
+        ("gmail", "smtp.gmail.com", 465, TlsMode::Implicit),
+        ("outlook", "smtp-mail.outlook.com", 587, TlsMode::StartTls),
+        ("office365", "smtp.office365.com", 587, TlsMode::StartTls),
+        ("qq", "smtp.qq.com", 465, TlsMode::Implicit),
+        ("exmail", "smtp.exmail.qq.com", 465, TlsMode::Implicit),
+        ("163", "smtp.163.com", 465, TlsMode::Implicit),
+        (
+            "ses:us-east-1",
+            "email-smtp.us-east-1.amazonaws.com",
+            587,
+            TlsMode::StartTls,
+        ),
+        (
+            "ses:eu-west-2",
+            "email-smtp.eu-west-2.amazonaws.com",
+            587,
+            TlsMode::StartTls,
+        ),
+        ("sendgrid", "smtp.sendgrid.net", 587, TlsMode::StartTls),
+        ("mailgun", "smtp.mailgun.org", 587, TlsMode::StartTls),
+        ("Gmail", "smtp.gmail.com", 465, TlsMode::Implicit),
+    ];
+    for (preset, want_host, want_port, want_tls) in cases {
+        let up = upstream(
+            &format!(
+                "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+            ),
+            &[],
+        );
+        let UpstreamUrl::Smtp {
+            host, port, tls, ..
+        } = &up.url
+        else {
+            panic!("{preset}: {:?}", up.url);
+        };
+        assert_eq!(
+            (host.as_str(), *port, *tls),
+            (want_host, want_port, want_tls),
+            "{preset}"
+        );
+        assert_eq!(
+            up.provider.as_ref().unwrap().to_string(),
+            preset.to_ascii_lowercase()
+        );
+        assert_eq!(up.display_name(), format!("{want_host}:{want_port}"));
+        assert_eq!(up.username.as_deref(), Some("me@example.com"), "{preset}");
+    }
+    // 163 is also accepted as a TOML integer.
+    let up = upstream("[[upstream]]\nprovider = 163\n", &[]);
+    assert_eq!(up.url, "smtps://smtp.163.com:465".parse().unwrap());
+}
+
+#[test]
+fn bad_ses_regions_are_refused() {
+    for region in [
+        "ses:",
+        "ses:virginia",
+        "ses:us-east",
+        "ses:us-east-1.evil.example",
+    ] {
+        let got = error(&format!("[[upstream]]\nprovider = \"{region}\"\n"), &[]);
+        assert!(
+            got.starts_with("FILE: `upstream[0].provider`: invalid SES region"),
+            "{region}: {got}"
+        );
+        assert!(got.contains("\"ses:us-east-1\""), "{got}");
+    }
+}
+
+#[test]
+fn url_and_provider_are_exclusive() {
+    let got = error(
+        "[[upstream]]\nurl = \"smtps://smtp.example.com\"\nprovider = \"gmail\"\n",
+        &[],
+    );
+    assert!(
+        got.starts_with(
+            "FILE: `upstream[0]`: both `url` and `provider` (\"gmail\") are set; give exactly one"
+        ),
+        "{got}"
+    );
+    let got = error("[[upstream]]\nname = \"x\"\n", &[]);
+    assert!(
+        got.starts_with("FILE: `upstream[0]`: needs `url`") && got.contains("\"sendgrid\""),
+        "{got}"
+    );
+    // Both from the environment, in one layer: a conflict too.
+    let got = error(
+        "[server]\n",
+        &[
+            ("SMARTHOST__UPSTREAM__0__URL", "smtps://smtp.example.com"),
+            ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
+        ],
+    );
+    assert!(got.contains("both `url` and `provider`"), "{got}");
+}
+
+#[test]
+fn provider_from_the_environment_replaces_the_files_url() {
+    let vars = env(&[
+        ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
+        ("SMARTHOST__UPSTREAM__0__USERNAME", "me@gmail.com"),
+        ("SMARTHOST__UPSTREAM__0__PASSWORD", "app-password"),
+    ]);
+    let c = load(&ConfigSource::Embedded, &vars).unwrap();
+    assert_eq!(
+        c.upstream[0].url,
+        "smtps://smtp.gmail.com:465".parse().unwrap()
+    );
+    assert_eq!(c.upstream[0].sender.as_deref(), Some("me@gmail.com"));
+    // And a URL from the environment replaces the file's provider.
+    let up = upstream(
+        "[[upstream]]\nprovider = \"gmail\"\n",
+        &[("SMARTHOST__UPSTREAM__0__URL", "smtp://mx.example.com")],
+    );
+    assert_eq!(up.url, "smtp://mx.example.com:587".parse().unwrap());
+    assert!(up.provider.is_none());
+}
+
+#[test]
+fn sender_defaults_to_the_account_where_the_provider_requires_it() {
+    for preset in ["gmail", "outlook", "office365", "qq", "exmail", "163"] {
+        let up = upstream(
+            &format!(
+                "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+            ),
+            &[],
+        );
+        assert_eq!(up.sender.as_deref(), Some("me@example.com"), "{preset}");
+    }
+    // An explicit sender wins.
+    let up = upstream(
+        "[[upstream]]\nprovider = \"gmail\"\nusername = \"me@gmail.com\"\npassword = \"p\"\nsender = \"alias@example.com\"\n",
+        &[],
+    );
+    assert_eq!(up.sender.as_deref(), Some("alias@example.com"));
+    // Relay services do not force the From.
+    for preset in ["ses:us-east-1", "sendgrid", "mailgun"] {
+        let up = upstream(
+            &format!(
+                "[[upstream]]\nprovider = \"{preset}\"\nusername = \"AKIAEXAMPLE\"\npassword = \"p\"\n"
+            ),
+            &[],
+        );
+        assert_eq!(up.sender, None, "{preset}");
+    }
+    // Without credentials there is no account to default to.
+    assert_eq!(
+        upstream("[[upstream]]\nprovider = \"qq\"\n", &[]).sender,
+        None
+    );
+    // A username that is not an address cannot be the From.
+    let got = error(
+        "[[upstream]]\nprovider = \"office365\"\nusername = \"relay\"\npassword = \"p\"\n",
+        &[],
+    );
+    assert!(
+        got.starts_with(
+            "FILE: `upstream[0].username`: office365 accepts mail only From the account"
+        ),
+        "{got}"
+    );
+}
+
+#[test]
+fn sendgrid_username_defaults_to_apikey() {
+    let up = upstream(
+        "[[upstream]]\nprovider = \"sendgrid\"\npassword = \"SG.key\"\n",
+        &[],
+    );
+    assert_eq!(up.username.as_deref(), Some("apikey"));
+    let up = upstream(
+        "[[upstream]]\nprovider = \"sendgrid\"\nusername = \"other\"\npassword = \"SG.key\"\n",
+        &[],
+    );
+    assert_eq!(up.username.as_deref(), Some("other"));
+}
+
+#[test]
+fn max_recipients_defaults_to_100_or_the_presets_cap() {
+    let up = upstream("[[upstream]]\nurl = \"smtps://x\"\n", &[]);
+    assert_eq!(up.max_recipients, 100);
+    for (preset, want) in [
+        ("gmail", 100),
+        ("office365", 500),
+        ("outlook", 100),
+        ("ses:us-east-1", 50),
+        ("sendgrid", 100),
+        ("mailgun", 100),
+        ("qq", 100),
+    ] {
+        let up = upstream(
+            &format!(
+                "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+            ),
+            &[],
+        );
+        assert_eq!(up.max_recipients, want, "{preset}");
+    }
+    // Set explicitly, it wins over the preset; the environment wins over the file.
+    let up = upstream(
+        "[[upstream]]\nprovider = \"ses:us-east-1\"\nusername = \"AKIA\"\npassword = \"p\"\nmax_recipients = 20\n",
+        &[],
+    );
+    assert_eq!(up.max_recipients, 20);
+    let up = upstream(
+        "[[upstream]]\nurl = \"smtps://x\"\nmax_recipients = 20\n",
+        &[("SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS", "7")],
+    );
+    assert_eq!(up.max_recipients, 7);
+    for (preset, want) in [("sendgrid", 5000), ("gmail", 100), ("ses:us-east-1", 100)] {
+        let up = upstream(
+            &format!(
+                "[[upstream]]\nprovider = \"{preset}\"\nusername = \"me@example.com\"\npassword = \"p\"\n"
+            ),
+            &[],
+        );
+        assert_eq!(up.max_messages_per_connection, want, "{preset}");
+    }
+    let up = upstream(
+        "[[upstream]]\nprovider = \"sendgrid\"\npassword = \"p\"\nmax_messages_per_connection = 20\n",
+        &[],
+    );
+    assert_eq!(up.max_messages_per_connection, 20);
+    let got = error(
+        "[[upstream]]\nurl = \"smtps://x\"\n",
+        &[("SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS", "0")],
+    );
+    assert!(
+        got.starts_with(
+            "environment variable SMARTHOST__UPSTREAM__0__MAX_RECIPIENTS: `upstream[0].max_recipients`: must be at least 1"
+        ),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_network_covering_everything_needs_allow_open_relay() {
+    for nets in ["0.0.0.0/0", "::/0", "10.0.0.0/8, 128.0.0.0/0"] {
+        let text = format!("[server]\ntrusted_networks = \"{nets}\"\n{MINIMAL}");
+        let got = error(&text, &[]);
+        assert!(
+            got.starts_with("FILE: `server.trusted_networks`: ")
+                && got.contains("open relay: anyone who can reach the SMTP port can send mail through your upstream accounts")
+                && got.contains("server.allow_open_relay = true"),
+            "{nets}: {got}"
+        );
+        let got = error(MINIMAL, &[("SMARTHOST__SERVER__TRUSTED_NETWORKS", nets)]);
+        assert!(
+            got.starts_with("environment variable SMARTHOST__SERVER__TRUSTED_NETWORKS: `server.trusted_networks`"),
+            "{got}"
+        );
+        let (_f, src) = file(&format!(
+            "[server]\ntrusted_networks = \"{nets}\"\nallow_open_relay = true\n{MINIMAL}"
+        ));
+        assert!(load(&src, &[]).unwrap().server.allow_open_relay);
+        let (_f, src) = file(MINIMAL);
+        let vars = env(&[
+            ("SMARTHOST__SERVER__TRUSTED_NETWORKS", nets),
+            ("SMARTHOST__SERVER__ALLOW_OPEN_RELAY", "true"),
+        ]);
+        assert!(load(&src, &vars).is_ok(), "{nets}");
+    }
+    // Wide but not everything is fine.
+    let (_f, src) = file(&format!(
+        "[server]\ntrusted_networks = [\"0.0.0.0/1\", \"::/1\"]\n{MINIMAL}"
+    ));
+    assert!(!load(&src, &[]).unwrap().server.allow_open_relay);
+}
+
+#[test]
+fn halves_that_together_cover_everything_need_allow_open_relay() {
+    let got = error(
+        &format!("[server]\ntrusted_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n{MINIMAL}"),
+        &[],
+    );
+    assert!(
+        got.contains("0.0.0.0/1, 128.0.0.0/1 trusts every address"),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_proxy_list_covering_everything_needs_allow_open_relay() {
+    for nets in ["0.0.0.0/0", "::/0", "0.0.0.0/1, 128.0.0.0/1"] {
+        let text =
+            format!("[server]\nproxy_protocol = true\ntrusted_proxies = \"{nets}\"\n{MINIMAL}");
+        let got = error(&text, &[]);
+        assert!(
+            got.starts_with("FILE: `server.trusted_proxies`: ")
+                && got.contains("open relay: any client can send a PROXY header claiming an address in trusted_networks")
+                && got.contains("server.allow_open_relay = true"),
+            "{nets}: {got}"
+        );
+        // Even with PROXY off: turning it on later must not open the relay silently.
+        let got = error(MINIMAL, &[("SMARTHOST__SERVER__TRUSTED_PROXIES", nets)]);
+        assert!(
+            got.starts_with(
+                "environment variable SMARTHOST__SERVER__TRUSTED_PROXIES: `server.trusted_proxies`"
+            ),
+            "{got}"
+        );
+        let (_f, src) = file(&format!(
+            "[server]\nproxy_protocol = true\ntrusted_proxies = \"{nets}\"\nallow_open_relay = true\n{MINIMAL}"
+        ));
+        assert!(load(&src, &[]).is_ok(), "{nets}");
+    }
+    let (_f, src) = file(&format!(
+        "[server]\nproxy_protocol = true\ntrusted_proxies = \"172.17.0.1/32, 10.0.0.0/8\"\n{MINIMAL}"
+    ));
+    assert!(load(&src, &[]).is_ok());
+}
+
+#[test]
+fn oauth_tables_from_a_file_and_from_the_environment() {
+    let up = upstream(
+        "[[upstream]]\nname = \"m365\"\nprovider = \"office365\"\nusername = \"relay@contoso.com\"\n\
+         [upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"contoso.onmicrosoft.com\"\n\
+         client_id = \"app-id\"\nclient_secret = \"s3cret\"\n",
+        &[],
+    );
+    let oauth = up.oauth.unwrap();
+    assert_eq!(
+        oauth.token_url.as_deref(),
+        Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token")
+    );
+    assert_eq!(up.sender.as_deref(), Some("relay@contoso.com"));
+
+    let (_f, src) = file("");
+    let vars = env(&[
+        ("SMARTHOST__UPSTREAM__0__PROVIDER", "gmail"),
+        ("SMARTHOST__UPSTREAM__0__USERNAME", "me@gmail.com"),
+        ("SMARTHOST__UPSTREAM__0__OAUTH__FLOW", "refresh_token"),
+        (
+            "SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_ID",
+            "id.apps.googleusercontent.com",
+        ),
+        ("SMARTHOST__UPSTREAM__0__OAUTH__CLIENT_SECRET", "gsecret"),
+    ]);
+    let up = load(&src, &vars).unwrap().upstream.remove(0);
+    let oauth = up.oauth.unwrap();
+    assert_eq!(oauth.scope.as_deref(), Some("https://mail.google.com/"));
+    assert_eq!(
+        oauth.refresh_token_file.as_deref(),
+        Some(std::path::Path::new("data/oauth/smtp.gmail.com:465.json"))
+    );
+    assert_eq!(oauth.client_secret.unwrap().expose(), "gsecret");
+}
+
+#[test]
+fn oauth_mistakes_name_the_key() {
+    let base = "[[upstream]]\nprovider = \"office365\"\nusername = \"relay@contoso.com\"\n";
+    let got = error(
+        &format!(
+            "{base}password = \"pw\"\n[upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"
+        ),
+        &[],
+    );
+    assert!(
+        got.starts_with("FILE: `upstream[0].password`: [upstream.oauth] fetches the tokens"),
+        "{got}"
+    );
+    let got = error(
+        &format!(
+            "{base}[upstream.oauth]\nflow = \"client_credentials\"\nclient_id = \"a\"\nclient_secret = \"s\"\n"
+        ),
+        &[],
+    );
+    assert!(
+        got.starts_with("FILE: `upstream[0].oauth.tenant`: the office365 preset builds token_url from the tenant"),
+        "{got}"
+    );
+    let got = error(
+        &format!("{base}[upstream.oauth]\nflow = \"device\"\nclient_id = \"a\"\n"),
+        &[],
+    );
+    assert!(
+        got.contains("\"client_credentials\", \"refresh_token\""),
+        "{got}"
+    );
+    let got = error(
+        "[[upstream]]\nprovider = \"office365\"\n[upstream.oauth]\nflow = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret = \"s\"\n",
+        &[],
+    );
+    assert!(
+        got.starts_with("FILE: `upstream[0].username`: [upstream.oauth] needs the mailbox"),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_missing_file_says_so() {
+    let e = load(
+        &ConfigSource::File("/nonexistent/smarthost.toml".into()),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot read config file /nonexistent/smarthost.toml"),
+        "{e}"
+    );
+}
