@@ -10,16 +10,28 @@
 //! after the first ([`Fault::HoldEndOfDataAfter`]), so the kill always falls inside the
 //! second transaction; every wait has its own deadline and the relay is killed when the
 //! test ends.
+//!
+//! The contract between the delivery stage and the queue ([`Progress`]) is tested on
+//! the [`Deliverer`] itself: a single transaction reports nothing (no extra write), a
+//! split message reports each transaction before the next, and a report the queue
+//! cannot record ends the attempt before the next transaction.
 
 mod daemon;
 mod fake_upstream;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use daemon::{CHILD_GUARD, Daemon, smarthost, write_config};
 use fake_upstream::{FakeUpstream, Fault, Mode};
+use smarthost::deliver::failover::RcptStatus;
+use smarthost::deliver::{Deliverer, Progress, ProgressFuture};
+use smarthost::message::{Envelope, Message, QueueId};
 use smarthost::ops::send::{SendRequest, send};
+use smarthost::proto::{Address, ReversePath};
+use smarthost::transform::Transformer;
+use smarthost::transform::dkim::DkimKeys;
 
 fn recipients(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("r{i}@example.net")).collect()
@@ -141,4 +153,143 @@ fn sigkill_between_transactions_resends_no_accepted_recipient() {
     drop(second);
     drop(fake);
     drop(runtime);
+}
+
+/// A queue stand-in: remembers every report; refuses them all when `refuse`.
+#[derive(Default)]
+struct Reports {
+    seen: Mutex<Vec<Vec<usize>>>,
+    refuse: bool,
+}
+
+impl Progress for Reports {
+    fn accepted<'a>(&'a self, accepted: &'a [usize]) -> ProgressFuture<'a> {
+        self.seen.lock().unwrap().push(accepted.to_vec());
+        let result = if self.refuse {
+            Err("the spool cannot record delivery progress: test".to_owned())
+        } else {
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+fn deliverer(fake: &FakeUpstream, max_recipients: usize) -> Deliverer {
+    let config = fake_upstream::load_config(&format!(
+        "[[upstream]]\nname = \"capped\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\n\
+         timeout = \"5s\"\nmax_recipients = {max_recipients}\n",
+        fake.port()
+    ));
+    let transformer = Arc::new(Transformer::new(DkimKeys::load(&config.dkim).unwrap()));
+    Deliverer::from_config(&config, transformer).unwrap()
+}
+
+fn message(n: usize) -> Arc<Message> {
+    Arc::new(Message {
+        id: QueueId::generate(),
+        envelope: Envelope {
+            sender: ReversePath::Mailbox(Address::parse("app@example.com").unwrap()),
+            recipients: recipients(n)
+                .iter()
+                .map(|r| Address::parse(r).unwrap())
+                .collect(),
+            smtputf8: false,
+            eight_bit: false,
+        },
+        content: b"From: <app@example.com>\r\nSubject: split\r\n\r\nbody\r\n".to_vec(),
+        received_at: SystemTime::now(),
+    })
+}
+
+async fn deliver(
+    deliverer: &Deliverer,
+    message: Arc<Message>,
+    progress: &Reports,
+) -> smarthost::deliver::failover::Report {
+    tokio::time::timeout(CHILD_GUARD, deliverer.deliver_tracked(message, progress))
+        .await
+        .expect("delivery hung")
+}
+
+#[tokio::test]
+async fn one_transaction_reports_nothing_and_a_split_one_each_transaction_before_the_next() {
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .start()
+        .await;
+    let deliverer = deliverer(&fake, 2);
+
+    let single = Reports::default();
+    let report = deliver(&deliverer, message(2), &single).await;
+    assert!(report.all_delivered(), "{report:?}");
+    assert!(
+        single.seen.lock().unwrap().is_empty(),
+        "one transaction must cost no progress write"
+    );
+
+    let split = Reports::default();
+    let report = deliver(&deliverer, message(5), &split).await;
+    assert!(report.all_delivered(), "{report:?}");
+    // Transactions {0,1}, {2,3}, {4}: the last is recorded with the attempt's outcome.
+    assert_eq!(*split.seen.lock().unwrap(), vec![vec![0, 1], vec![2, 3]]);
+    assert_eq!(fake.messages().len(), 1 + 3);
+}
+
+#[tokio::test]
+async fn a_report_the_queue_cannot_record_ends_the_attempt_before_the_next_transaction() {
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .start()
+        .await;
+    let deliverer = deliverer(&fake, 2);
+    let refusing = Reports {
+        refuse: true,
+        ..Reports::default()
+    };
+    let report = deliver(&deliverer, message(5), &refusing).await;
+    assert_eq!(*refusing.seen.lock().unwrap(), vec![vec![0, 1]]);
+    // Only the first transaction went out; the others wait, not failed.
+    assert_eq!(fake.messages().len(), 1);
+    let statuses: Vec<&RcptStatus> = report.recipients.iter().map(|(_, s)| s).collect();
+    assert!(
+        matches!(statuses[0], RcptStatus::Delivered { .. }),
+        "{report:?}"
+    );
+    assert!(
+        matches!(statuses[1], RcptStatus::Delivered { .. }),
+        "{report:?}"
+    );
+    for status in &statuses[2..] {
+        match status {
+            RcptStatus::Deferred(reason) => {
+                assert!(reason.to_string().contains("cannot record"), "{report:?}")
+            }
+            other => panic!("expected deferred, got {other:?}"),
+        }
+    }
+    // Not the upstream's fault: its breaker stays closed.
+    assert!(deliverer.usable().is_ok());
+}
+
+#[tokio::test]
+async fn recipients_one_upstream_accepted_are_reported_before_the_next_upstream_is_tried() {
+    let first = FakeUpstream::builder(Mode::Plain)
+        .rcpt_reply_for("r2@example.net", "451 4.3.0 try elsewhere")
+        .start()
+        .await;
+    let second = FakeUpstream::builder(Mode::Plain).start().await;
+    let config = fake_upstream::load_config(&format!(
+        "[[upstream]]\nname = \"first\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\npriority = 0\n\n\
+         [[upstream]]\nname = \"second\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\npriority = 1\n",
+        first.port(),
+        second.port()
+    ));
+    let transformer = Arc::new(Transformer::new(DkimKeys::load(&config.dkim).unwrap()));
+    let deliverer = Deliverer::from_config(&config, transformer).unwrap();
+    let reports = Reports::default();
+    let report = deliver(&deliverer, message(2), &reports).await;
+    assert!(report.all_delivered(), "{report:?}");
+    assert_eq!(*reports.seen.lock().unwrap(), vec![vec![0]]);
+    assert_eq!(first.messages()[0].rcpts, ["r1@example.net"]);
+    assert_eq!(second.messages()[0].rcpts, ["r2@example.net"]);
 }
