@@ -27,10 +27,10 @@ use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use super::bounce::{FailedRecipient, bounce, status_of};
-use super::failover::{RcptStatus, Reason, Report};
-use super::{Deliverer, Progress, ProgressFuture};
-use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::Config;
+use crate::deliver::failover::{RcptStatus, Reason, Report};
+use crate::deliver::{Deliverer, Progress, ProgressFuture};
+use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::message::{Message, QueueId};
 use crate::proto::ReversePath;
 use crate::spool::ctl::{self, Request};
