@@ -4,10 +4,10 @@
 //! message acceptable to strict providers and delivers it through a pool of upstreams.
 //!
 //! ```text
-//!  client ─SMTP─▶ accept ─▶ transform::normalize ─▶ Handoff ─┬─ queue mode:  spool (fsync) ─▶ scheduler ─┐
-//!                 (session,  (strict From, Date,             │                                            ├─▶ deliver::failover ─▶ upstreams
-//!                  limits)    Message-ID, Received)          └─ passthrough: deliver at once ─────────────┘   (sender policy, 7-bit,
-//!                                                                            (leftovers to the spool)          DKIM, pool, TLS, OAuth)
+//!  client ─SMTP─▶ accept ──▶ Handoff ─┬─ queue mode:  queue ─▶ spool (fsync) ─▶ scheduler ─┐
+//!                 (session,           │                                                  ├─▶ deliver ─▶ upstreams
+//!                  normalize,         └─ passthrough: queue::Passthrough ────────────────┘   (failover, sender policy,
+//!                  Received)              (leftovers go to the spool)                         7-bit, DKIM, pool, TLS, OAuth)
 //! ```
 //!
 //! | module | owns |
@@ -16,7 +16,8 @@
 //! | [`accept`] | stage 1: listener, connection limits, the session state machine ([`accept::phase`]) and its driver; hands each message over through [`accept::Handoff`] |
 //! | [`spool`] | stage 2: the durable journal (group commit, recovery, quarantine), per-recipient state, `ctl/` requests from the `queue` command |
 //! | [`transform`] | stage 3: pure rewrites: the header block and From/Sender/Reply-To at acceptance, the upstream's `sender` policy, 7-bit conversion and DKIM at delivery |
-//! | [`deliver`] | stage 4: the queue-mode scheduler (retries, bounces, disk guard), the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
+//! | [`queue`] | between spool and delivery: the scheduler (retries, bounces, outcomes the disk cannot take yet, disk guard, `queue` requests) and the passthrough hand-off |
+//! | [`deliver`] | stage 4: the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
 //! | [`config`] | typed configuration: layering, environment, validation per section, provider presets |
 //! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `send`, and the metrics/health HTTP endpoint |
 //! | [`relay`] | wiring the stages together, reload, graceful shutdown |
@@ -37,6 +38,7 @@ pub mod deliver;
 pub mod message;
 pub mod ops;
 pub mod proto;
+pub mod queue;
 pub mod relay;
 pub mod spool;
 pub mod telemetry;

@@ -5,7 +5,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::proto::{Address, ReversePath};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::proto::{Address, Reply, ReversePath};
 
 /// Identifies one accepted message from `250 2.0.0 queued as ID` to the last log line.
 ///
@@ -108,4 +111,28 @@ mod tests {
         assert_eq!(QueueId::parse(&text), Some(ids[0]));
         assert_eq!(QueueId::parse("xyz"), None);
     }
+}
+
+// ---- the contract between accept and the next stage ----
+
+/// Why the next stage did not take a message.
+#[derive(Debug)]
+pub enum HandoffError {
+    /// The message is refused with this reply (e.g. an upstream's answer in passthrough mode).
+    Refused(Reply),
+    /// A local failure (disk, configuration); the client hears a generic `451 4.3.0`, the
+    /// detail goes to the log.
+    Unavailable(String),
+    /// The spool has no room (disk full, or above `spool.max_disk_usage`); the client
+    /// hears `452 4.3.1`, the detail goes to the log.
+    NoStorage(String),
+}
+
+/// A future returned by [`Handoff::submit`].
+pub type HandoffFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandoffError>> + Send + 'a>>;
+
+/// Where accepted messages go. `Ok` means the message is safe: durable, or delivered.
+pub trait Handoff: Send + Sync + 'static {
+    /// Take responsibility for `message`.
+    fn submit(&self, message: Message) -> HandoffFuture<'_>;
 }

@@ -10,9 +10,9 @@ use tracing::{info, warn};
 
 use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
 use crate::config::{Config, DeliveryMode};
-use crate::deliver::scheduler::{Scheduler, Settings};
-use crate::deliver::{Deliverer, Passthrough, SetupError};
+use crate::deliver::{Deliverer, SetupError};
 use crate::ops::metrics;
+use crate::queue::{Passthrough, Scheduler, Settings};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::TlsSetupError;
 use crate::transform::Transformer;

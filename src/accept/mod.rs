@@ -11,9 +11,7 @@ mod limits;
 pub mod phase;
 mod session;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
@@ -24,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
-use crate::message::Message;
+pub use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
 use crate::telemetry::name;
@@ -41,28 +39,6 @@ pub enum RunState {
     Draining,
     /// The grace period is over: every session closes now.
     Stopped,
-}
-
-/// Why the next stage did not take a message.
-#[derive(Debug)]
-pub enum HandoffError {
-    /// The message is refused with this reply (e.g. an upstream's answer in passthrough mode).
-    Refused(Reply),
-    /// A local failure (disk, configuration); the client hears a generic `451 4.3.0`, the
-    /// detail goes to the log.
-    Unavailable(String),
-    /// The spool has no room (disk full, or above `spool.max_disk_usage`); the client
-    /// hears `452 4.3.1`, the detail goes to the log.
-    NoStorage(String),
-}
-
-/// A future returned by [`Handoff::submit`].
-pub type HandoffFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandoffError>> + Send + 'a>>;
-
-/// Where accepted messages go. `Ok` means the message is safe: durable, or delivered.
-pub trait Handoff: Send + Sync + 'static {
-    /// Take responsibility for `message`.
-    fn submit(&self, message: Message) -> HandoffFuture<'_>;
 }
 
 /// The listening sockets and what their sessions share.

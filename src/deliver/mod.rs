@@ -5,12 +5,10 @@
 //! [`connect`], [`client`]) guarded by circuit breakers ([`breaker`]), or local
 //! Maildirs ([`maildir`]). Failures are classified in [`outcome`].
 //!
-//! In queue mode the [`scheduler`] calls it for messages from the spool; in passthrough
-//! mode [`Passthrough`] is the session's [`Handoff`](crate::accept::Handoff) and the
-//! client hears `250` only once an upstream accepted the message (for some recipients:
-//! the rest go to the spool, see [`Passthrough`]).
+//! The queue stage calls it: the scheduler for messages from the spool, the passthrough
+//! hand-off while the client waits ([`crate::queue`]). Delivery never calls the queue;
+//! it reports progress through [`Progress`].
 
-pub mod bounce;
 pub mod breaker;
 pub mod client;
 pub mod connect;
@@ -19,7 +17,6 @@ pub mod maildir;
 pub mod oauth;
 pub mod outcome;
 pub mod ratelimit;
-pub mod scheduler;
 pub mod upstream;
 
 use std::sync::{Arc, RwLock};
@@ -28,16 +25,45 @@ use tokio::sync::Notify;
 
 use tracing::{info, warn};
 
-use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::{Config, UpstreamUrl};
 use crate::message::Message;
+use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::{Enhanced, Reply, Response};
 use crate::telemetry::name;
 use crate::transform::Transformer;
 use failover::{RcptStatus, Reason, Report};
 use maildir::Maildir;
-use scheduler::{Scheduler, Settings};
 use upstream::SmtpUpstream;
+
+/// What [`Progress::accepted`] returns: `Err` with the reason when the recipients
+/// cannot be recorded.
+pub type ProgressFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// The queue's ear during one delivery attempt of a message split into several
+/// transactions (recipient caps, failover): told which recipients were accepted while
+/// more transactions follow, it makes them durable before the next transaction starts,
+/// so a crash in between never sends them again. The delivery stage only reports; what
+/// "durable" means is the queue's business.
+///
+/// Never called for a message that goes in one transaction (the common case costs
+/// nothing): the attempt's outcome is recorded once, at its end, as before.
+pub trait Progress: Send + Sync {
+    /// `accepted` (indices into the recipients of the message handed to the delivery)
+    /// were accepted by an upstream, and more transactions follow. When this returns
+    /// `Err`, the attempt ends before its next transaction: those not sent yet stay
+    /// deferred (sending more that cannot be recorded is what this is here to prevent).
+    fn accepted<'a>(&'a self, accepted: &'a [usize]) -> ProgressFuture<'a>;
+}
+
+/// No progress to record: passthrough, where the client waits for the whole attempt.
+pub struct Untracked;
+
+impl Progress for Untracked {
+    fn accepted<'a>(&'a self, _accepted: &'a [usize]) -> ProgressFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
 
 /// An upstream that cannot be set up; names the upstream and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +243,17 @@ impl Deliverer {
 
     /// Deliver one message and report per recipient.
     pub async fn deliver(&self, message: Arc<Message>) -> Report {
+        self.deliver_tracked(message, &Untracked).await
+    }
+
+    /// [`Deliverer::deliver`], telling `progress` of the recipients accepted while
+    /// more transactions follow.
+    pub async fn deliver_tracked(&self, message: Arc<Message>, progress: &dyn Progress) -> Report {
         let started = std::time::Instant::now();
         let routing = self.current();
         let id = message.id;
-        let report = failover::walk(&routing.targets, &routing.transformer, message).await;
+        let report =
+            failover::walk(&routing.targets, &routing.transformer, message, progress).await;
         metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
             match status {
@@ -274,110 +307,11 @@ impl Handoff for Deliverer {
     }
 }
 
-/// Passthrough mode's hand-off: deliver while the client waits, and never make the
-/// client's retry the cause of a second copy.
-///
-/// - Every recipient accepted: `250`.
-/// - None accepted: the upstream's reply (the client keeps the message and retries, or
-///   bounces it); nobody got a copy, so a retry duplicates nothing.
-/// - Some accepted, the others deferred or refused: `250`, because any other answer
-///   makes the client send the message again, and the accepted recipients would get
-///   it twice (RFC 5321 §6.1: once the relay said 250 it owns the rest). The deferred
-///   recipients are written to the spool and retried like queue-mode mail by a
-///   [`Scheduler`]; the refused ones get a DSN from the relay ([`Scheduler::adopt`]).
-///   Only when the spool cannot take them does the old answer stand (a `4xx` if any
-///   recipient is deferred: a duplicate is better than a loss).
-///
-/// The spool is opened (and its scheduler started) the first time it is needed, or at
-/// start when `spool.dir` already exists (leftovers of an earlier run are retried):
-/// a passthrough relay that never needs it neither creates nor locks it.
-pub struct Passthrough {
-    deliverer: Arc<Deliverer>,
-    dir: std::path::PathBuf,
-    settings: Settings,
-    leftovers: tokio::sync::OnceCell<Scheduler>,
-}
-
-impl Passthrough {
-    /// Deliver with `deliverer`; what is left goes to the spool in `dir`, retried with
-    /// `settings`. If `dir` exists, it is opened now (a failure is logged, and opening
-    /// is tried again when needed).
-    pub async fn start(
-        deliverer: Arc<Deliverer>,
-        dir: std::path::PathBuf,
-        settings: Settings,
-    ) -> Passthrough {
-        let this = Passthrough {
-            deliverer,
-            dir,
-            settings,
-            leftovers: tokio::sync::OnceCell::new(),
-        };
-        if this.dir.exists() {
-            match this.leftovers().await {
-                Ok(s) => {
-                    info!(spool = %this.dir.display(), queued = s.queued(), "passthrough mode: recipients left deferred next to delivered ones are retried from the spool")
-                }
-                Err(e) => {
-                    warn!(spool = %this.dir.display(), error = %e, "passthrough mode: cannot open the spool now; tried again when a delivery leaves deferred recipients")
-                }
-            }
-        }
-        this
-    }
-
-    /// The scheduler on the spool, opened on first use.
-    async fn leftovers(&self) -> Result<&Scheduler, crate::spool::SpoolError> {
-        self.leftovers
-            .get_or_try_init(|| async {
-                let spool = Arc::new(crate::spool::Spool::open(&self.dir)?);
-                Ok(Scheduler::start(
-                    spool,
-                    self.deliverer.clone(),
-                    self.settings.clone(),
-                ))
-            })
-            .await
-    }
-
-    /// The scheduler, if the spool was opened (to stop it at shutdown).
-    pub fn running(&self) -> Option<&Scheduler> {
-        self.leftovers.get()
-    }
-}
-
-impl Handoff for Passthrough {
-    fn submit(&self, message: Message) -> HandoffFuture<'_> {
-        Box::pin(async move {
-            let message = Arc::new(message);
-            let report = self.deliverer.deliver(message.clone()).await;
-            let some_delivered = report
-                .recipients
-                .iter()
-                .any(|(_, s)| matches!(s, RcptStatus::Delivered { .. }));
-            if report.all_delivered() || !some_delivered {
-                return passthrough_result(&report);
-            }
-            let adopted = match self.leftovers().await {
-                Ok(leftovers) => leftovers.adopt(&message, &report).await,
-                Err(e) => Err(e),
-            };
-            match adopted {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    tracing::error!(queue_id = %message.id, error = %e, "passthrough: cannot spool the recipients that are not delivered yet; answering as without a spool (a deferred recipient makes the client retry, and the delivered ones may get a second copy)");
-                    passthrough_result(&report)
-                }
-            }
-        })
-    }
-}
-
 /// What the submitting client hears in passthrough mode without the spool's help. Any
 /// deferred recipient makes the whole message temporary-failed, so the client retries
 /// rather than loses it (the recipients that did get it may see it twice). Permanent
-/// failures next to deliveries are only logged. [`Passthrough`] uses it when no
-/// recipient was delivered, and when the spool cannot take the rest.
+/// failures next to deliveries are only logged. [`crate::queue::Passthrough`] uses it when
+/// no recipient was delivered, and when the spool cannot take the rest.
 pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
     if report.all_delivered() {
         return Ok(());
