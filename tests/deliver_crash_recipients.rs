@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use daemon::{CHILD_GUARD, Daemon, smarthost, write_config};
 use fake_upstream::{FakeUpstream, Fault, Mode};
-use smarthost::deliver::failover::RcptStatus;
+use smarthost::deliver::failover::RcptOutcome;
 use smarthost::deliver::{Deliverer, Progress, ProgressFuture};
 use smarthost::message::{Envelope, Message, QueueId};
 use smarthost::ops::send::{SendRequest, send};
@@ -250,18 +250,18 @@ async fn a_report_the_queue_cannot_record_ends_the_attempt_before_the_next_trans
     assert_eq!(*refusing.seen.lock().unwrap(), vec![vec![0, 1]]);
     // Only the first transaction went out; the others wait, not failed.
     assert_eq!(fake.messages().len(), 1);
-    let statuses: Vec<&RcptStatus> = report.recipients.iter().map(|(_, s)| s).collect();
+    let statuses: Vec<&RcptOutcome> = report.recipients.iter().map(|(_, s)| s).collect();
     assert!(
-        matches!(statuses[0], RcptStatus::Delivered { .. }),
+        matches!(statuses[0], RcptOutcome::Delivered { .. }),
         "{report:?}"
     );
     assert!(
-        matches!(statuses[1], RcptStatus::Delivered { .. }),
+        matches!(statuses[1], RcptOutcome::Delivered { .. }),
         "{report:?}"
     );
     for status in &statuses[2..] {
         match status {
-            RcptStatus::Deferred(reason) => {
+            RcptOutcome::Deferred(reason) => {
                 assert!(reason.to_string().contains("cannot record"), "{report:?}")
             }
             other => panic!("expected deferred, got {other:?}"),

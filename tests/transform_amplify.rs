@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use smarthost::transform::from_rewrite::{MAX_NAME_OCTETS, is_strict_mailbox, parse_mailboxes};
-use smarthost::transform::headers::Message;
+use smarthost::transform::headers::Parsed;
 use support::{Delivered, list_maildir, start_relay};
 
 /// `max_message_size` for the big message: 32 MiB.
@@ -54,7 +54,7 @@ async fn wait_for(dir: &Path, n: usize, bound: Duration) -> Vec<Delivered> {
 }
 
 /// The unfolded value of the first field `name`.
-fn field(msg: &Message, name: &str) -> String {
+fn field(msg: &Parsed, name: &str) -> String {
     let field = msg
         .get(name)
         .unwrap_or_else(|| panic!("no {name} field delivered"));
@@ -91,7 +91,7 @@ async fn a_24_mib_display_name_goes_out_short_and_strict_through_the_sender_poli
         bytes.len()
     );
     assert!(bytes.ends_with(b"\r\n\r\nThe body.\r\n"));
-    let msg = Message::parse(bytes);
+    let msg = Parsed::parse(bytes);
     for (name, address) in [
         ("From", "relay@example.com"),
         ("Reply-To", "app@example.com"),

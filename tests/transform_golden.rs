@@ -24,7 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use smarthost::message::QueueId;
 use smarthost::proto::{Address, ReversePath};
 use smarthost::transform::from_rewrite::is_strict_mailbox;
-use smarthost::transform::headers::Message;
+use smarthost::transform::headers::Parsed;
 use smarthost::transform::normalize::{Acceptance, normalize};
 
 /// `Sun, 22 Nov 2026 01:33:32 +0000`
@@ -162,7 +162,7 @@ fn check_normalised(name: &str, out: &[u8], sender: &ReversePath, smtputf8: bool
         show(out),
         show(&again)
     );
-    let msg = Message::parse(out);
+    let msg = Parsed::parse(out);
     let froms: Vec<_> = msg.fields.iter().filter(|f| f.is("From")).collect();
     assert_eq!(froms.len(), 1, "{name}: one From field\n{}", show(out));
     let value = String::from_utf8(froms[0].unfolded()).expect("From is UTF-8");

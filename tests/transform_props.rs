@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use smarthost::message::QueueId;
 use smarthost::proto::{Address, ReversePath};
 use smarthost::transform::from_rewrite::{Mailbox, is_strict_mailbox, parse_mailboxes, render};
-use smarthost::transform::headers::{Message, unfold};
+use smarthost::transform::headers::{Parsed, unfold};
 use smarthost::transform::normalize::{Acceptance, normalize};
 
 /// The name as the rewriter keeps it: control characters dropped, white space runs
@@ -150,7 +150,7 @@ proptest! {
         let from = sloppy_from(&name, &address, form);
         let content = format!("From: {from}\r\nSubject: p\r\n\r\nbody\r\n");
         let out = normalized(content.as_bytes(), false);
-        let msg = Message::parse(&out);
+        let msg = Parsed::parse(&out);
         let froms: Vec<_> = msg.fields.iter().filter(|f| f.is("From")).collect();
         prop_assert_eq!(froms.len(), 1);
         let raw = format!("From:{}", String::from_utf8(froms[0].raw_value.clone()).unwrap());

@@ -1,7 +1,7 @@
 //! Arbitrary bytes into the header-block splitter, `smarthost::transform::headers`.
 //!
 //! The input is the message content as it is, any bytes and line endings. Nothing may
-//! panic, and for `msg = Message::parse(input)`, `out = msg.to_bytes()`:
+//! panic, and for `msg = Parsed::parse(input)`, `out = msg.to_bytes()`:
 //!
 //! 1. the header block of `out` is fields in the strict form (`Name:` without white space
 //!    before the colon) and their continuations, every line ending in LF;
@@ -17,10 +17,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smarthost::transform::headers::{Line, Message, Repair, classify};
+use smarthost::transform::headers::{Line, Parsed, Repair, classify};
 
 fuzz_target!(|input: &[u8]| {
-    let msg = Message::parse(input);
+    let msg = Parsed::parse(input);
     let out = msg.to_bytes();
 
     // 2. The body is the input's tail and starts where no field can be.
@@ -89,7 +89,7 @@ fuzz_target!(|input: &[u8]| {
     }
 
     // 4. A fixed point.
-    let again = Message::parse(&out);
+    let again = Parsed::parse(&out);
     assert_eq!(
         again.fields, msg.fields,
         "the fields change on a second pass"

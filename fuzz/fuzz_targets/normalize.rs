@@ -28,7 +28,7 @@ use smarthost::message::QueueId;
 use smarthost::proto::{Address, ReversePath};
 use smarthost::transform::TransformError;
 use smarthost::transform::from_rewrite::{is_strict_mailbox, parse_mailboxes};
-use smarthost::transform::headers::Message;
+use smarthost::transform::headers::Parsed;
 use smarthost::transform::normalize::{Acceptance, normalize};
 
 /// Bare CR and bare LF become CRLF, as `proto::dot` delivers content.
@@ -93,13 +93,13 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("unexpected refusal: {e}"),
     };
 
-    let body = Message::parse(&content).body;
+    let body = Parsed::parse(&content).body;
     assert!(
         out.ends_with(&body),
         "the input's body is not the output's tail"
     );
 
-    let msg = Message::parse(&out);
+    let msg = Parsed::parse(&out);
     if body.is_empty() || body.starts_with(b"\r\n") || body.starts_with(b"\n") {
         assert!(msg.body == body, "the body moved");
     } else {

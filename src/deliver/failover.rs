@@ -12,7 +12,7 @@ use super::breaker::Admission;
 use super::client::RcptReply;
 use super::outcome::{Failure, Scope, Unsuitable, is_throttling, is_too_many_recipients};
 use super::upstream::Partial;
-use super::{Progress, ProgressFuture, Target, TargetKind};
+use super::{Progress, ProgressFuture, Upstream, UpstreamKind};
 use crate::message::Message;
 use crate::proto::{Address, Enhanced, Response, ReversePath};
 use crate::transform::{TransformError, Transformer};
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 /// What happened to one recipient.
 #[derive(Clone, Debug)]
-pub enum RcptStatus {
+pub enum RcptOutcome {
     /// Accepted by this upstream with this reply.
     Delivered {
         /// The upstream's name.
@@ -73,7 +73,7 @@ impl std::fmt::Display for Reason {
 #[derive(Debug)]
 pub struct Report {
     /// Per recipient, in envelope order.
-    pub recipients: Vec<(Address, RcptStatus)>,
+    pub recipients: Vec<(Address, RcptOutcome)>,
     /// Whether any upstream was actually tried (not skipped, held or unsuitable).
     pub attempted: bool,
     /// The earliest time a budget-held upstream may send again.
@@ -93,14 +93,14 @@ impl Report {
     pub fn all_delivered(&self) -> bool {
         self.recipients
             .iter()
-            .all(|(_, s)| matches!(s, RcptStatus::Delivered { .. }))
+            .all(|(_, s)| matches!(s, RcptOutcome::Delivered { .. }))
     }
 }
 
 /// The order to try the targets in: ascending priority; within one priority a weighted
 /// random order (each position drawn with probability proportional to weight).
-pub fn order<'a>(targets: &'a [Target], rng: &mut impl Rng) -> Vec<&'a Target> {
-    let mut keyed: Vec<(i32, f64, &Target)> = targets
+pub fn order<'a>(targets: &'a [Upstream], rng: &mut impl Rng) -> Vec<&'a Upstream> {
+    let mut keyed: Vec<(i32, f64, &Upstream)> = targets
         .iter()
         .map(|t| {
             // Efraimidis–Spirakis: sorting by u^(1/w) descending samples by weight.
@@ -138,8 +138,8 @@ enum Attempt {
 
 /// Whether `target` may be tried now: its sending budget and its circuit breaker.
 /// Asked before the message is prepared for it, so a skipped upstream costs no signature.
-fn admit(target: &Target, message: &Message) -> Result<Admission, Attempt> {
-    let TargetKind::Smtp(up) = &target.kind else {
+fn admit(target: &Upstream, message: &Message) -> Result<Admission, Attempt> {
+    let UpstreamKind::Smtp(up) = &target.kind else {
         return Ok(Admission::Allowed);
     };
     let skipped = || {
@@ -195,14 +195,14 @@ impl Progress for Pending<'_> {
 
 /// Try one admitted target with the pending recipients.
 async fn attempt(
-    target: &Target,
+    target: &Upstream,
     admission: Admission,
     message: &Message,
     pending: &[Address],
     progress: &dyn Progress,
 ) -> Attempt {
     let up = match &target.kind {
-        TargetKind::Maildir(maildir) => {
+        UpstreamKind::Maildir(maildir) => {
             let (maildir, msg) = (maildir.clone(), message.clone());
             return match tokio::task::spawn_blocking(move || maildir.deliver(&msg)).await {
                 Ok(Ok(_)) => Attempt::Replies {
@@ -216,7 +216,7 @@ async fn attempt(
                 ))),
             };
         }
-        TargetKind::Smtp(up) => up,
+        UpstreamKind::Smtp(up) => up,
     };
     let as_pair = |r: RcptReply| match r {
         RcptReply::Accepted(resp) => (true, Some(resp)),
@@ -337,10 +337,10 @@ async fn prepare(
 }
 
 /// Whether `target` is known to lack 8BITMIME (from its last EHLO).
-fn known_7bit(target: &Target) -> bool {
+fn known_7bit(target: &Upstream) -> bool {
     match &target.kind {
-        TargetKind::Smtp(up) => up.offers_8bitmime() == Some(false),
-        TargetKind::Maildir(_) => false,
+        UpstreamKind::Smtp(up) => up.offers_8bitmime() == Some(false),
+        UpstreamKind::Maildir(_) => false,
     }
 }
 
@@ -348,7 +348,7 @@ fn known_7bit(target: &Target) -> bool {
 /// follow (the next of a split message, or the next upstream) are told to `progress`
 /// first; if it cannot take them, the walk ends there and the rest stays deferred.
 pub async fn walk(
-    targets: &[Target],
+    targets: &[Upstream],
     transformer: &Arc<Transformer>,
     message: Arc<Message>,
     progress: &dyn Progress,
@@ -358,7 +358,7 @@ pub async fn walk(
     // between upstreams with the same policy does not sign again.
     let mut prepared: HashMap<(Option<String>, bool), Arc<Message>> = HashMap::new();
     let eight_bit = !message.content.is_ascii();
-    let mut status: Vec<(Address, Option<RcptStatus>)> = message
+    let mut status: Vec<(Address, Option<RcptOutcome>)> = message
         .envelope
         .recipients
         .iter()
@@ -384,7 +384,9 @@ pub async fn walk(
         // Recipients an earlier upstream accepted are recorded before another one is
         // tried: a crash during that try must not send them again.
         let earlier: Vec<usize> = (0..status.len())
-            .filter(|i| !recorded[*i] && matches!(status[*i].1, Some(RcptStatus::Delivered { .. })))
+            .filter(|i| {
+                !recorded[*i] && matches!(status[*i].1, Some(RcptOutcome::Delivered { .. }))
+            })
             .collect();
         if !earlier.is_empty() {
             if let Err(why) = progress.accepted(&earlier).await {
@@ -471,7 +473,7 @@ pub async fn walk(
                 for (slot, (accepted, response)) in open.zip(replies) {
                     match response {
                         _ if accepted => {
-                            *slot = Some(RcptStatus::Delivered {
+                            *slot = Some(RcptOutcome::Delivered {
                                 upstream: target.name.clone(),
                                 response,
                             })
@@ -481,7 +483,7 @@ pub async fn walk(
                                 && !is_throttling(&response)
                                 && !is_too_many_recipients(&response) =>
                         {
-                            *slot = Some(RcptStatus::Failed(Reason::Reply {
+                            *slot = Some(RcptOutcome::Failed(Reason::Reply {
                                 upstream: target.name.clone(),
                                 response,
                             }));
@@ -507,7 +509,7 @@ pub async fn walk(
             }
             Attempt::Permanent(reason) => {
                 for slot in open {
-                    *slot = Some(RcptStatus::Failed(reason.clone()));
+                    *slot = Some(RcptOutcome::Failed(reason.clone()));
                 }
                 break;
             }
@@ -518,7 +520,7 @@ pub async fn walk(
     }
 
     let leftover = match last_transient {
-        Some(reason) => RcptStatus::Deferred(reason),
+        Some(reason) => RcptOutcome::Deferred(reason),
         // Every upstream that answered lacked what the message needs.
         // The first upstream's reason names the status (the most preferred one).
         None if !unsuitable.is_empty() => {
@@ -527,16 +529,16 @@ pub async fn walk(
                 .iter()
                 .map(|(name, why)| format!("{name}: {why}"))
                 .collect();
-            RcptStatus::Failed(Reason::Local {
+            RcptOutcome::Failed(Reason::Local {
                 code,
                 status,
                 text: format!("no upstream can take this message: {}", each.join("; ")),
             })
         }
-        None => RcptStatus::Deferred(Reason::Text("no upstream is available".into())),
+        None => RcptOutcome::Deferred(Reason::Text("no upstream is available".into())),
     };
     let deferred =
-        status.iter().any(|(_, s)| s.is_none()) && !matches!(leftover, RcptStatus::Failed(_));
+        status.iter().any(|(_, s)| s.is_none()) && !matches!(leftover, RcptOutcome::Failed(_));
     Report {
         attempted,
         held_until,
@@ -555,11 +557,11 @@ pub async fn walk(
 
 /// When every target is an SMTP upstream with an open breaker, the earliest time one
 /// of them admits a probe.
-fn breakers_open_until(targets: &[Target]) -> Option<SystemTime> {
+fn breakers_open_until(targets: &[Upstream]) -> Option<SystemTime> {
     let (now, now_wall) = (Instant::now(), SystemTime::now());
     let mut earliest: Option<Instant> = None;
     for target in targets {
-        let TargetKind::Smtp(up) = &target.kind else {
+        let UpstreamKind::Smtp(up) = &target.kind else {
             return None;
         };
         let at = up.breaker.next_admission()?;
@@ -574,13 +576,13 @@ mod tests {
     use crate::deliver::maildir::Maildir;
     use rand::SeedableRng;
 
-    fn target(name: &str, priority: i32, weight: u32, dir: &std::path::Path) -> Target {
-        Target {
+    fn target(name: &str, priority: i32, weight: u32, dir: &std::path::Path) -> Upstream {
+        Upstream {
             name: name.into(),
             priority,
             weight,
             sender: None,
-            kind: TargetKind::Maildir(Maildir::open(&dir.join(name), "h").unwrap()),
+            kind: UpstreamKind::Maildir(Maildir::open(&dir.join(name), "h").unwrap()),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::{Enhanced, Reply, Response};
 use crate::telemetry::name;
 use crate::transform::Transformer;
-use failover::{RcptStatus, Reason, Report};
+use failover::{RcptOutcome, Reason, Report};
 use maildir::Maildir;
 use upstream::SmtpUpstream;
 
@@ -89,7 +89,7 @@ pub enum SetupError {
 }
 
 /// One configured destination.
-pub struct Target {
+pub struct Upstream {
     /// Name in logs.
     pub name: String,
     /// Lower is tried first.
@@ -99,11 +99,11 @@ pub struct Target {
     /// The upstream's `sender` policy: envelope sender and From address forced to this.
     pub sender: Option<String>,
     /// What it is.
-    pub kind: TargetKind,
+    pub kind: UpstreamKind,
 }
 
 /// The kinds of destination.
-pub enum TargetKind {
+pub enum UpstreamKind {
     /// An SMTP server.
     Smtp(Arc<SmtpUpstream>),
     /// A local Maildir.
@@ -120,7 +120,7 @@ pub struct Deliverer {
 /// The upstreams and the transformer in force; replaced as a whole on reload, while a
 /// delivery under way finishes with the one it started with.
 struct Routing {
-    targets: Arc<Vec<Target>>,
+    targets: Arc<Vec<Upstream>>,
     transformer: Arc<Transformer>,
 }
 
@@ -132,7 +132,7 @@ impl Deliverer {
         transformer: Arc<Transformer>,
     ) -> Result<Deliverer, SetupError> {
         let recovered = Arc::new(Notify::new());
-        let targets = build_targets(config, &recovered)?;
+        let targets = build_upstreams(config, &recovered)?;
         Ok(Deliverer {
             routing: RwLock::new(Arc::new(Routing {
                 targets: Arc::new(targets),
@@ -149,7 +149,7 @@ impl Deliverer {
         config: &Config,
         transformer: Arc<Transformer>,
     ) -> Result<(), SetupError> {
-        let targets = build_targets(config, &self.recovered)?;
+        let targets = build_upstreams(config, &self.recovered)?;
         let new = Arc::new(Routing {
             targets: Arc::new(targets),
             transformer,
@@ -157,7 +157,7 @@ impl Deliverer {
         let old = std::mem::replace(&mut *self.routing.write().expect("routing lock"), new);
         tokio::spawn(async move {
             for target in old.targets.iter() {
-                if let TargetKind::Smtp(up) = &target.kind {
+                if let UpstreamKind::Smtp(up) = &target.kind {
                     up.close_idle().await;
                 }
             }
@@ -178,7 +178,7 @@ impl Deliverer {
 }
 
 /// Build every upstream of the configuration; their breakers notify `recovered`.
-fn build_targets(config: &Config, recovered: &Arc<Notify>) -> Result<Vec<Target>, SetupError> {
+fn build_upstreams(config: &Config, recovered: &Arc<Notify>) -> Result<Vec<Upstream>, SetupError> {
     let mut targets = Vec::new();
     for up in &config.upstream {
         let name = up.display_name();
@@ -191,7 +191,7 @@ fn build_targets(config: &Config, recovered: &Arc<Notify>) -> Result<Vec<Target>
                         source,
                     }
                 })?;
-                TargetKind::Maildir(maildir)
+                UpstreamKind::Maildir(maildir)
             }
             UpstreamUrl::Smtp { .. } => {
                 if !up.tls_verify {
@@ -203,10 +203,10 @@ fn build_targets(config: &Config, recovered: &Arc<Notify>) -> Result<Vec<Target>
                         source,
                     })?
                     .with_recovery_signal(recovered.clone());
-                TargetKind::Smtp(Arc::new(smtp))
+                UpstreamKind::Smtp(Arc::new(smtp))
             }
         };
-        targets.push(Target {
+        targets.push(Upstream {
             name,
             priority: up.priority,
             weight: up.weight,
@@ -222,8 +222,8 @@ impl Deliverer {
     /// circuit breaker is closed); the reason otherwise.
     pub fn usable(&self) -> Result<(), String> {
         let up = self.current().targets.iter().any(|t| match &t.kind {
-            TargetKind::Maildir(_) => true,
-            TargetKind::Smtp(up) => up.breaker.is_up(),
+            UpstreamKind::Maildir(_) => true,
+            UpstreamKind::Smtp(up) => up.breaker.is_up(),
         });
         if up {
             Ok(())
@@ -257,30 +257,30 @@ impl Deliverer {
         metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
             match status {
-                RcptStatus::Delivered { upstream, .. } => {
+                RcptOutcome::Delivered { upstream, .. } => {
                     metrics::counter!(name::DELIVERED, "upstream" => upstream.clone()).increment(1);
                 }
-                RcptStatus::Deferred(reason) => {
+                RcptOutcome::Deferred(reason) => {
                     let upstream = match reason {
                         Reason::Reply { upstream, .. } => upstream.clone(),
                         Reason::Text(_) | Reason::Local { .. } => "none".to_owned(),
                     };
                     metrics::counter!(name::DEFERRED, "upstream" => upstream).increment(1);
                 }
-                RcptStatus::Failed(_) => {}
+                RcptOutcome::Failed(_) => {}
             }
             match status {
-                RcptStatus::Delivered { upstream, response } => {
+                RcptOutcome::Delivered { upstream, response } => {
                     let reply = response
                         .as_ref()
                         .map(ToString::to_string)
                         .unwrap_or_default();
                     info!(queue_id = %id, rcpt = %rcpt, upstream = %upstream, reply = %reply, "delivered");
                 }
-                RcptStatus::Failed(reason) => {
+                RcptOutcome::Failed(reason) => {
                     warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently")
                 }
-                RcptStatus::Deferred(reason) => {
+                RcptOutcome::Deferred(reason) => {
                     warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "deferred")
                 }
             }
@@ -291,7 +291,7 @@ impl Deliverer {
     /// Close idle pooled connections.
     pub async fn close_idle(&self) {
         for target in self.current().targets.iter() {
-            if let TargetKind::Smtp(up) = &target.kind {
+            if let UpstreamKind::Smtp(up) = &target.kind {
                 up.close_idle().await;
             }
         }
@@ -317,7 +317,7 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
         return Ok(());
     }
     let deferred = report.recipients.iter().find_map(|(_, s)| match s {
-        RcptStatus::Deferred(reason) => Some(reason),
+        RcptOutcome::Deferred(reason) => Some(reason),
         _ => None,
     });
     if let Some(reason) = deferred {
@@ -335,7 +335,7 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
     let delivered = report
         .recipients
         .iter()
-        .any(|(_, s)| matches!(s, RcptStatus::Delivered { .. }));
+        .any(|(_, s)| matches!(s, RcptOutcome::Delivered { .. }));
     if delivered {
         return Ok(());
     }
@@ -343,7 +343,7 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
         .recipients
         .iter()
         .find_map(|(_, s)| match s {
-            RcptStatus::Failed(reason) => Some(reason),
+            RcptOutcome::Failed(reason) => Some(reason),
             _ => None,
         })
         .expect("not all delivered, none deferred: some failed");

@@ -91,7 +91,7 @@ pub fn bounce(
         "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     );
     let mut content = text.into_bytes();
-    let parsed = headers::Message::parse(&original.content);
+    let parsed = headers::Parsed::parse(&original.content);
     for field in &parsed.fields {
         content.extend_from_slice(field.name.as_bytes());
         content.push(b':');

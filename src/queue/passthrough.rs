@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::scheduler::{Scheduler, Settings};
-use crate::deliver::failover::RcptStatus;
+use crate::deliver::failover::RcptOutcome;
 use crate::deliver::{Deliverer, passthrough_result};
 use crate::message::{Handoff, HandoffFuture, Message};
 
@@ -92,7 +92,7 @@ impl Handoff for Passthrough {
             let some_delivered = report
                 .recipients
                 .iter()
-                .any(|(_, s)| matches!(s, RcptStatus::Delivered { .. }));
+                .any(|(_, s)| matches!(s, RcptOutcome::Delivered { .. }));
             if report.all_delivered() || !some_delivered {
                 return passthrough_result(&report);
             }

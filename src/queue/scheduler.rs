@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use super::bounce::{FailedRecipient, bounce, status_of};
 use crate::config::Config;
-use crate::deliver::failover::{RcptStatus, Reason, Report};
+use crate::deliver::failover::{RcptOutcome, Reason, Report};
 use crate::deliver::{Deliverer, Progress, ProgressFuture};
 use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::message::{Message, QueueId};
@@ -245,12 +245,12 @@ impl Scheduler {
         let mut failed = Vec::new();
         for (index, (rcpt, status)) in report.recipients.iter().enumerate() {
             match status {
-                RcptStatus::Delivered { .. } => state.rcpts[index] = RcptState::Delivered,
-                RcptStatus::Failed(reason) => {
+                RcptOutcome::Delivered { .. } => state.rcpts[index] = RcptState::Delivered,
+                RcptOutcome::Failed(reason) => {
                     state.rcpts[index] = RcptState::Failed;
                     failed.push(failed_recipient(rcpt, reason, true));
                 }
-                RcptStatus::Deferred(reason) => state.last_error = reason.to_string(),
+                RcptOutcome::Deferred(reason) => state.last_error = reason.to_string(),
             }
         }
         if let Some(dsn) = bounce(message, &failed, &self.inner.settings.hostname, now) {
@@ -444,18 +444,18 @@ impl Scheduler {
         let mut failed = Vec::new();
         for (index, (rcpt, status)) in pending.iter().zip(&report.recipients) {
             match status {
-                RcptStatus::Delivered { .. } => state.rcpts[*index] = RcptState::Delivered,
-                RcptStatus::Failed(reason) => {
+                RcptOutcome::Delivered { .. } => state.rcpts[*index] = RcptState::Delivered,
+                RcptOutcome::Failed(reason) => {
                     state.rcpts[*index] = RcptState::Failed;
                     failed.push(failed_recipient(rcpt, reason, true));
                 }
-                RcptStatus::Deferred(reason) => state.last_error = reason.to_string(),
+                RcptOutcome::Deferred(reason) => state.last_error = reason.to_string(),
             }
         }
         let age = now.duration_since(entry.received_at).unwrap_or_default();
         if !state.is_complete() && age >= self.inner.settings.lifetime {
             for (index, (rcpt, status)) in pending.iter().zip(&report.recipients) {
-                if let RcptStatus::Deferred(reason) = status {
+                if let RcptOutcome::Deferred(reason) = status {
                     state.rcpts[*index] = RcptState::Failed;
                     let mut f = failed_recipient(rcpt, reason, true);
                     f.diagnostic = format!(

@@ -1,6 +1,6 @@
 //! The header section as a list of fields: split, unfold, replace, add.
 //!
-//! [`Message::parse`] is the one place where a message is split into its header block
+//! [`Parsed::parse`] is the one place where a message is split into its header block
 //! and its body. It reads leniently and repairs, never moving a header field into the
 //! body or body text into the header block:
 //!
@@ -11,11 +11,11 @@
 //! * a first line `From ...` (an mbox envelope line) becomes the field
 //!   `X-Mailbox-Line: ...`, as Postfix does;
 //! * the empty line ends the header block, and so does any other line: there the body
-//!   starts, and [`Message::to_bytes`] inserts the missing empty line before it;
+//!   starts, and [`Parsed::to_bytes`] inserts the missing empty line before it;
 //! * content that ends inside the header block gets a final CRLF.
 //!
-//! What was repaired is in [`Message::repairs`]: a message with repairs must be written
-//! back with [`Message::to_bytes`], else what is signed and sent is not what was read.
+//! What was repaired is in [`Parsed::repairs`]: a message with repairs must be written
+//! back with [`Parsed::to_bytes`], else what is signed and sent is not what was read.
 
 /// One header field as it appears in the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl Field {
 /// The name of the field an mbox `From ` line becomes.
 pub const MAILBOX_LINE: &str = "X-Mailbox-Line";
 
-/// A repair [`Message::parse`] made to the header block.
+/// A repair [`Parsed::parse`] made to the header block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Repair {
     /// The first line was an mbox `From ` line; it became an `X-Mailbox-Line` field.
@@ -118,7 +118,7 @@ pub fn classify(line: &[u8], first: bool) -> Line {
 
 /// A message split into its header fields and its body.
 #[derive(Clone, Debug)]
-pub struct Message {
+pub struct Parsed {
     /// The fields, in order.
     pub fields: Vec<Field>,
     /// Everything from the empty line on (the CRLF that ends the header section
@@ -128,11 +128,11 @@ pub struct Message {
     pub repairs: Vec<Repair>,
 }
 
-impl Message {
+impl Parsed {
     /// Split `content` into header fields and body; see the module documentation for the
     /// rules. Lines end at LF (CRLF in practice: the DATA reader makes every line
     /// ending CRLF).
-    pub fn parse(content: &[u8]) -> Message {
+    pub fn parse(content: &[u8]) -> Parsed {
         let mut fields: Vec<Field> = Vec::new();
         let mut repairs = Vec::new();
         let mut pos = 0;
@@ -187,7 +187,7 @@ impl Message {
             last.raw_value.extend_from_slice(b"\r\n");
             repairs.push(Repair::MissingLineEnd);
         }
-        Message {
+        Parsed {
             fields,
             body: content[pos..].to_vec(),
             repairs,
@@ -213,7 +213,7 @@ impl Message {
         });
     }
 
-    /// Replace the value of field `index` (same form as [`Message::push`]).
+    /// Replace the value of field `index` (same form as [`Parsed::push`]).
     pub fn set(&mut self, index: usize, value: &str) {
         self.fields[index].raw_value = format!(" {value}\r\n").into_bytes();
     }
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn splits_unfolds_and_round_trips() {
         let content = b"From: a\r\n  <a@x>\r\nSubject: hi\r\n\r\nbody\r\n";
-        let msg = Message::parse(content);
+        let msg = Parsed::parse(content);
         assert_eq!(msg.fields.len(), 2);
         assert_eq!(msg.get("from").unwrap().unfolded(), b" a  <a@x>");
         assert_eq!(msg.body, b"\r\nbody\r\n");
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn replaces_and_appends_fields() {
-        let mut msg = Message::parse(b"From: x\r\n\r\nb\r\n");
+        let mut msg = Parsed::parse(b"From: x\r\n\r\nb\r\n");
         msg.set(0, "<a@x>");
         msg.push("Date", "Thu, 01 Jan 1970 00:00:00 +0000");
         assert_eq!(
@@ -292,27 +292,27 @@ mod tests {
 
     #[test]
     fn a_header_section_ended_by_a_non_field_line_gets_its_empty_line() {
-        let mut msg = Message::parse(b" indented first line\r\nFrom: x\r\n");
+        let mut msg = Parsed::parse(b" indented first line\r\nFrom: x\r\n");
         assert!(msg.fields.is_empty());
         msg.push("From", "<a@x>");
         assert_eq!(
             msg.to_bytes(),
             b"From: <a@x>\r\n\r\n indented first line\r\nFrom: x\r\n"
         );
-        let mut msg = Message::parse(b"Subject: s\r\nno colon here\r\n");
+        let mut msg = Parsed::parse(b"Subject: s\r\nno colon here\r\n");
         msg.push("Date", "d");
         assert_eq!(
             msg.to_bytes(),
             b"Subject: s\r\nDate: d\r\n\r\nno colon here\r\n"
         );
-        let mut msg = Message::parse(b"Subject: no line ending");
+        let mut msg = Parsed::parse(b"Subject: no line ending");
         msg.push("Date", "d");
         assert_eq!(msg.to_bytes(), b"Subject: no line ending\r\nDate: d\r\n");
     }
 
     #[test]
     fn a_message_without_body_separator() {
-        let msg = Message::parse(b"Subject: only\r\n");
+        let msg = Parsed::parse(b"Subject: only\r\n");
         assert_eq!(msg.fields.len(), 1);
         assert!(msg.body.is_empty());
     }
@@ -359,10 +359,10 @@ mod tests {
     }
 
     /// Split, write back, and split again: the second pass finds nothing to repair.
-    fn repaired(content: &[u8]) -> (Message, Vec<u8>) {
-        let msg = Message::parse(content);
+    fn repaired(content: &[u8]) -> (Parsed, Vec<u8>) {
+        let msg = Parsed::parse(content);
         let out = msg.to_bytes();
-        let again = Message::parse(&out);
+        let again = Parsed::parse(&out);
         assert!(again.repairs.is_empty(), "{:?}", again.repairs);
         assert_eq!(again.fields, msg.fields);
         assert_eq!(again.to_bytes(), out);

@@ -13,7 +13,7 @@ pub mod seven_bit;
 pub mod trace;
 
 use from_rewrite::{Mailbox, read_mailboxes, render};
-use headers::Message;
+use headers::Parsed;
 
 /// Why a message could not be transformed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ impl From<seven_bit::NotConvertible> for TransformError {
 
 /// The first mailbox of the From header.
 pub fn from_mailbox(content: &[u8]) -> Option<Mailbox> {
-    let msg = Message::parse(content);
+    let msg = Parsed::parse(content);
     let field = msg.get("From")?;
     read_mailboxes(&field.raw_value).into_iter().next()
 }
@@ -50,7 +50,7 @@ pub fn from_mailbox(content: &[u8]) -> Option<Mailbox> {
 /// The upstream's `sender` policy: the From address becomes `account`, the display name
 /// stays, and the original address moves to Reply-To unless the message has one.
 pub fn apply_sender_policy(content: &[u8], account: &str) -> Vec<u8> {
-    let mut msg = Message::parse(content);
+    let mut msg = Parsed::parse(content);
     let Some(index) = msg.fields.iter().position(|f| f.is("From")) else {
         msg.push(
             "From",

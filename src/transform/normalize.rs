@@ -15,7 +15,7 @@ use super::from_rewrite::{
     Mailbox, ascii_domain, bounded_value, header_address, is_strict_mailbox, parse_mailboxes,
     render,
 };
-use super::headers::Message;
+use super::headers::Parsed;
 use super::trace::rfc5322_date;
 use crate::message::QueueId;
 use crate::proto::ReversePath;
@@ -56,7 +56,7 @@ fn envelope_address(sender: &crate::proto::Address) -> String {
 
 /// Apply the acceptance-time rewrites.
 pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, TransformError> {
-    let mut msg = Message::parse(content);
+    let mut msg = Parsed::parse(content);
     // A repaired header block (missing empty line, `Name :`, mbox line) is written
     // back even if no field changes: the signature must cover what is sent.
     let mut changed = !msg.repairs.is_empty();
@@ -255,7 +255,7 @@ mod tests {
         );
         let out = normalize(content.as_bytes(), &ctx(&s)).unwrap();
         assert!(out.len() < 8 * 1024, "{}", out.len());
-        let msg = Message::parse(&out);
+        let msg = Parsed::parse(&out);
         for field in ["From", "Sender", "Reply-To"] {
             let value = String::from_utf8(msg.get(field).unwrap().unfolded()).unwrap();
             let read = parse_mailboxes(&value);
@@ -282,7 +282,7 @@ mod tests {
         let only_from = format!("From: {name}<big@x.org>\r\n\r\nb\r\n");
         let delivered = apply_sender_policy(only_from.as_bytes(), "relay@example.com");
         assert!(delivered.len() < 8 * 1024, "{}", delivered.len());
-        let msg = Message::parse(&delivered);
+        let msg = Parsed::parse(&delivered);
         for field in ["From", "Reply-To"] {
             let value = String::from_utf8(msg.get(field).unwrap().unfolded()).unwrap();
             assert!(is_strict_mailbox(&value), "{field}: {value}");

@@ -10,7 +10,7 @@
 //!
 //! Runs before DKIM signing, so the signature covers what is sent.
 
-use super::headers::Message;
+use super::headers::Parsed;
 
 /// Content that cannot be made 7-bit; the text says where.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +33,7 @@ fn convert_entity(entity: &[u8], top: bool, out: &mut Vec<u8>) -> Result<(), Not
         out.extend_from_slice(entity);
         return Ok(());
     }
-    let mut msg = Message::parse(entity);
+    let mut msg = Parsed::parse(entity);
     if let Some(field) = msg
         .fields
         .iter()
@@ -115,7 +115,7 @@ fn convert_entity(entity: &[u8], top: bool, out: &mut Vec<u8>) -> Result<(), Not
 }
 
 /// An 8bit/binary multipart or message whose insides are now 7-bit is itself 7bit.
-fn set_identity_encoding(msg: &mut Message, encoding: &str) {
+fn set_identity_encoding(msg: &mut Parsed, encoding: &str) {
     if encoding != "7bit"
         && let Some(index) = msg
             .fields
