@@ -12,12 +12,13 @@ use super::breaker::Admission;
 use super::client::RcptReply;
 use super::outcome::{Failure, Scope, Unsuitable, is_throttling, is_too_many_recipients};
 use super::upstream::Partial;
-use super::{Target, TargetKind};
+use super::{Progress, ProgressFuture, Target, TargetKind};
 use crate::message::Message;
 use crate::proto::{Address, Enhanced, Response, ReversePath};
 use crate::transform::{TransformError, Transformer};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What happened to one recipient.
 #[derive(Clone, Debug)]
@@ -163,12 +164,42 @@ fn admit(target: &Target, message: &Message) -> Result<Admission, Attempt> {
     Ok(admission)
 }
 
+/// The walk's [`Progress`] for one upstream: it hears indices into the pending
+/// recipients and passes on indices into the message's, remembering which were
+/// recorded and whether recording failed.
+struct Pending<'a> {
+    outer: &'a dyn Progress,
+    /// Pending recipient → message recipient.
+    map: &'a [usize],
+    recorded: Mutex<Vec<usize>>,
+    failed: AtomicBool,
+}
+
+impl Progress for Pending<'_> {
+    fn accepted<'a>(&'a self, accepted: &'a [usize]) -> ProgressFuture<'a> {
+        Box::pin(async move {
+            let mapped: Vec<usize> = accepted.iter().map(|i| self.map[*i]).collect();
+            match self.outer.accepted(&mapped).await {
+                Ok(()) => {
+                    self.recorded.lock().expect("recorded lock").extend(mapped);
+                    Ok(())
+                }
+                Err(why) => {
+                    self.failed.store(true, Ordering::SeqCst);
+                    Err(why)
+                }
+            }
+        })
+    }
+}
+
 /// Try one admitted target with the pending recipients.
 async fn attempt(
     target: &Target,
     admission: Admission,
     message: &Message,
     pending: &[Address],
+    progress: &dyn Progress,
 ) -> Attempt {
     let up = match &target.kind {
         TargetKind::Maildir(maildir) => {
@@ -191,7 +222,7 @@ async fn attempt(
         RcptReply::Accepted(resp) => (true, Some(resp)),
         RcptReply::Refused(resp) => (false, Some(resp)),
     };
-    let (settled, failure) = match up.send(message, pending).await {
+    let (settled, failure) = match up.send(message, pending, progress).await {
         Ok(replies) => {
             if up.breaker.record_success() {
                 info!(upstream = %up.name, "circuit breaker closed: the upstream works again");
@@ -313,11 +344,14 @@ fn known_7bit(target: &Target) -> bool {
     }
 }
 
-/// Deliver `message` by walking `targets`.
+/// Deliver `message` by walking `targets`. Recipients accepted while more transactions
+/// follow (the next of a split message, or the next upstream) are told to `progress`
+/// first; if it cannot take them, the walk ends there and the rest stays deferred.
 pub async fn walk(
     targets: &[Target],
     transformer: &Arc<Transformer>,
     message: Arc<Message>,
+    progress: &dyn Progress,
 ) -> Report {
     let ordered = order(targets, &mut rand::rng());
     // One transformed copy per sender policy (and 7-bit conversion): failing over
@@ -336,20 +370,38 @@ pub async fn walk(
     let mut held_until: Option<SystemTime> = None;
     // Whether any upstream got as far as answering for the recipients.
     let mut answered = false;
+    // Accepted recipients already told to `progress`.
+    let mut recorded = vec![false; status.len()];
 
     for target in ordered {
-        let pending: Vec<Address> = status
-            .iter()
-            .filter(|(_, s)| s.is_none())
-            .map(|(a, _)| a.clone())
+        let pending_at: Vec<usize> = (0..status.len())
+            .filter(|i| status[*i].1.is_none())
             .collect();
-        if pending.is_empty() {
+        if pending_at.is_empty() {
             break;
         }
-        let open = status
-            .iter_mut()
-            .filter(|(_, s)| s.is_none())
-            .map(|(_, s)| s);
+        let pending: Vec<Address> = pending_at.iter().map(|i| status[*i].0.clone()).collect();
+        // Recipients an earlier upstream accepted are recorded before another one is
+        // tried: a crash during that try must not send them again.
+        let earlier: Vec<usize> = (0..status.len())
+            .filter(|i| !recorded[*i] && matches!(status[*i].1, Some(RcptStatus::Delivered { .. })))
+            .collect();
+        if !earlier.is_empty() {
+            if let Err(why) = progress.accepted(&earlier).await {
+                warn!(queue_id = %message.id, upstream = %target.name, error = %why, "not tried: the recipients accepted so far cannot be recorded");
+                last_transient = Some(Reason::Text(format!("not sent: {why}")));
+                break;
+            }
+            for i in earlier {
+                recorded[i] = true;
+            }
+        }
+        let tracker = Pending {
+            outer: progress,
+            map: &pending_at,
+            recorded: Mutex::new(Vec::new()),
+            failed: AtomicBool::new(false),
+        };
         // 8-bit content for an upstream without 8BITMIME is converted before signing:
         // at once when its last EHLO said so, else after it says so now.
         let mut seven_bit = eight_bit && known_7bit(target);
@@ -379,7 +431,7 @@ pub async fn walk(
                         }
                     }
                 };
-                let result = attempt(target, admission, &for_target, &pending).await;
+                let result = attempt(target, admission, &for_target, &pending, &tracker).await;
                 if eight_bit
                     && !seven_bit
                     && matches!(
@@ -398,6 +450,15 @@ pub async fn walk(
             result,
             Attempt::Held(_) | Attempt::Unsuitable(..) | Attempt::Skipped(_)
         );
+        for i in tracker.recorded.into_inner().expect("recorded lock") {
+            recorded[i] = true;
+        }
+        // The queue cannot record what was accepted: nothing more is sent now.
+        let stop = tracker.failed.into_inner();
+        let open = status
+            .iter_mut()
+            .filter(|(_, s)| s.is_none())
+            .map(|(_, s)| s);
         match result {
             Attempt::Replies {
                 replies,
@@ -450,6 +511,9 @@ pub async fn walk(
                 }
                 break;
             }
+        }
+        if stop {
+            break;
         }
     }
 

@@ -39,6 +39,36 @@ use maildir::Maildir;
 use scheduler::{Scheduler, Settings};
 use upstream::SmtpUpstream;
 
+/// What [`Progress::accepted`] returns: `Err` with the reason when the recipients
+/// cannot be recorded.
+pub type ProgressFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// The queue's ear during one delivery attempt of a message split into several
+/// transactions (recipient caps, failover): told which recipients were accepted while
+/// more transactions follow, it makes them durable before the next transaction starts,
+/// so a crash in between never sends them again. The delivery stage only reports; what
+/// "durable" means is the queue's business.
+///
+/// Never called for a message that goes in one transaction (the common case costs
+/// nothing): the attempt's outcome is recorded once, at its end, as before.
+pub trait Progress: Send + Sync {
+    /// `accepted` (indices into the recipients of the message handed to the delivery)
+    /// were accepted by an upstream, and more transactions follow. When this returns
+    /// `Err`, the attempt ends before its next transaction: those not sent yet stay
+    /// deferred (sending more that cannot be recorded is what this is here to prevent).
+    fn accepted<'a>(&'a self, accepted: &'a [usize]) -> ProgressFuture<'a>;
+}
+
+/// No progress to record: passthrough, where the client waits for the whole attempt.
+pub struct Untracked;
+
+impl Progress for Untracked {
+    fn accepted<'a>(&'a self, _accepted: &'a [usize]) -> ProgressFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 /// An upstream that cannot be set up; names the upstream and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -217,10 +247,17 @@ impl Deliverer {
 
     /// Deliver one message and report per recipient.
     pub async fn deliver(&self, message: Arc<Message>) -> Report {
+        self.deliver_tracked(message, &Untracked).await
+    }
+
+    /// [`Deliverer::deliver`], telling `progress` of the recipients accepted while
+    /// more transactions follow.
+    pub async fn deliver_tracked(&self, message: Arc<Message>, progress: &dyn Progress) -> Report {
         let started = std::time::Instant::now();
         let routing = self.current();
         let id = message.id;
-        let report = failover::walk(&routing.targets, &routing.transformer, message).await;
+        let report =
+            failover::walk(&routing.targets, &routing.transformer, message, progress).await;
         metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
             match status {

@@ -194,6 +194,11 @@ pub enum Failure {
     /// Every connection slot of the upstream stayed busy.
     #[error("all {0} connections to this upstream are busy")]
     Busy(usize),
+    /// The queue could not record the recipients accepted so far, so the attempt ends
+    /// before its next transaction (nothing more is sent that a crash could make us send
+    /// again). About this relay, not the upstream nor the message.
+    #[error("stopped before the next transaction: {0}")]
+    Unrecorded(String),
     /// The OAuth token file could not be read.
     #[error("cannot read oauth_token_file: {0}")]
     TokenFile(std::io::Error),
@@ -246,7 +251,10 @@ impl Failure {
     pub fn scope(&self) -> Scope {
         match self {
             Failure::Refused { response, .. } if response.code == 421 => Scope::Upstream,
-            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) => Scope::Message,
+            Failure::Refused { .. }
+            | Failure::Unsuitable(_)
+            | Failure::Busy(_)
+            | Failure::Unrecorded(_) => Scope::Message,
             _ => Scope::Upstream,
         }
     }
@@ -333,7 +341,7 @@ impl Failure {
                 "the provider requires the From address to be the account: set sender = \"<account address>\" on this upstream".into()
             }
             Failure::Greeting(_) | Failure::Closed { .. } | Failure::Protocol { .. } | Failure::Io { .. } => return None,
-            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) => return None,
+            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) | Failure::Unrecorded(_) => return None,
         };
         Some(text)
     }

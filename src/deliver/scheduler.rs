@@ -24,11 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::Deliverer;
 use super::bounce::{FailedRecipient, bounce, status_of};
 use super::failover::{RcptStatus, Reason, Report};
+use super::{Deliverer, Progress, ProgressFuture};
 use crate::accept::{Handoff, HandoffError, HandoffFuture};
 use crate::config::Config;
 use crate::message::{Message, QueueId};
@@ -422,7 +422,17 @@ impl Scheduler {
             Arc::new(partial)
         };
         let recoveries = self.inner.recoveries.load(Ordering::SeqCst);
-        let report = self.inner.deliverer.deliver(attempt).await;
+        let progress = Recorder {
+            spool: spool.clone(),
+            id: ready.id,
+            pending: &pending,
+            state: Mutex::new(entry.state.clone()),
+        };
+        let report = self
+            .inner
+            .deliverer
+            .deliver_tracked(attempt, &progress)
+            .await;
 
         let now = SystemTime::now();
         let mut state = entry.state.clone();
@@ -724,6 +734,53 @@ impl Scheduler {
                 warn!(queue_id = %id, "queue request for a message that is not queued")
             }
         }
+    }
+}
+
+/// Records, during one attempt, the recipients accepted by transactions that more
+/// follow (see [`Progress`]): their state goes to the spool before the next transaction
+/// starts, so a crash then never sends them again; only the transaction in flight can
+/// be sent twice. The attempt count and next attempt time are left as they are (the
+/// attempt is not over). Refused recipients are not recorded here: a failure is
+/// recorded only with its bounce, at the end of the attempt (one DSN per message); a
+/// crash before that tries them again, which sends no copy.
+///
+/// A write that fails ends the attempt before its next transaction; its outcome then
+/// takes the usual way (kept in memory while the spool cannot record it, deliveries
+/// paused).
+struct Recorder<'a> {
+    spool: Arc<Spool>,
+    id: QueueId,
+    /// Recipient of the attempt → recipient of the message.
+    pending: &'a [usize],
+    /// The state as last recorded.
+    state: Mutex<DeliveryState>,
+}
+
+impl Progress for Recorder<'_> {
+    fn accepted<'a>(&'a self, accepted: &'a [usize]) -> ProgressFuture<'a> {
+        Box::pin(async move {
+            let state = {
+                let mut state = self.state.lock().expect("progress state lock");
+                for i in accepted {
+                    state.rcpts[self.pending[*i]] = RcptState::Delivered;
+                }
+                state.clone()
+            };
+            if self.spool.entry(self.id).is_none() {
+                return Err("the message was deleted from the queue".into());
+            }
+            match self.spool.update(self.id, state).await {
+                Ok(()) => {
+                    debug!(queue_id = %self.id, accepted = accepted.len(), "recipients accepted so far recorded before the next transaction");
+                    Ok(())
+                }
+                Err(e) => {
+                    error!(queue_id = %self.id, error = %e, "cannot record the recipients accepted so far; the rest of this message waits (nothing more is sent that a crash could send twice)");
+                    Err(format!("the spool cannot record delivery progress: {e}"))
+                }
+            }
+        })
     }
 }
 

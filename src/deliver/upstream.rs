@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
+use super::Progress;
 use super::breaker::Breaker;
 use super::client::{ClientError, Credentials, RcptReply, SecretKind};
 use super::connect::{Endpoint, Event, Session, establish};
@@ -326,10 +327,16 @@ impl SmtpUpstream {
     /// Per-recipient refusals come back as [`RcptReply::Refused`]. An error ends the
     /// attempt: it carries the replies of the recipients settled before it (accepted
     /// ones must not be sent again); the others have none.
+    ///
+    /// After each transaction that more follow, the recipients it got accepted are told
+    /// to `progress` (indices into `recipients`) before the next one starts; a single
+    /// transaction tells it nothing. If `progress` cannot take them, the attempt ends
+    /// there ([`Failure::Unrecorded`]).
     pub async fn send(
         &self,
         message: &Message,
         recipients: &[Address],
+        progress: &dyn Progress,
     ) -> Result<Vec<RcptReply>, Partial> {
         let mut lease = self
             .checkout()
@@ -477,6 +484,25 @@ impl SmtpUpstream {
                 per_transaction = per_transaction.min(took);
                 for index in again.into_iter().rev() {
                     waiting.push_front(index);
+                }
+            }
+            if !waiting.is_empty() {
+                // More transactions follow: what this one got accepted is recorded
+                // first, so a crash during the next never sends it again.
+                let accepted: Vec<usize> = batch
+                    .iter()
+                    .copied()
+                    .filter(|i| matches!(replies[*i], Some(RcptReply::Accepted(_))))
+                    .collect();
+                if !accepted.is_empty()
+                    && let Err(why) = progress.accepted(&accepted).await
+                {
+                    lease.sent += transactions.saturating_sub(1);
+                    self.checkin(lease);
+                    return Err(Partial {
+                        replies,
+                        failure: Failure::Unrecorded(why),
+                    });
                 }
             }
         }

@@ -280,6 +280,7 @@ fn step_of(failure: &Failure) -> &'static str {
         Failure::Refused { .. }
         | Failure::Unsuitable(_)
         | Failure::Busy(_)
+        | Failure::Unrecorded(_)
         | Failure::FinalReplyTimeout { .. } => Stage::Transaction,
     };
     match stage {

@@ -63,6 +63,11 @@ pub enum Fault {
     StopReadingAfterData,
     /// The reply to the end of DATA comes only after this long.
     SlowEndOfData(std::time::Duration),
+    /// Once this many messages were accepted, the end of any further message's data is
+    /// never answered: the connection is held (see [`FakeUpstream::held`]) until the
+    /// fault is switched off, then closed without a reply and nothing is recorded. A
+    /// client crash (kill -9) in the middle of a transaction, seen from the server.
+    HoldEndOfDataAfter(usize),
 }
 
 /// Commands whose reply can be scripted.
@@ -304,6 +309,7 @@ impl Builder {
             connections: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
             auth_failures: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             log: Mutex::new(Log::default()),
         });
         let accept_shared = shared.clone();
@@ -336,6 +342,8 @@ struct Shared {
     connections: AtomicUsize,
     reads: AtomicUsize,
     auth_failures: AtomicUsize,
+    /// Messages whose end of data is being held ([`Fault::HoldEndOfDataAfter`]).
+    held: AtomicUsize,
     log: Mutex<Log>,
 }
 
@@ -390,6 +398,11 @@ impl FakeUpstream {
     /// it reaches the step the fault is about.
     pub fn set_fault(&self, fault: Option<Fault>) {
         *self.shared.fault.lock().unwrap() = fault;
+    }
+
+    /// Messages whose end of data was held so far ([`Fault::HoldEndOfDataAfter`]).
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
@@ -761,6 +774,15 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
                     };
                     if let Some(Fault::SlowEndOfData(after)) = fault() {
                         tokio::time::sleep(after).await;
+                    }
+                    if let Some(Fault::HoldEndOfDataAfter(n)) = fault()
+                        && shared.log.lock().unwrap().messages.len() >= n
+                    {
+                        shared.held.fetch_add(1, Ordering::SeqCst);
+                        while matches!(fault(), Some(Fault::HoldEndOfDataAfter(_))) {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        return;
                     }
                     let reply = scripted(Verb::EndOfData).unwrap_or_else(|| {
                         delivered += 1;
