@@ -1,95 +1,24 @@
 //! The `smarthost` binary: configuration errors, `check`, and `send`.
 //!
-//! Every child runs in a temp directory with the `SMARTHOST*` variables of the test
-//! environment removed, and is killed if it has not exited after [`CHILD_GUARD`].
+//! Every child runs in a temp directory through [`process::Smarthost`]: the `SMARTHOST*`
+//! variables of the test environment removed, killed if it has not exited after
+//! [`process::CHILD_GUARD`].
 
+#[path = "support/process.rs"]
+pub mod process;
 mod support;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use process::{Run, Smarthost, maildir_upstream};
 use support::start_relay;
 
-/// Upper bound for one run of the binary; only a guard against a hung child.
-const CHILD_GUARD: Duration = Duration::from_secs(30);
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Run `smarthost ARGS` in `cwd` with `env` added.
+/// Run `smarthost ARGS` in `cwd` with `env` added, logging warnings and errors only.
 fn smarthost(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smarthost"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("SMARTHOST_LOG", "warn");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SMARTHOST") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("spawn smarthost");
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for smarthost") {
-            break Some(status);
-        }
-        if started.elapsed() > CHILD_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let run = Run {
-        code: status.and_then(|s| s.code()),
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    };
-    assert!(
-        status.is_some(),
-        "smarthost {args:?} still running after {CHILD_GUARD:?}; killed\n{run:?}"
-    );
-    run
+    Smarthost::new(args, cwd)
+        .env("SMARTHOST_LOG", "warn")
+        .envs(env)
+        .run()
 }
 
 /// A config file in a fresh temp dir: `[server]` keys, then the rest.
@@ -102,13 +31,6 @@ fn config(server: &str, rest: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     );
     std::fs::write(&path, text).unwrap();
     (dir, path)
-}
-
-fn maildir_upstream(dir: &Path) -> String {
-    format!(
-        "[[upstream]]\nname = \"outbox\"\nurl = \"maildir:{}\"\n",
-        dir.join("outbox").display()
-    )
 }
 
 /// Assert that `serve -c FILE` refuses the configuration with exit code 2 and a message
@@ -133,7 +55,7 @@ fn serve_refuses_an_unknown_key_naming_it_and_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     assert_serve_refuses(
         &format!("{LISTEN}\nmax_conections = 5"),
-        &maildir_upstream(tmp.path()),
+        &maildir_upstream(&tmp.path().join("outbox")),
         &["server.max_conections", "unknown key"],
     );
 }
@@ -145,7 +67,7 @@ fn serve_refuses_an_unknown_delivery_mode_listing_the_valid_ones() {
         LISTEN,
         &format!(
             "[delivery]\nmode = \"fast\"\n\n{}",
-            maildir_upstream(tmp.path())
+            maildir_upstream(&tmp.path().join("outbox"))
         ),
         &["delivery.mode", "\"fast\"", "\"queue\"", "\"passthrough\""],
     );
@@ -156,7 +78,7 @@ fn serve_refuses_a_listen_address_that_is_not_one() {
     let tmp = tempfile::tempdir().unwrap();
     assert_serve_refuses(
         "listen = [\"nope\"]",
-        &maildir_upstream(tmp.path()),
+        &maildir_upstream(&tmp.path().join("outbox")),
         &["server.listen", "\"nope\""],
     );
 }
@@ -164,7 +86,7 @@ fn serve_refuses_a_listen_address_that_is_not_one() {
 #[test]
 fn serve_refuses_an_unknown_environment_override_naming_the_variable() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, path) = config(LISTEN, &maildir_upstream(tmp.path()));
+    let (dir, path) = config(LISTEN, &maildir_upstream(&tmp.path().join("outbox")));
     let run = smarthost(
         &["serve", "-c", &path.display().to_string()],
         &[("SMARTHOST__SERVER__BOGUS", "1")],
@@ -187,7 +109,7 @@ fn serve_refuses_a_missing_config_file() {
 #[test]
 fn check_passes_a_valid_config_with_a_maildir_upstream() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, path) = config(LISTEN, &maildir_upstream(tmp.path()));
+    let (dir, path) = config(LISTEN, &maildir_upstream(&tmp.path().join("outbox")));
     let run = smarthost(
         &["check", "-c", &path.display().to_string()],
         &[],
@@ -204,7 +126,7 @@ fn check_exits_2_on_an_invalid_config() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, path) = config(
         &format!("{LISTEN}\nbogus = 1"),
-        &maildir_upstream(tmp.path()),
+        &maildir_upstream(&tmp.path().join("outbox")),
     );
     let run = smarthost(
         &["check", "-c", &path.display().to_string()],

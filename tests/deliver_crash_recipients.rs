@@ -1,5 +1,5 @@
 //! Recipient state across a crash between two transactions of one message (issue 21):
-//! the real binary (`smarthost serve`, [`daemon::Daemon`]) delivers a message whose
+//! the real binary (`smarthost serve`, [`process::Daemon`]) delivers a message whose
 //! recipients the upstream's `max_recipients` splits into transactions; it is killed
 //! with `SIGKILL` while a later transaction waits for its end-of-data reply, and
 //! restarted on the same spool. The recipients an earlier transaction got accepted are
@@ -16,15 +16,16 @@
 //! split message reports each transaction before the next, and a report the queue
 //! cannot record ends the attempt before the next transaction.
 
-mod daemon;
 mod fake_upstream;
+#[path = "support/process.rs"]
+pub mod process;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use daemon::{CHILD_GUARD, Daemon, smarthost, write_config};
 use fake_upstream::{FakeUpstream, Fault, Mode};
+use process::{CHILD_GUARD, Daemon, write_config};
 use smarthost::deliver::failover::RcptOutcome;
 use smarthost::deliver::{Deliverer, Progress, ProgressFuture};
 use smarthost::message::{Envelope, Message, QueueId};
@@ -122,12 +123,7 @@ fn sigkill_between_transactions_resends_no_accepted_recipient() {
         let copies = accepted_copies(&fake);
         to.iter().all(|r| copies.contains_key(r)).then_some(())
     });
-    let file = config.display().to_string();
-    second.wait_until("the queue drained", || {
-        let run = smarthost(&["queue", "list", "-c", &file], tmp.path());
-        assert_eq!(run.code, Some(0), "{run:?}");
-        run.stdout.starts_with("0 message(s) queued").then_some(())
-    });
+    second.wait_until_queue_empty();
 
     let copies = accepted_copies(&fake);
     let rcpts = rcpt_commands(&fake);

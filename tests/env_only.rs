@@ -3,49 +3,23 @@
 //! with `smarthost send` reaches an implicit-TLS upstream with AUTH, From rewritten to
 //! the upstream's sender and DKIM-signed for the configured domain.
 
-mod child;
 mod fake_upstream;
+#[path = "support/process.rs"]
+pub mod process;
 
 use std::path::Path;
-use std::process::Command;
 
-use child::{Proc, free_port, port_in};
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
+use process::{Smarthost, free_port, header};
 
 const USER: &str = "relay@example.org";
 const PASSWORD: &str = "env-only-pw-5521";
 
 /// The binary with nothing of the test's environment but `PATH`, plus `vars`.
-fn smarthost(args: &[&str], cwd: &Path, vars: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smarthost"));
-    cmd.args(args).current_dir(cwd).env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    cmd.envs(vars.iter().map(|(k, v)| (k, v)));
-    cmd
-}
-
-/// The value of the first `name:` header in `message` (unfolded).
-fn header(message: &str, name: &str) -> Option<String> {
-    let head = message.split("\r\n\r\n").next()?;
-    let mut found: Option<String> = None;
-    for line in head.split("\r\n") {
-        if let Some(value) = found.as_mut() {
-            if line.starts_with([' ', '\t']) {
-                value.push_str(line);
-                continue;
-            }
-            break;
-        }
-        if let Some((n, v)) = line.split_once(':')
-            && n.eq_ignore_ascii_case(name)
-        {
-            found = Some(v.trim().to_owned());
-        }
-    }
-    found
+fn smarthost(args: &[&str], cwd: &Path, vars: &[(&str, String)]) -> Smarthost {
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Smarthost::new(args, cwd).env_clear().envs(&vars)
 }
 
 #[test]
@@ -87,13 +61,12 @@ fn environment_variables_alone_configure_a_working_relay() {
         ("SMARTHOST__DKIM__0__GENERATE", "true".into()),
     ];
 
-    let mut relay = Proc::spawn(smarthost(&["serve"], dir.path(), &vars));
-    let started = relay.wait_for_line("smarthost accepting mail");
-    assert_eq!(port_in(&started), listen, "{started}");
-    let log = relay.stderr();
+    let relay = smarthost(&["serve"], dir.path(), &vars).start();
+    assert_eq!(relay.addr().port(), listen, "{}", relay.log());
+    let log = relay.log();
     assert!(log.contains("the embedded default configuration"), "{log}");
 
-    let sent = Proc::spawn(smarthost(
+    let sent = smarthost(
         &[
             "send",
             "--server",
@@ -109,12 +82,12 @@ fn environment_variables_alone_configure_a_working_relay() {
         ],
         dir.path(),
         &[],
-    ))
-    .wait();
+    )
+    .run();
     assert_eq!(sent.code, Some(0), "{sent:?}");
     assert!(sent.stdout.starts_with("250"), "{sent:?}");
 
-    relay.wait_for_line("delivered");
+    relay.wait_for_log("delivered");
     let out = relay.stop();
     assert_eq!(out.code, Some(0), "{out:?}");
 

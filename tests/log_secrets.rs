@@ -5,19 +5,19 @@
 //! `[upstream.oauth]` the same holds for the client secret, the refresh tokens (the one
 //! configured and the one the provider rotates in) and every access token.
 
-mod child;
 mod fake_upstream;
 mod oauth_idp;
+#[path = "support/process.rs"]
+pub mod process;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 
-use child::{CHILD_GUARD, Proc, port_in};
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
+use process::{CHILD_GUARD, Smarthost};
 use smarthost::ops::send::{SendRequest, send};
 
 const USER: &str = "relay@example.com";
@@ -140,16 +140,11 @@ fn run(auth: Auth, json: bool) {
     .expect("refresh token file");
     let config = write_config(dir.path(), &fake, &ca, auth, json, &idp.token_url());
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smarthost"));
-    cmd.args(["serve", "-c", &config]).current_dir(dir.path());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SMARTHOST") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("SMARTHOST_LOG", "trace").env_remove("RUST_LOG");
-    let mut relay = Proc::spawn(cmd);
-    let port = port_in(&relay.wait_for_line("smarthost accepting mail"));
+    let relay = Smarthost::new(&["serve", "-c", &config], dir.path())
+        .env("SMARTHOST_LOG", "trace")
+        .env_remove("RUST_LOG")
+        .start();
+    let port = relay.addr().port();
 
     let request = SendRequest {
         server: format!("127.0.0.1:{port}"),
@@ -163,7 +158,7 @@ fn run(auth: Auth, json: bool) {
     };
     let response = rt.block_on(send(&request)).expect("submission");
     assert_eq!(response.code, 250, "{response}");
-    relay.wait_for_line("delivered");
+    relay.wait_for_log("delivered");
     let out = relay.stop();
 
     // Delivered, with AUTH, as the log says: the search below is not vacuous.

@@ -5,6 +5,8 @@
 
 mod fake_upstream;
 mod oauth_idp;
+#[path = "support/process.rs"]
+pub mod process;
 mod support;
 
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::IdentityProvider;
+use process::Smarthost;
 use support::{HANG_GUARD, Relay, start_relay};
 
 const CLIENT_ID: &str = "relay-app";
@@ -386,26 +389,16 @@ async fn the_device_login_writes_a_usable_refresh_token() {
         ),
     )
     .unwrap();
-    let run = tokio::task::spawn_blocking({
-        let config = config.clone();
-        let cwd = state.path().to_owned();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_smarthost"))
-                .args(["oauth", "login", "--upstream", "m365", "-c"])
-                .arg(&config)
-                .current_dir(cwd)
-                .env("SMARTHOST_LOG", "warn")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap()
-        }
-    });
-    let output = tokio::time::timeout(HANG_GUARD, run)
-        .await
-        .expect("oauth login still running")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
+    let config = config.display().to_string();
+    let login = Smarthost::new(
+        &["oauth", "login", "--upstream", "m365", "-c", &config],
+        state.path(),
+    )
+    .env("SMARTHOST_LOG", "warn")
+    .run_async()
+    .await;
+    let stdout = &login.stdout;
+    assert_eq!(login.code, Some(0), "{login:?}");
     assert!(
         stdout.contains("https://") && stdout.contains("code"),
         "the verification URL and code: {stdout}"

@@ -4,8 +4,9 @@
 //! The relay's first retry is an hour away, so a message that goes out within the
 //! test went out because the operator asked for it.
 
-mod daemon;
 mod fake_upstream;
+#[path = "support/process.rs"]
+pub mod process;
 mod support;
 
 use std::future::Future;
@@ -13,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use daemon::{Run, smarthost_async};
 use fake_upstream::{FakeUpstream, Mode, Received, load_config};
+use process::{Run, smarthost_async};
 use smarthost::message::{Envelope, Message, QueueId};
 use smarthost::proto::{Address, ReversePath};
 use smarthost::spool::Spool;
@@ -330,10 +331,10 @@ async fn a_delete_requested_while_stopped_wins_over_a_message_due_at_start() {
         queued(&spool).is_empty().then_some(())
     })
     .await;
-    let delivered = daemon::maildir_messages(&outbox);
+    let delivered = process::maildir_messages(&outbox);
     assert_eq!(delivered.len(), 1, "{delivered:#?}");
     assert_eq!(
-        daemon::header(&delivered[0], "Subject"),
+        process::header(&delivered[0], "Subject").as_deref(),
         Some("keep"),
         "{keep}"
     );

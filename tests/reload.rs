@@ -1,12 +1,13 @@
 //! SIGHUP reload: new upstreams, trusted networks and keys take effect without a
 //! restart; a bad new configuration is refused and the running one kept.
 
-mod daemon;
+#[path = "support/process.rs"]
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use daemon::{Daemon, maildir_messages, maildir_upstream, wait_until, write_config};
+use process::{Daemon, maildir_messages, maildir_upstream, wait_until, write_config};
 use smarthost::config::{ConfigSource, load};
 use smarthost::ops::send::{SendRequest, send};
 

@@ -1,16 +1,19 @@
 //! What `smarthost serve` says when it starts: the log is never silenced by an empty
 //! `SMARTHOST_LOG`, and a relay started with its open-relay guard off says so every time.
 
-mod daemon;
+#[path = "support/process.rs"]
+pub mod process;
 
-use daemon::{Daemon, maildir_upstream, write_config};
+use process::{Smarthost, maildir_upstream, write_config};
 
 #[test]
 fn an_empty_smarthost_log_falls_back_to_info() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &maildir_upstream(&dir.path().join("outbox")));
-    // `Daemon::start` itself waits for the info line "smarthost accepting mail".
-    let daemon = Daemon::start_with_env(&path, dir.path(), &[("SMARTHOST_LOG", "")]);
+    // `Smarthost::start` itself waits for the info line "smarthost accepting mail".
+    let daemon = Smarthost::serve(&path, dir.path())
+        .envs(&[("SMARTHOST_LOG", "")])
+        .start();
     let log = daemon.kill();
     assert!(log.contains("config: server"), "{log}");
 }
@@ -19,7 +22,9 @@ fn an_empty_smarthost_log_falls_back_to_info() {
 fn an_invalid_smarthost_log_is_named_and_info_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &maildir_upstream(&dir.path().join("outbox")));
-    let daemon = Daemon::start_with_env(&path, dir.path(), &[("SMARTHOST_LOG", "verbose=on=2")]);
+    let daemon = Smarthost::serve(&path, dir.path())
+        .envs(&[("SMARTHOST_LOG", "verbose=on=2")])
+        .start();
     let log = daemon.kill();
     assert!(
         log.contains("SMARTHOST_LOG=\"verbose=on=2\" is not a log filter"),
@@ -36,7 +41,7 @@ fn allow_open_relay_warns_at_every_start() {
         ("SMARTHOST__SERVER__ALLOW_OPEN_RELAY", "true"),
     ];
     for _ in 0..2 {
-        let daemon = Daemon::start_with_env(&path, dir.path(), &env);
+        let daemon = Smarthost::serve(&path, dir.path()).envs(&env).start();
         let log = daemon.kill();
         let warning = log
             .lines()

@@ -3,10 +3,11 @@
 //! files are cut or quarantined (with a log line) and the undamaged messages still go
 //! out; a second relay cannot open a spool that one already holds.
 //!
-//! Every relay is a `smarthost serve` child ([`daemon::Daemon`]) delivering into a
+//! Every relay is a `smarthost serve` child ([`process::Daemon`]) delivering into a
 //! Maildir in a temp directory; it is killed when the test ends, whatever happens.
 
-mod daemon;
+#[path = "support/process.rs"]
+pub mod process;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use daemon::{
+use process::{
     CHILD_GUARD, Daemon, header, maildir_messages, maildir_upstream, smarthost, write_config,
 };
 use smarthost::message::{Envelope, Message, QueueId};
@@ -47,7 +48,7 @@ fn subjects(maildir: &Path) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for message in maildir_messages(maildir) {
         if let Some(subject) = header(&message, "Subject") {
-            *seen.entry(subject.to_owned()).or_insert(0) += 1;
+            *seen.entry(subject).or_insert(0) += 1;
         }
     }
     seen
@@ -129,12 +130,7 @@ fn every_acknowledged_message_is_delivered_after_sigkill_mid_load() {
         },
     );
     // Whatever was spooled without an acknowledgement goes out too; the queue drains.
-    let file = config.display().to_string();
-    second.wait_until("the queue drained", || {
-        let run = smarthost(&["queue", "list", "-c", &file], tmp.path());
-        assert_eq!(run.code, Some(0), "{run:?}");
-        run.stdout.starts_with("0 message(s) queued").then_some(())
-    });
+    second.wait_until_queue_empty();
     let seen = subjects(&outbox);
     assert!(
         seen.keys().all(|s| s.starts_with("crash-")),
@@ -212,11 +208,7 @@ fn recover_and_deliver(dir: &Path, delivered: &[&str]) -> (String, HashMap<Strin
             .all(|s| seen.contains_key(*s))
             .then_some(())
     });
-    let file = config.display().to_string();
-    relay.wait_until("the queue drained", || {
-        let run = smarthost(&["queue", "list", "-c", &file], dir);
-        (run.code == Some(0) && run.stdout.starts_with("0 message(s) queued")).then_some(())
-    });
+    relay.wait_until_queue_empty();
     (relay.kill(), subjects(&outbox))
 }
 

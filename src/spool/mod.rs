@@ -22,22 +22,27 @@
 
 pub mod codec;
 pub mod ctl;
+mod index;
+mod journal;
+mod recovery;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::info;
 
 use crate::message::{Envelope, Message, QueueId};
-use codec::{DecodeError, Record};
+use codec::Record;
 pub use codec::{DeliveryState, RcptState};
+use index::{Index, IndexOp};
+use journal::{Committer, Job};
+use recovery::recover;
 
 /// A segment is closed and a new one started past this size or age.
 const SEGMENT_MAX_BYTES: u64 = 32 * 1024 * 1024;
@@ -119,71 +124,6 @@ pub struct Entry {
     pub location: Location,
 }
 
-#[derive(Debug, Default)]
-struct SegmentInfo {
-    /// Messages whose current content record is in this segment.
-    live: usize,
-    /// Still being appended to.
-    active: bool,
-    /// When it stopped being active.
-    closed_at: Option<Instant>,
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    messages: HashMap<QueueId, Entry>,
-    segments: BTreeMap<u64, SegmentInfo>,
-}
-
-impl Index {
-    fn insert(&mut self, id: QueueId, entry: Entry) {
-        self.segments
-            .entry(entry.location.segment)
-            .or_default()
-            .live += 1;
-        if let Some(old) = self.messages.insert(id, entry) {
-            self.release(old.location.segment);
-        }
-    }
-
-    fn remove(&mut self, id: QueueId) {
-        if let Some(old) = self.messages.remove(&id) {
-            self.release(old.location.segment);
-        }
-    }
-
-    fn release(&mut self, segment: u64) {
-        if let Some(info) = self.segments.get_mut(&segment) {
-            info.live = info.live.saturating_sub(1);
-        }
-    }
-}
-
-/// How the index changes once an append is durable.
-enum IndexOp {
-    Insert {
-        id: QueueId,
-        envelope: Envelope,
-        received_at: SystemTime,
-        state: DeliveryState,
-        content_at: usize,
-        len: u32,
-    },
-    Update {
-        id: QueueId,
-        state: DeliveryState,
-    },
-    Remove {
-        id: QueueId,
-    },
-}
-
-struct Job {
-    bytes: Vec<u8>,
-    op: IndexOp,
-    done: oneshot::Sender<std::io::Result<()>>,
-}
-
 /// The durable queue.
 pub struct Spool {
     dir: PathBuf,
@@ -203,23 +143,6 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016x}.log"))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
-    let mut seqs = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let name = entry.map_err(io_err(dir))?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(hex) = name
-            .strip_prefix("seg-")
-            .and_then(|r| r.strip_suffix(".log"))
-            && let Ok(seq) = u64::from_str_radix(hex, 16)
-        {
-            seqs.push(seq);
-        }
-    }
-    seqs.sort_unstable();
-    Ok(seqs)
-}
-
 fn encoded(record: &Record) -> Vec<u8> {
     let mut bytes = Vec::new();
     codec::encode(record, &mut bytes);
@@ -228,77 +151,6 @@ fn encoded(record: &Record) -> Vec<u8> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Replay one segment's bytes into `index`. Returns the length of the valid prefix
-/// and the corrupt regions found (offset, bytes).
-fn replay(seq: u64, bytes: &[u8], index: &mut Index) -> (usize, Vec<(usize, Vec<u8>)>) {
-    let mut pos = 0;
-    let mut valid_end = 0;
-    let mut corrupt = Vec::new();
-    while pos < bytes.len() {
-        match codec::decode(&bytes[pos..]) {
-            Ok((record, len)) => {
-                apply(seq, pos, len, record, index);
-                pos += len;
-                valid_end = pos;
-            }
-            Err(e) => {
-                // Skip to the next record marker that starts a valid record.
-                let next = (pos + 1..bytes.len().saturating_sub(3))
-                    .find(|&i| {
-                        bytes[i..].starts_with(&codec::MAGIC) && codec::decode(&bytes[i..]).is_ok()
-                    })
-                    .unwrap_or(bytes.len());
-                // A torn write is always the last thing in its segment (after a failed
-                // write the committer moves to a new one). An "incomplete" record with
-                // a valid one after it has a corrupt length: quarantine it, do not cut
-                // the acknowledged records behind it.
-                if e == DecodeError::Incomplete && next == bytes.len() {
-                    break;
-                }
-                corrupt.push((pos, bytes[pos..next].to_vec()));
-                pos = next;
-                valid_end = pos;
-            }
-        }
-    }
-    (valid_end, corrupt)
-}
-
-fn apply(seq: u64, record_at: usize, record_len: usize, record: Record, index: &mut Index) {
-    match record {
-        Record::Message {
-            id,
-            received_at,
-            envelope,
-            state,
-            content,
-        } => {
-            // The content is the last field of a message record.
-            let offset = (record_at + record_len - content.len()) as u64;
-            let location = Location {
-                segment: seq,
-                offset,
-                len: content.len() as u32,
-            };
-            index.insert(
-                id,
-                Entry {
-                    envelope,
-                    received_at,
-                    state,
-                    location,
-                },
-            );
-        }
-        Record::Update { id, state } => {
-            if let Some(entry) = index.messages.get_mut(&id) {
-                entry.state = state;
-            }
-        }
-        Record::Remove { id } => index.remove(id),
-    }
 }
 
 impl Spool {
@@ -566,209 +418,6 @@ impl Spool {
             break;
         }
         Ok(deleted)
-    }
-}
-
-/// Read every segment into an index. With `repair`, cut torn tails and move corrupt
-/// regions to `quarantine/` (only the lock holder may do that).
-fn recover(dir: &Path, repair: bool) -> Result<(Index, Option<u64>), SpoolError> {
-    let mut index = Index::default();
-    let seqs = list_segments(dir)?;
-    for &seq in &seqs {
-        let path = segment_path(dir, seq);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !repair => continue,
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        index.segments.entry(seq).or_default().closed_at = Some(Instant::now());
-        let (valid_end, corrupt) = replay(seq, &bytes, &mut index);
-        if !repair {
-            continue;
-        }
-        for (offset, region) in &corrupt {
-            let qdir = dir.join("quarantine");
-            fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
-            let qpath = qdir.join(format!("seg-{seq:016x}-at-{offset}.bin"));
-            fs::write(&qpath, region).map_err(io_err(&qpath))?;
-            error!(segment = %path.display(), offset, bytes = region.len(), quarantined = %qpath.display(), "corrupt spool record skipped and quarantined");
-        }
-        if valid_end < bytes.len() {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            file.set_len(valid_end as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(&path))?;
-            warn!(segment = %path.display(), bytes = bytes.len() - valid_end, "cut a torn record at the end of a spool segment (a write interrupted by a crash, never acknowledged)");
-        }
-    }
-    Ok((index, seqs.last().copied()))
-}
-
-/// The single writer of the journal.
-struct Committer {
-    dir: PathBuf,
-    seq: u64,
-    file: File,
-    size: u64,
-    opened: Instant,
-    index: Arc<Mutex<Index>>,
-}
-
-impl Committer {
-    fn start(dir: &Path, seq: u64, index: Arc<Mutex<Index>>) -> Result<Committer, SpoolError> {
-        let (file, path) = Self::create(dir, seq)?;
-        sync_dir(dir).map_err(io_err(&path))?;
-        index
-            .lock()
-            .expect("spool index")
-            .segments
-            .entry(seq)
-            .or_default()
-            .active = true;
-        Ok(Committer {
-            dir: dir.to_owned(),
-            seq,
-            file,
-            size: 0,
-            opened: Instant::now(),
-            index,
-        })
-    }
-
-    fn create(dir: &Path, seq: u64) -> Result<(File, PathBuf), SpoolError> {
-        let path = segment_path(dir, seq);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Ok((file, path))
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        let next = self.seq + 1;
-        let path = segment_path(&self.dir, next);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        sync_dir(&self.dir)?;
-        let mut index = self.index.lock().expect("spool index");
-        if let Some(info) = index.segments.get_mut(&self.seq) {
-            info.active = false;
-            info.closed_at = Some(Instant::now());
-        }
-        index.segments.entry(next).or_default().active = true;
-        drop(index);
-        self.seq = next;
-        self.file = file;
-        self.size = 0;
-        self.opened = Instant::now();
-        Ok(())
-    }
-
-    fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        let mut needs_rotation = false;
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
-            let mut bytes = batch[0].bytes.len();
-            while bytes < BATCH_MAX_BYTES {
-                match jobs.try_recv() {
-                    Ok(job) => {
-                        bytes += job.bytes.len();
-                        batch.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if needs_rotation
-                || self.size >= SEGMENT_MAX_BYTES
-                || (self.size > 0 && self.opened.elapsed() >= SEGMENT_MAX_AGE)
-            {
-                if let Err(e) = self.rotate() {
-                    error!(error = %e, "cannot start a new spool segment");
-                    for job in batch {
-                        let _ = job
-                            .done
-                            .send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                    }
-                    continue;
-                }
-                needs_rotation = false;
-            }
-            let mut buf = Vec::with_capacity(bytes);
-            let mut starts = Vec::with_capacity(batch.len());
-            for job in &batch {
-                starts.push(self.size + buf.len() as u64);
-                buf.extend_from_slice(&job.bytes);
-            }
-            let result = self
-                .file
-                .write_all(&buf)
-                .and_then(|()| self.file.sync_data());
-            match result {
-                Ok(()) => {
-                    self.size += buf.len() as u64;
-                    let mut index = self.index.lock().expect("spool index");
-                    for (job, start) in batch.iter().zip(&starts) {
-                        match &job.op {
-                            IndexOp::Insert {
-                                id,
-                                envelope,
-                                received_at,
-                                state,
-                                content_at,
-                                len,
-                            } => {
-                                let location = Location {
-                                    segment: self.seq,
-                                    offset: start + *content_at as u64,
-                                    len: *len,
-                                };
-                                index.insert(
-                                    *id,
-                                    Entry {
-                                        envelope: envelope.clone(),
-                                        received_at: *received_at,
-                                        state: state.clone(),
-                                        location,
-                                    },
-                                );
-                            }
-                            IndexOp::Update { id, state } => {
-                                if let Some(entry) = index.messages.get_mut(id) {
-                                    entry.state = state.clone();
-                                }
-                            }
-                            IndexOp::Remove { id } => index.remove(*id),
-                        }
-                    }
-                    drop(index);
-                    for job in batch {
-                        let _ = job.done.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    // Cut what may have been written of this batch, so the segment ends
-                    // on a whole record and can take the next batch; only if that fails
-                    // does a fresh segment start (recovery would cut the torn tail).
-                    // Rotating on every failure would leave an empty segment per batch
-                    // while the disk stays full.
-                    error!(error = %e, segment = self.seq, "spool write failed; nothing of this batch was acknowledged");
-                    if self.file.set_len(self.size).is_err() {
-                        needs_rotation = true;
-                    }
-                    for job in batch {
-                        let _ = job
-                            .done
-                            .send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -1,0 +1,194 @@
+//! The journal's single writer: group commit. Every append waiting is written with one
+//! `write` and made durable with one `fdatasync` before any of them is acknowledged;
+//! segments rotate by size and age.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tracing::error;
+
+use super::index::{Index, IndexOp};
+use super::{
+    BATCH_MAX_BYTES, Entry, Location, SEGMENT_MAX_AGE, SEGMENT_MAX_BYTES, SpoolError, io_err,
+    segment_path, sync_dir,
+};
+
+pub(super) struct Job {
+    pub(super) bytes: Vec<u8>,
+    pub(super) op: IndexOp,
+    pub(super) done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// The single writer of the journal.
+pub(super) struct Committer {
+    pub(super) dir: PathBuf,
+    pub(super) seq: u64,
+    pub(super) file: File,
+    pub(super) size: u64,
+    pub(super) opened: Instant,
+    pub(super) index: Arc<Mutex<Index>>,
+}
+
+impl Committer {
+    pub(super) fn start(
+        dir: &Path,
+        seq: u64,
+        index: Arc<Mutex<Index>>,
+    ) -> Result<Committer, SpoolError> {
+        let (file, path) = Self::create(dir, seq)?;
+        sync_dir(dir).map_err(io_err(&path))?;
+        index
+            .lock()
+            .expect("spool index")
+            .segments
+            .entry(seq)
+            .or_default()
+            .active = true;
+        Ok(Committer {
+            dir: dir.to_owned(),
+            seq,
+            file,
+            size: 0,
+            opened: Instant::now(),
+            index,
+        })
+    }
+
+    pub(super) fn create(dir: &Path, seq: u64) -> Result<(File, PathBuf), SpoolError> {
+        let path = segment_path(dir, seq);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok((file, path))
+    }
+
+    pub(super) fn rotate(&mut self) -> std::io::Result<()> {
+        let next = self.seq + 1;
+        let path = segment_path(&self.dir, next);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        let mut index = self.index.lock().expect("spool index");
+        if let Some(info) = index.segments.get_mut(&self.seq) {
+            info.active = false;
+            info.closed_at = Some(Instant::now());
+        }
+        index.segments.entry(next).or_default().active = true;
+        drop(index);
+        self.seq = next;
+        self.file = file;
+        self.size = 0;
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    pub(super) fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        let mut needs_rotation = false;
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            let mut bytes = batch[0].bytes.len();
+            while bytes < BATCH_MAX_BYTES {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        bytes += job.bytes.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if needs_rotation
+                || self.size >= SEGMENT_MAX_BYTES
+                || (self.size > 0 && self.opened.elapsed() >= SEGMENT_MAX_AGE)
+            {
+                if let Err(e) = self.rotate() {
+                    error!(error = %e, "cannot start a new spool segment");
+                    for job in batch {
+                        let _ = job
+                            .done
+                            .send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                    }
+                    continue;
+                }
+                needs_rotation = false;
+            }
+            let mut buf = Vec::with_capacity(bytes);
+            let mut starts = Vec::with_capacity(batch.len());
+            for job in &batch {
+                starts.push(self.size + buf.len() as u64);
+                buf.extend_from_slice(&job.bytes);
+            }
+            let result = self
+                .file
+                .write_all(&buf)
+                .and_then(|()| self.file.sync_data());
+            match result {
+                Ok(()) => {
+                    self.size += buf.len() as u64;
+                    let mut index = self.index.lock().expect("spool index");
+                    for (job, start) in batch.iter().zip(&starts) {
+                        match &job.op {
+                            IndexOp::Insert {
+                                id,
+                                envelope,
+                                received_at,
+                                state,
+                                content_at,
+                                len,
+                            } => {
+                                let location = Location {
+                                    segment: self.seq,
+                                    offset: start + *content_at as u64,
+                                    len: *len,
+                                };
+                                index.insert(
+                                    *id,
+                                    Entry {
+                                        envelope: envelope.clone(),
+                                        received_at: *received_at,
+                                        state: state.clone(),
+                                        location,
+                                    },
+                                );
+                            }
+                            IndexOp::Update { id, state } => {
+                                if let Some(entry) = index.messages.get_mut(id) {
+                                    entry.state = state.clone();
+                                }
+                            }
+                            IndexOp::Remove { id } => index.remove(*id),
+                        }
+                    }
+                    drop(index);
+                    for job in batch {
+                        let _ = job.done.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // Cut what may have been written of this batch, so the segment ends
+                    // on a whole record and can take the next batch; only if that fails
+                    // does a fresh segment start (recovery would cut the torn tail).
+                    // Rotating on every failure would leave an empty segment per batch
+                    // while the disk stays full.
+                    error!(error = %e, segment = self.seq, "spool write failed; nothing of this batch was acknowledged");
+                    if self.file.set_len(self.size).is_err() {
+                        needs_rotation = true;
+                    }
+                    for job in batch {
+                        let _ = job
+                            .done
+                            .send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+}
