@@ -10,37 +10,17 @@
 mod fake_upstream;
 mod support;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Fault, Mode, Received};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, SmtpClient, start_relay};
+use support::{HANG_GUARD, Relay, SmtpClient, start_relay, wait_for};
 use tokio::net::TcpStream;
 
 /// The upstream timeout in these tests: every stall is noticed after this long.
 const TIMEOUT: &str = "2s";
-
-/// Poll `check` every 20 ms until it returns `Some`, for at most `limit`.
-async fn wait_for<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hang guard: {what} not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// An `[[upstream]]` table.
 fn upstream(name: &str, url: &str, extra: &str) -> String {

@@ -11,7 +11,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 
 use fake_upstream::{FakeUpstream, Mode, Received, Verb};
 use smarthost::spool::Spool;
@@ -60,18 +59,8 @@ async fn submit(relay: &Relay, to: &[String]) -> (u16, String) {
 }
 
 /// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hang guard: {what} not within {HANG_GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
+    support::wait_for(what, HANG_GUARD, check).await
 }
 
 fn queued(relay: &Relay) -> Vec<(String, smarthost::spool::Entry)> {

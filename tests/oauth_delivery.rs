@@ -9,7 +9,6 @@ mod oauth_idp;
 pub mod process;
 mod support;
 
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,30 +16,11 @@ use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::IdentityProvider;
 use process::Smarthost;
-use support::{HANG_GUARD, Relay, start_relay};
+use support::{HANG_GUARD, Relay, start_relay, wait_for};
 
 const CLIENT_ID: &str = "relay-app";
 const CLIENT_SECRET: &str = "client-secret-Zq8x";
 const MAILBOX: &str = "relay@contoso.example";
-
-/// Poll `check` every 20 ms until it returns `Some`, for at most `limit`.
-async fn wait_for<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hang guard: {what} not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A fake upstream over implicit TLS that takes XOAUTH2 with the provider's tokens only.
 async fn oauth_upstream(ca: &TestCa, idp: &IdentityProvider) -> FakeUpstream {

@@ -12,7 +12,7 @@ mod support;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fake_upstream::{FakeUpstream, Mode, Received, load_config};
 use process::{Run, smarthost_async};
@@ -51,18 +51,8 @@ async fn submit(relay: &Relay, to: &str, subject: &str) -> String {
     reply.queue_id()
 }
 
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hang guard: {what} not within {HANG_GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
+    support::wait_for(what, HANG_GUARD, check).await
 }
 
 /// (id, attempts) of every queued message.

@@ -49,18 +49,8 @@ async fn submit(relay: &Relay, from: &str, to: &[&str], subject: &str) -> String
 }
 
 /// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hang guard: {what} not within {HANG_GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
+    support::wait_for(what, HANG_GUARD, check).await
 }
 
 /// The ids in the relay's spool, read the way `smarthost queue list` reads it.

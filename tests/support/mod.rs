@@ -743,3 +743,23 @@ impl TestCert {
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
+
+/// Poll `check` every 20 ms until it returns `Some`, for at most `limit`; hitting the
+/// limit fails the test naming `what`.
+pub async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: {what} not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
