@@ -354,49 +354,14 @@ pub async fn walk(
     progress: &dyn Progress,
 ) -> Report {
     let ordered = order(targets, &mut rand::rng());
-    // One transformed copy per sender policy (and 7-bit conversion): failing over
-    // between upstreams with the same policy does not sign again.
-    let mut prepared: HashMap<(Option<String>, bool), Arc<Message>> = HashMap::new();
-    let eight_bit = !message.content.is_ascii();
-    let mut status: Vec<(Address, Option<RcptOutcome>)> = message
-        .envelope
-        .recipients
-        .iter()
-        .map(|r| (r.clone(), None))
-        .collect();
-    let mut last_transient: Option<Reason> = None;
-    let mut unsuitable: Vec<(String, Unsuitable)> = Vec::new();
-    let mut attempted = false;
-    let mut held_until: Option<SystemTime> = None;
-    // Whether any upstream got as far as answering for the recipients.
-    let mut answered = false;
-    // Accepted recipients already told to `progress`.
-    let mut recorded = vec![false; status.len()];
-
+    let mut walk = Walk::new(&message);
     for target in ordered {
-        let pending_at: Vec<usize> = (0..status.len())
-            .filter(|i| status[*i].1.is_none())
-            .collect();
-        if pending_at.is_empty() {
+        let Some(pending_at) = walk.pending() else {
             break;
-        }
-        let pending: Vec<Address> = pending_at.iter().map(|i| status[*i].0.clone()).collect();
-        // Recipients an earlier upstream accepted are recorded before another one is
-        // tried: a crash during that try must not send them again.
-        let earlier: Vec<usize> = (0..status.len())
-            .filter(|i| {
-                !recorded[*i] && matches!(status[*i].1, Some(RcptOutcome::Delivered { .. }))
-            })
-            .collect();
-        if !earlier.is_empty() {
-            if let Err(why) = progress.accepted(&earlier).await {
-                warn!(queue_id = %message.id, upstream = %target.name, error = %why, "not tried: the recipients accepted so far cannot be recorded");
-                last_transient = Some(Reason::Text(format!("not sent: {why}")));
-                break;
-            }
-            for i in earlier {
-                recorded[i] = true;
-            }
+        };
+        if let Err(reason) = walk.record_earlier(progress, target, &message).await {
+            walk.last_transient = Some(reason);
+            break;
         }
         let tracker = Pending {
             outer: progress,
@@ -404,154 +369,293 @@ pub async fn walk(
             recorded: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
         };
-        // 8-bit content for an upstream without 8BITMIME is converted before signing:
-        // at once when its last EHLO said so, else after it says so now.
-        let mut seven_bit = eight_bit && known_7bit(target);
-        let result = match admit(target, &message) {
-            Err(not_now) => not_now,
-            Ok(admission) => loop {
-                let key = (target.sender.clone(), seven_bit);
-                let for_target = match prepared.get(&key) {
-                    Some(m) => m.clone(),
-                    None => {
-                        match prepare(transformer, &message, target.sender.clone(), seven_bit).await
-                        {
-                            Ok(m) => {
-                                prepared.insert(key, m.clone());
-                                m
-                            }
-                            Err(PrepareError::NotConvertible(why)) => {
-                                break Attempt::Unsuitable(
-                                    target.name.clone(),
-                                    Unsuitable::NeedsConversion(why),
-                                );
-                            }
-                            Err(PrepareError::Failed(reason)) => {
-                                warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
-                                break Attempt::Transient(Reason::Text(reason));
-                            }
-                        }
-                    }
-                };
-                let result = attempt(target, admission, &for_target, &pending, &tracker).await;
-                if eight_bit
-                    && !seven_bit
-                    && matches!(
-                        result,
-                        Attempt::Unsuitable(_, Unsuitable::NeedsConversion(_))
-                    )
-                {
-                    info!(queue_id = %message.id, upstream = %target.name, "the upstream has no 8BITMIME: converting the 8-bit parts to 7 bits");
-                    seven_bit = true;
-                    continue;
-                }
-                break result;
-            },
-        };
-        attempted |= !matches!(
-            result,
-            Attempt::Held(_) | Attempt::Unsuitable(..) | Attempt::Skipped(_)
-        );
+        let result = walk
+            .try_target(target, transformer, &message, &pending_at, &tracker)
+            .await;
         for i in tracker.recorded.into_inner().expect("recorded lock") {
-            recorded[i] = true;
+            walk.recorded[i] = true;
         }
         // The queue cannot record what was accepted: nothing more is sent now.
         let stop = tracker.failed.into_inner();
-        let open = status
-            .iter_mut()
-            .filter(|(_, s)| s.is_none())
-            .map(|(_, s)| s);
+        if walk.settle(target, result) == Flow::Stop || stop {
+            break;
+        }
+    }
+    walk.finish(targets)
+}
+
+/// Whether the walk goes on to the next upstream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Pending recipients (if any) go to the next upstream.
+    Next,
+    /// The message was refused for good: no other upstream is tried.
+    Stop,
+}
+
+/// The state of one walk: per-recipient outcomes so far and what the upstreams said.
+struct Walk {
+    /// Per recipient, in envelope order; `None` while still pending.
+    status: Vec<(Address, Option<RcptOutcome>)>,
+    /// Accepted recipients already told to `progress`.
+    recorded: Vec<bool>,
+    /// One transformed copy per sender policy (and 7-bit conversion): failing over
+    /// between upstreams with the same policy does not sign again.
+    prepared: HashMap<(Option<String>, bool), Arc<Message>>,
+    /// Whether the message has 8-bit content.
+    eight_bit: bool,
+    last_transient: Option<Reason>,
+    unsuitable: Vec<(String, Unsuitable)>,
+    /// Whether any upstream was actually tried (not skipped, held or unsuitable).
+    attempted: bool,
+    held_until: Option<SystemTime>,
+    /// Whether any upstream got as far as answering for the recipients.
+    answered: bool,
+}
+
+impl Walk {
+    fn new(message: &Message) -> Walk {
+        let status: Vec<(Address, Option<RcptOutcome>)> = message
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), None))
+            .collect();
+        Walk {
+            recorded: vec![false; status.len()],
+            status,
+            prepared: HashMap::new(),
+            eight_bit: !message.content.is_ascii(),
+            last_transient: None,
+            unsuitable: Vec::new(),
+            attempted: false,
+            held_until: None,
+            answered: false,
+        }
+    }
+
+    /// The indices of the recipients still pending, or `None` when every one is settled.
+    fn pending(&self) -> Option<Vec<usize>> {
+        let at: Vec<usize> = (0..self.status.len())
+            .filter(|i| self.status[*i].1.is_none())
+            .collect();
+        (!at.is_empty()).then_some(at)
+    }
+
+    /// Record the recipients an earlier upstream accepted before another one is tried:
+    /// a crash during that try must not send them again.
+    async fn record_earlier(
+        &mut self,
+        progress: &dyn Progress,
+        target: &Upstream,
+        message: &Message,
+    ) -> Result<(), Reason> {
+        let earlier: Vec<usize> = (0..self.status.len())
+            .filter(|i| {
+                !self.recorded[*i]
+                    && matches!(self.status[*i].1, Some(RcptOutcome::Delivered { .. }))
+            })
+            .collect();
+        if earlier.is_empty() {
+            return Ok(());
+        }
+        if let Err(why) = progress.accepted(&earlier).await {
+            warn!(queue_id = %message.id, upstream = %target.name, error = %why, "not tried: the recipients accepted so far cannot be recorded");
+            return Err(Reason::Text(format!("not sent: {why}")));
+        }
+        for i in earlier {
+            self.recorded[i] = true;
+        }
+        Ok(())
+    }
+
+    /// Admit `target`, prepare the message for it and send to the pending recipients.
+    /// 8-bit content for an upstream without 8BITMIME is converted before signing: at
+    /// once when its last EHLO said so, else after it says so now.
+    async fn try_target(
+        &mut self,
+        target: &Upstream,
+        transformer: &Arc<Transformer>,
+        message: &Arc<Message>,
+        pending_at: &[usize],
+        tracker: &Pending<'_>,
+    ) -> Attempt {
+        let pending: Vec<Address> = pending_at
+            .iter()
+            .map(|i| self.status[*i].0.clone())
+            .collect();
+        let mut seven_bit = self.eight_bit && known_7bit(target);
+        let admission = match admit(target, message) {
+            Err(not_now) => return not_now,
+            Ok(admission) => admission,
+        };
+        loop {
+            let for_target = match self
+                .prepared_for(target, transformer, message, seven_bit)
+                .await
+            {
+                Ok(m) => m,
+                Err(not_sent) => return not_sent,
+            };
+            let result = attempt(target, admission, &for_target, &pending, tracker).await;
+            let needs_conversion = matches!(
+                result,
+                Attempt::Unsuitable(_, Unsuitable::NeedsConversion(_))
+            );
+            if self.eight_bit && !seven_bit && needs_conversion {
+                info!(queue_id = %message.id, upstream = %target.name, "the upstream has no 8BITMIME: converting the 8-bit parts to 7 bits");
+                seven_bit = true;
+                continue;
+            }
+            return result;
+        }
+    }
+
+    /// The message as `target` gets it, prepared once per sender policy and conversion.
+    async fn prepared_for(
+        &mut self,
+        target: &Upstream,
+        transformer: &Arc<Transformer>,
+        message: &Arc<Message>,
+        seven_bit: bool,
+    ) -> Result<Arc<Message>, Attempt> {
+        let key = (target.sender.clone(), seven_bit);
+        if let Some(m) = self.prepared.get(&key) {
+            return Ok(m.clone());
+        }
+        match prepare(transformer, message, target.sender.clone(), seven_bit).await {
+            Ok(m) => {
+                self.prepared.insert(key, m.clone());
+                Ok(m)
+            }
+            Err(PrepareError::NotConvertible(why)) => Err(Attempt::Unsuitable(
+                target.name.clone(),
+                Unsuitable::NeedsConversion(why),
+            )),
+            Err(PrepareError::Failed(reason)) => {
+                warn!(queue_id = %message.id, upstream = %target.name, error = %reason, "not sent: transformation failed");
+                Err(Attempt::Transient(Reason::Text(reason)))
+            }
+        }
+    }
+
+    /// Take in what `target` did with the pending recipients.
+    fn settle(&mut self, target: &Upstream, result: Attempt) -> Flow {
+        self.attempted |= !matches!(
+            result,
+            Attempt::Held(_) | Attempt::Unsuitable(..) | Attempt::Skipped(_)
+        );
         match result {
             Attempt::Replies {
                 replies,
                 unanswered,
             } => {
-                answered = true;
+                self.answered = true;
                 if let Some(reason) = unanswered {
-                    last_transient = Some(reason);
+                    self.last_transient = Some(reason);
                 }
-                for (slot, (accepted, response)) in open.zip(replies) {
-                    match response {
-                        _ if accepted => {
-                            *slot = Some(RcptOutcome::Delivered {
-                                upstream: target.name.clone(),
-                                response,
-                            })
-                        }
-                        Some(response)
-                            if response.is_permanent()
-                                && !is_throttling(&response)
-                                && !is_too_many_recipients(&response) =>
-                        {
-                            *slot = Some(RcptOutcome::Failed(Reason::Reply {
-                                upstream: target.name.clone(),
-                                response,
-                            }));
-                        }
-                        Some(response) => {
-                            last_transient = Some(Reason::Reply {
-                                upstream: target.name.clone(),
-                                response,
-                            })
-                        }
-                        None => {}
-                    }
-                }
+                self.settle_replies(target, replies);
             }
-            Attempt::Transient(reason) | Attempt::Skipped(reason) => last_transient = Some(reason),
-            Attempt::Unsuitable(name, why) => unsuitable.push((name, why)),
+            Attempt::Transient(reason) | Attempt::Skipped(reason) => {
+                self.last_transient = Some(reason)
+            }
+            Attempt::Unsuitable(name, why) => self.unsuitable.push((name, why)),
             Attempt::Held(until) => {
-                held_until = Some(held_until.map_or(until, |h: SystemTime| h.min(until)));
-                last_transient.get_or_insert(Reason::Text(format!(
+                self.held_until = Some(self.held_until.map_or(until, |h| h.min(until)));
+                self.last_transient.get_or_insert(Reason::Text(format!(
                     "{}: sending budget used up (rate_limit/daily_limit)",
                     target.name
                 )));
             }
             Attempt::Permanent(reason) => {
-                for slot in open {
+                for (_, slot) in self.status.iter_mut().filter(|(_, s)| s.is_none()) {
                     *slot = Some(RcptOutcome::Failed(reason.clone()));
                 }
-                break;
+                return Flow::Stop;
             }
         }
-        if stop {
-            break;
+        Flow::Next
+    }
+
+    /// Settle the pending recipients `target` answered for, in their order.
+    fn settle_replies(&mut self, target: &Upstream, replies: Vec<(bool, Option<Response>)>) {
+        let open = self
+            .status
+            .iter_mut()
+            .filter(|(_, s)| s.is_none())
+            .map(|(_, s)| s);
+        for (slot, (accepted, response)) in open.zip(replies) {
+            match response {
+                _ if accepted => {
+                    *slot = Some(RcptOutcome::Delivered {
+                        upstream: target.name.clone(),
+                        response,
+                    })
+                }
+                Some(response)
+                    if response.is_permanent()
+                        && !is_throttling(&response)
+                        && !is_too_many_recipients(&response) =>
+                {
+                    *slot = Some(RcptOutcome::Failed(Reason::Reply {
+                        upstream: target.name.clone(),
+                        response,
+                    }));
+                }
+                Some(response) => {
+                    self.last_transient = Some(Reason::Reply {
+                        upstream: target.name.clone(),
+                        response,
+                    })
+                }
+                None => {}
+            }
         }
     }
 
-    let leftover = match last_transient {
-        Some(reason) => RcptOutcome::Deferred(reason),
+    /// The outcome of the recipients no upstream settled.
+    fn leftover(&mut self) -> RcptOutcome {
+        if let Some(reason) = self.last_transient.take() {
+            return RcptOutcome::Deferred(reason);
+        }
+        let Some((_, first)) = self.unsuitable.first() else {
+            return RcptOutcome::Deferred(Reason::Text("no upstream is available".into()));
+        };
         // Every upstream that answered lacked what the message needs.
         // The first upstream's reason names the status (the most preferred one).
-        None if !unsuitable.is_empty() => {
-            let (code, status) = unsuitable[0].1.status();
-            let each: Vec<String> = unsuitable
-                .iter()
-                .map(|(name, why)| format!("{name}: {why}"))
-                .collect();
-            RcptOutcome::Failed(Reason::Local {
-                code,
-                status,
-                text: format!("no upstream can take this message: {}", each.join("; ")),
-            })
+        let (code, status) = first.status();
+        let each: Vec<String> = self
+            .unsuitable
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
+        RcptOutcome::Failed(Reason::Local {
+            code,
+            status,
+            text: format!("no upstream can take this message: {}", each.join("; ")),
+        })
+    }
+
+    /// The report of the walk over `targets`.
+    fn finish(mut self, targets: &[Upstream]) -> Report {
+        let leftover = self.leftover();
+        let deferred = self.status.iter().any(|(_, s)| s.is_none())
+            && !matches!(leftover, RcptOutcome::Failed(_));
+        Report {
+            attempted: self.attempted,
+            held_until: self.held_until,
+            breakers_open_until: if deferred {
+                breakers_open_until(targets)
+            } else {
+                None
+            },
+            waiting_for_upstream: deferred && !self.answered && self.held_until.is_none(),
+            recipients: self
+                .status
+                .into_iter()
+                .map(|(a, s)| (a, s.unwrap_or_else(|| leftover.clone())))
+                .collect(),
         }
-        None => RcptOutcome::Deferred(Reason::Text("no upstream is available".into())),
-    };
-    let deferred =
-        status.iter().any(|(_, s)| s.is_none()) && !matches!(leftover, RcptOutcome::Failed(_));
-    Report {
-        attempted,
-        held_until,
-        breakers_open_until: if deferred {
-            breakers_open_until(targets)
-        } else {
-            None
-        },
-        waiting_for_upstream: deferred && !answered && held_until.is_none(),
-        recipients: status
-            .into_iter()
-            .map(|(a, s)| (a, s.unwrap_or_else(|| leftover.clone())))
-            .collect(),
     }
 }
 
