@@ -17,9 +17,9 @@
 //!   message already delivered is never delivered again because its state was lost.
 //!
 //! This module is the run loop (workers, the ready and waiting queues, parking, the
-//! hand-off from accept and passthrough); [`attempt`] is one delivery attempt of one
-//! message, [`retry`] decides when a deferred message goes again, [`outcomes`] gets
-//! outcomes onto the spool (or holds them while it cannot), and [`maintain`] is the
+//! hand-off from accept and passthrough); `attempt` is one delivery attempt of one
+//! message, `retry` decides when a deferred message goes again, `outcomes` gets
+//! outcomes onto the spool (or holds them while it cannot), and `maintain` is the
 //! housekeeping tick (operator requests, gauges, the disk guard).
 
 mod attempt;

@@ -8,6 +8,9 @@
 //! * one of `addr-spec`, `<addr-spec>`, `display-name <addr-spec>`;
 //! * a display name is atoms separated by single spaces, one quoted string, or RFC 2047
 //!   encoded words (RFC 5322 §3.4, RFC 2047 §5).
+//!
+//! This module holds the strict-form checks, the bounds and [`Mailbox`]; `read` reads
+//! values leniently, `write` writes them strictly.
 
 mod read;
 mod write;

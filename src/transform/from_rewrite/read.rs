@@ -59,11 +59,11 @@ pub(super) fn decode_chunks(bytes: &[u8], mut each: impl FnMut(&str) -> bool) {
     }
 }
 
-/// A raw header value (as [`super::headers::Field::raw_value`] holds it: folded, any
+/// A raw header value (as [`crate::transform::headers::Field::raw_value`] holds it: folded, any
 /// bytes) decoded ([`decode_raw`]), unfolded, and bounded for reading, in one pass: a
-/// run outside angle brackets longer than [`MAX_PHRASE_READ`] is cut (an open quoted
+/// run outside angle brackets longer than `MAX_PHRASE_READ` is cut (an open quoted
 /// string or comment is closed), an address in angle brackets longer than
-/// [`MAX_ANGLE_READ`] becomes `<>`, and a list longer than [`MAX_VALUE_READ`] ends at
+/// `MAX_ANGLE_READ` becomes `<>`, and a list longer than `MAX_VALUE_READ` ends at
 /// a separator. The structure (quotes, comments, brackets, separators) of what is kept
 /// is that of the value, so it reads as the value does, up to the cut. Returns the text
 /// and whether anything was cut.
@@ -469,7 +469,7 @@ pub(super) fn separate_mailboxes(value: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Read every mailbox of a header value, leniently; groups are flattened, and mailboxes
-/// without the comma between them are read as a list ([`separate_mailboxes`]).
+/// without the comma between them are read as a list (`separate_mailboxes`).
 pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
     let angles = angle_positions(value);
     if let [open] = angles.as_slice()
@@ -506,7 +506,7 @@ pub fn parse_mailboxes(value: &str) -> Vec<Mailbox> {
         .collect()
 }
 
-/// The mailboxes of a raw header value ([`super::headers::Field::raw_value`]), read
+/// The mailboxes of a raw header value ([`crate::transform::headers::Field::raw_value`]), read
 /// through [`bounded_value`].
 pub fn read_mailboxes(raw: &[u8]) -> Vec<Mailbox> {
     parse_mailboxes(&bounded_value(raw).0)

@@ -51,7 +51,7 @@ pub(super) fn name_tokens(name: &str) -> Vec<String> {
     tokens
 }
 
-/// `=?UTF-8?B?...?=` words of at most [`MAX_NAME_TOKEN`] characters (RFC 2047 allows
+/// `=?UTF-8?B?...?=` words of at most `MAX_NAME_TOKEN` characters (RFC 2047 allows
 /// 75), never splitting a character.
 pub fn encode_words(text: &str) -> Vec<String> {
     // 12 characters of overhead leave 56 for base64: 42 octets of UTF-8 at most.
@@ -82,7 +82,7 @@ pub fn encode_words(text: &str) -> Vec<String> {
 /// called `header` (the returned text goes after `Header: `). Names are tidied first
 /// (white space runs become one space, control characters go) and cut to
 /// [`MAX_NAME_OCTETS`]; an empty name is left out. A list is cut after the mailboxes
-/// that fit in half of [`MAX_VALUE_READ`], so that what is written is read back whole
+/// that fit in half of `MAX_VALUE_READ`, so that what is written is read back whole
 /// (normalising twice changes nothing).
 pub fn render(mailboxes: &[Mailbox], header: &str) -> String {
     // An upper bound of each mailbox's unfolded length: a name at most doubles (quoted
