@@ -246,7 +246,7 @@ async fn required_starttls_missing_sends_nothing_in_the_clear() {
     let text = response.text();
     assert!(text.starts_with("4.4.1 "), "{text}");
     assert!(
-        text.contains("STARTTLS is required but the server does not offer it"),
+        text.contains("Not delivered now, please try again later"),
         "{text}"
     );
     assert!(!text.contains("s3cret"), "{text}");
@@ -270,8 +270,14 @@ async fn certificate_from_an_unknown_ca_is_refused_and_accepted_with_ca_file() {
     assert_eq!(response.code, 451, "{response}");
     let text = response.text();
     assert!(text.starts_with("4.4.1 "), "{text}");
-    assert!(text.contains("TLS handshake failed"), "{text}");
-    assert!(text.contains("set ca_file"), "{text}");
+    assert!(
+        text.contains("Not delivered now, please try again later"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ca_file"),
+        "the diagnosis stays in the log: {text}"
+    );
     assert!(
         fake.lines().is_empty(),
         "nothing may follow a refused handshake"
@@ -340,7 +346,10 @@ async fn bad_credentials_535_defer_the_message_and_send_no_envelope() {
     assert_eq!(response.code, 451, "{response}");
     let text = response.text();
     assert!(text.starts_with("4.4.1 "), "{text}");
-    assert!(text.contains("authentication failed: 535"), "{text}");
+    assert!(
+        !text.contains("535"),
+        "the diagnosis stays in the log: {text}"
+    );
     assert!(!text.contains("wrong-pw"), "{text}");
     assert_eq!(fake.verbs(), ["EHLO", "AUTH"]);
     assert!(fake.messages().is_empty());
@@ -542,7 +551,7 @@ async fn nothing_reachable_is_a_temporary_failure() {
     assert_eq!(response.code, 451, "{response}");
     let text = response.text();
     assert!(
-        text.starts_with("4.4.1 Not delivered, please try again later: dead: cannot connect"),
+        text == "4.4.1 Not delivered now, please try again later",
         "{text}"
     );
     relay.stop().await;

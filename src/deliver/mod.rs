@@ -26,8 +26,8 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::{Config, UpstreamUrl};
-use crate::message::Message;
 use crate::message::{Handoff, HandoffError, HandoffFuture};
+use crate::message::{Message, QueueId};
 use crate::proto::{Enhanced, Reply, Response};
 use crate::telemetry::name;
 use crate::transform::Transformer;
@@ -301,8 +301,9 @@ impl Deliverer {
 impl Handoff for Deliverer {
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
         Box::pin(async move {
+            let id = message.id;
             let report = self.deliver(Arc::new(message)).await;
-            passthrough_result(&report)
+            passthrough_result(id, &report)
         })
     }
 }
@@ -312,7 +313,13 @@ impl Handoff for Deliverer {
 /// rather than loses it (the recipients that did get it may see it twice). Permanent
 /// failures next to deliveries are only logged. [`crate::queue::Passthrough`] uses it when
 /// no recipient was delivered, and when the spool cannot take the rest.
-pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
+///
+/// An upstream's own reply to the message is relayed (SPEC: passthrough relays the
+/// upstream's final answer). Our own diagnosis (a connection, TLS or AUTH failure, a
+/// breaker, a budget, an upstream that cannot take the message) stays in the log, with
+/// the queue id `id`: the client hears a generic text with the status code that names
+/// the class of the cause (STYLE 4: internal error text never reaches the wire).
+pub fn passthrough_result(id: QueueId, report: &Report) -> Result<(), HandoffError> {
     if report.all_delivered() {
         return Ok(());
     }
@@ -325,11 +332,11 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
             Reason::Reply { upstream, response } if response.is_transient() => {
                 relay_reply(upstream, response)
             }
-            other => Reply::new(
-                451,
-                Enhanced(4, 4, 1),
-                format!("Not delivered, please try again later: {other}"),
-            ),
+            other => {
+                let reply = Reply::new(451, Enhanced(4, 4, 1), NOT_DELIVERED_NOW);
+                warn!(queue_id = %id, reason = %other, reply = %reply, "passthrough: not delivered now; the client is told to try again later (the reason stays in the log)");
+                reply
+            }
         }));
     }
     let delivered = report
@@ -347,11 +354,34 @@ pub fn passthrough_result(report: &Report) -> Result<(), HandoffError> {
             _ => None,
         })
         .expect("not all delivered, none deferred: some failed");
-    Err(HandoffError::Refused(match reason {
-        Reason::Reply { upstream, response } => relay_reply(upstream, response),
-        Reason::Text(text) => Reply::new(554, Enhanced(5, 3, 0), text.clone()),
-        Reason::Local { code, status, text } => Reply::new(*code, *status, text.clone()),
-    }))
+    let reply = match reason {
+        Reason::Reply { upstream, response } => {
+            return Err(HandoffError::Refused(relay_reply(upstream, response)));
+        }
+        Reason::Text(_) => Reply::new(554, Enhanced(5, 3, 0), NOT_DELIVERED),
+        Reason::Local { code, status, .. } => Reply::new(*code, *status, not_relayable(*status)),
+    };
+    warn!(queue_id = %id, reason = %reason, reply = %reply, "passthrough: not delivered; the client is told it failed for good (the reason stays in the log)");
+    Err(HandoffError::Refused(reply))
+}
+
+/// The text of a deferral we diagnosed ourselves (the log has the diagnosis).
+pub const NOT_DELIVERED_NOW: &str = "Not delivered now, please try again later";
+
+/// The text of a permanent failure we diagnosed ourselves, when no status names it.
+pub const NOT_DELIVERED: &str = "Not delivered";
+
+/// The text for a message no upstream can take, by the status that names the cause
+/// (RFC 3463); which upstream lacked what is in the log.
+fn not_relayable(status: Enhanced) -> &'static str {
+    match status {
+        Enhanced(5, 3, 4) => "Message too big for the upstream servers",
+        Enhanced(5, 6, 7) => "Message needs SMTPUTF8, which the upstream servers do not offer",
+        Enhanced(5, 6, 3) => {
+            "Message has 8-bit content that cannot be converted for the upstream servers"
+        }
+        _ => NOT_DELIVERED,
+    }
 }
 
 /// An upstream's reply, passed on with its code and enhanced code.
@@ -439,5 +469,99 @@ mod tests {
             r.to_wire(),
             "550 5.7.1 upstream c said: first line second line\r\n"
         );
+    }
+    fn report(outcomes: Vec<RcptOutcome>) -> Report {
+        Report {
+            recipients: outcomes
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    (
+                        crate::proto::Address::parse(&format!("r{i}@example.net")).unwrap(),
+                        o,
+                    )
+                })
+                .collect(),
+            attempted: true,
+            held_until: None,
+            breakers_open_until: None,
+            waiting_for_upstream: false,
+        }
+    }
+
+    fn wire(result: Result<(), HandoffError>) -> String {
+        match result {
+            Err(HandoffError::Refused(reply)) => reply.to_wire(),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn passthrough_keeps_our_diagnosis_off_the_wire() {
+        let id = QueueId::from_u64(1);
+        let diagnosis = "down: cannot connect to 127.0.0.1:1: Connection refused (TLS, AUTH...)";
+        let deferred = report(vec![RcptOutcome::Deferred(Reason::Text(diagnosis.into()))]);
+        assert_eq!(
+            wire(passthrough_result(id, &deferred)),
+            "451 4.4.1 Not delivered now, please try again later\r\n"
+        );
+        // A 5xx the walk treats as a deferral (throttling) is not relayed as a 5xx.
+        let throttled = report(vec![RcptOutcome::Deferred(Reason::Reply {
+            upstream: "a".into(),
+            response: Response {
+                code: 550,
+                lines: vec!["5.7.0 too many messages, slow down".into()],
+            },
+        })]);
+        assert_eq!(
+            wire(passthrough_result(id, &throttled)),
+            "451 4.4.1 Not delivered now, please try again later\r\n"
+        );
+        let failed = report(vec![RcptOutcome::Failed(Reason::Text(diagnosis.into()))]);
+        assert_eq!(
+            wire(passthrough_result(id, &failed)),
+            "554 5.3.0 Not delivered\r\n"
+        );
+        let too_big = report(vec![RcptOutcome::Failed(Reason::Local {
+            code: 552,
+            status: Enhanced(5, 3, 4),
+            text: "no upstream can take this message: primary: SIZE limit of 2000".into(),
+        })]);
+        assert_eq!(
+            wire(passthrough_result(id, &too_big)),
+            "552 5.3.4 Message too big for the upstream servers\r\n"
+        );
+    }
+
+    #[test]
+    fn passthrough_relays_the_upstreams_own_reply() {
+        let id = QueueId::from_u64(1);
+        let transient = report(vec![RcptOutcome::Deferred(Reason::Reply {
+            upstream: "b".into(),
+            response: Response {
+                code: 451,
+                lines: vec!["4.3.0 try later".into()],
+            },
+        })]);
+        assert_eq!(
+            wire(passthrough_result(id, &transient)),
+            "451 4.3.0 upstream b said: try later\r\n"
+        );
+        let refused = report(vec![RcptOutcome::Failed(Reason::Reply {
+            upstream: "b".into(),
+            response: Response {
+                code: 550,
+                lines: vec!["5.1.1 no such user".into()],
+            },
+        })]);
+        assert_eq!(
+            wire(passthrough_result(id, &refused)),
+            "550 5.1.1 upstream b said: no such user\r\n"
+        );
+        let delivered = report(vec![RcptOutcome::Delivered {
+            upstream: "b".into(),
+            response: None,
+        }]);
+        assert!(passthrough_result(id, &delivered).is_ok());
     }
 }

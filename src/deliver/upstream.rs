@@ -18,7 +18,7 @@ use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
 use super::ratelimit::Budget;
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
-use crate::proto::{Address, ReversePath};
+use crate::proto::{Address, Response, ReversePath};
 use crate::tls::TlsSetupError;
 
 /// An idle connection is closed rather than reused after this long; servers drop idle
@@ -346,173 +346,91 @@ impl SmtpUpstream {
             self.checkin_unused(lease);
             return Err(Partial::none(recipients, unsuitable));
         }
-        let caps = &lease.session.caps;
-        let mut mail_from = match &message.envelope.sender {
-            ReversePath::Null => "<>".to_owned(),
-            ReversePath::Mailbox(a) => format!("<{a}>"),
-        };
-        if caps.has("SIZE") {
-            mail_from.push_str(&format!(" SIZE={}", message.content.len()));
-        }
-        if needs_8bit(message) {
-            mail_from.push_str(" BODY=8BITMIME");
-        }
-        if message.envelope.smtputf8 {
-            mail_from.push_str(" SMTPUTF8");
-        }
-        let pipelining = caps.has("PIPELINING");
-        let mut replies: Vec<Option<RcptReply>> = vec![None; recipients.len()];
-        // Indices of the recipients still to send, in envelope order.
-        let mut waiting: VecDeque<usize> = (0..recipients.len()).collect();
-        let mut per_transaction = self.max_recipients.max(1);
-        // Transactions settled on the current connection.
-        let mut transactions = 0usize;
-        while !waiting.is_empty() {
-            let take = per_transaction.min(waiting.len());
-            let batch: Vec<usize> = waiting.drain(..take).collect();
+        let mail_from = mail_from(&lease.session, message);
+        let pipelining = lease.session.caps.has("PIPELINING");
+        let mut plan = Transactions::new(recipients.len(), self.max_recipients);
+        while let Some(batch) = plan.next_batch() {
             let rcpts: Vec<String> = batch.iter().map(|i| recipients[*i].to_string()).collect();
             let result = lease
                 .session
                 .client
                 .transaction(&mail_from, &rcpts, &message.content, pipelining)
                 .await;
-            // The server is finished with this connection before taking anything of
-            // this transaction: a 421 (RFC 5321 §3.8), or a close before DATA.
-            let finished = match &result {
-                Ok(answers) => answers.iter().find_map(|r| match r {
-                    RcptReply::Refused(resp) if resp.code == 421 => Some(resp.to_string()),
-                    _ => None,
-                }),
-                Err(e @ (ClientError::Closed | ClientError::Io(_)))
-                    if !lease.session.client.reached_data() =>
-                {
-                    Some(e.to_string())
-                }
-                Err(_) => None,
-            };
-            if let Some(why) = finished
-                && (transactions > 0 || lease.reused)
+            if let Some(why) = finished_at_start(&result, &lease.session)
+                && (plan.on_connection > 0 || lease.reused)
             {
-                // The connection carried earlier transactions (of this message, or of
-                // earlier ones from the pool) and is finished: servers cap messages
-                // per connection. That is no failure of the upstream nor of the
-                // message: the rest goes on a new connection at once. A fresh
-                // connection that does the same before any transaction is a real
-                // failure, so this cannot loop: each reconnection follows a settled
-                // transaction or the first use of a pooled connection.
-                info!(
-                    queue_id = %message.id,
-                    upstream = %self.name,
-                    reply = %why,
-                    transactions_on_it = lease.sent + transactions,
-                    "the upstream ended a reused connection at the start of a transaction (a per-connection message limit); continuing on a new connection now (set max_messages_per_connection to its limit to retire connections before it does)"
-                );
-                for index in batch.into_iter().rev() {
-                    waiting.push_front(index);
-                }
-                match self.open(&mut |_| {}).await {
-                    Ok(session) => {
-                        // The old one is closing from the server's side.
-                        drop(std::mem::replace(&mut lease.session, session));
-                        lease.sent = 0;
-                        lease.reused = false;
-                        transactions = 0;
+                self.log_reused_end(message, &why, lease.sent + plan.on_connection);
+                plan.put_back(batch);
+                match self.reconnect(&mut lease).await {
+                    Ok(()) => {
+                        plan.on_connection = 0;
                         continue;
                     }
-                    Err(failure) => return Err(Partial { replies, failure }),
+                    Err(failure) => return Err(plan.into_partial(failure)),
                 }
             }
             let answers = match result {
                 Ok(answers) => answers,
                 Err(e) => {
-                    return Err(Partial {
-                        replies,
-                        failure: Failure::from_client(Stage::Transaction, e),
-                    });
+                    let failure = Failure::from_client(Stage::Transaction, e);
+                    return Err(plan.into_partial(failure));
                 }
             };
             // 421 on a fresh connection: nothing of this transaction was taken, and the
             // upstream is failing.
-            if let Some(closing) = answers.iter().find_map(|r| match r {
-                RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
-                _ => None,
-            }) {
-                return Err(Partial {
-                    replies,
-                    failure: Failure::Refused {
-                        command: "the transaction".into(),
-                        response: closing,
-                    },
-                });
+            if let Some(closing) = closing_reply(&answers) {
+                return Err(plan.into_partial(Failure::Refused {
+                    command: "the transaction".into(),
+                    response: closing,
+                }));
             }
-            // The server takes `took` recipients per transaction: the ones it refused
-            // beyond that for being too many go in the next transaction.
-            let took = answers
-                .iter()
-                .position(|r| matches!(r, RcptReply::Refused(resp) if is_too_many_recipients(resp)))
-                .unwrap_or(answers.len());
-            let mut again = Vec::new();
-            for (position, (index, answer)) in batch.iter().zip(answers).enumerate() {
-                match answer {
-                    RcptReply::Refused(resp)
-                        if took > 0 && position >= took && is_too_many_recipients(&resp) =>
-                    {
-                        again.push(*index);
-                        replies[*index] = Some(RcptReply::Refused(resp));
-                    }
-                    answer => replies[*index] = Some(answer),
-                }
-            }
-            transactions += 1;
-            if took == 0 {
-                // Not even the first recipient: a deferral like any other, and so are
-                // the recipients not sent yet (no loop on a server that takes none).
-                let refusal = replies[batch[0]].clone();
-                for index in waiting.drain(..) {
-                    replies[index] = refusal.clone();
-                }
-                break;
-            }
-            if !again.is_empty() {
-                info!(
+            match plan.settle(&batch, answers) {
+                Settled::NoneTaken => break,
+                Settled::Took { again: 0, .. } => {}
+                Settled::Took { took, .. } => info!(
                     queue_id = %message.id,
                     upstream = %self.name,
                     took,
-                    rest = again.len() + waiting.len(),
+                    rest = plan.waiting.len(),
                     "the upstream took fewer recipients than sent in one transaction; the rest go in the next transaction now (lower max_recipients to the number it takes)"
-                );
-                per_transaction = per_transaction.min(took);
-                for index in again.into_iter().rev() {
-                    waiting.push_front(index);
-                }
+                ),
             }
-            if !waiting.is_empty() {
-                // More transactions follow: what this one got accepted is recorded
-                // first, so a crash during the next never sends it again.
-                let accepted: Vec<usize> = batch
-                    .iter()
-                    .copied()
-                    .filter(|i| matches!(replies[*i], Some(RcptReply::Accepted(_))))
-                    .collect();
-                if !accepted.is_empty()
-                    && let Err(why) = progress.accepted(&accepted).await
-                {
-                    lease.sent += transactions.saturating_sub(1);
-                    self.checkin(lease);
-                    return Err(Partial {
-                        replies,
-                        failure: Failure::Unrecorded(why),
-                    });
-                }
+            if let Err(why) = plan.record_accepted(&batch, progress).await {
+                lease.sent += plan.on_connection.saturating_sub(1);
+                self.checkin(lease);
+                return Err(plan.into_partial(Failure::Unrecorded(why)));
             }
         }
         // Each transaction counts toward `max_messages_per_connection`.
-        lease.sent += transactions.saturating_sub(1);
+        lease.sent += plan.on_connection.saturating_sub(1);
         self.checkin(lease);
-        Ok(replies
-            .into_iter()
-            .map(|r| r.expect("every recipient was answered"))
-            .collect())
+        Ok(plan.into_replies())
+    }
+
+    /// The connection carried earlier transactions (of this message, or of earlier
+    /// ones from the pool) and is finished: servers cap messages per connection. That
+    /// is no failure of the upstream nor of the message: the rest goes on a new
+    /// connection at once. A fresh connection that does the same before any
+    /// transaction is a real failure, so this cannot loop: each reconnection follows a
+    /// settled transaction or the first use of a pooled connection.
+    fn log_reused_end(&self, message: &Message, why: &str, transactions_on_it: usize) {
+        info!(
+            queue_id = %message.id,
+            upstream = %self.name,
+            reply = %why,
+            transactions_on_it,
+            "the upstream ended a reused connection at the start of a transaction (a per-connection message limit); continuing on a new connection now (set max_messages_per_connection to its limit to retire connections before it does)"
+        );
+    }
+
+    /// Replace the leased connection, which the server is closing, by a new one.
+    async fn reconnect(&self, lease: &mut Lease) -> Result<(), Failure> {
+        let session = self.open(&mut |_| {}).await?;
+        // The old one is closing from the server's side.
+        drop(std::mem::replace(&mut lease.session, session));
+        lease.sent = 0;
+        lease.reused = false;
+        Ok(())
     }
 
     /// Return a connection that sent nothing.
@@ -522,6 +440,170 @@ impl SmtpUpstream {
             sent: lease.sent,
             since: Instant::now(),
         });
+    }
+}
+
+/// The `MAIL FROM` argument for `message` on this session: the reverse path and the
+/// parameters the server takes (SIZE, BODY=8BITMIME, SMTPUTF8).
+fn mail_from(session: &Session, message: &Message) -> String {
+    let mut mail_from = match &message.envelope.sender {
+        ReversePath::Null => "<>".to_owned(),
+        ReversePath::Mailbox(a) => format!("<{a}>"),
+    };
+    if session.caps.has("SIZE") {
+        mail_from.push_str(&format!(" SIZE={}", message.content.len()));
+    }
+    if needs_8bit(message) {
+        mail_from.push_str(" BODY=8BITMIME");
+    }
+    if message.envelope.smtputf8 {
+        mail_from.push_str(" SMTPUTF8");
+    }
+    mail_from
+}
+
+/// Why the server is finished with this connection before taking anything of this
+/// transaction: a 421 (RFC 5321 §3.8), or a close before DATA.
+fn finished_at_start(
+    result: &Result<Vec<RcptReply>, ClientError>,
+    session: &Session,
+) -> Option<String> {
+    match result {
+        Ok(answers) => closing_reply(answers).map(|resp| resp.to_string()),
+        Err(e @ (ClientError::Closed | ClientError::Io(_))) if !session.client.reached_data() => {
+            Some(e.to_string())
+        }
+        Err(_) => None,
+    }
+}
+
+/// The first `421` among the recipient replies: the server is closing.
+fn closing_reply(answers: &[RcptReply]) -> Option<Response> {
+    answers.iter().find_map(|r| match r {
+        RcptReply::Refused(resp) if resp.code == 421 => Some(resp.clone()),
+        _ => None,
+    })
+}
+
+/// The recipients of one attempt, sent in transactions of at most `per_transaction`.
+struct Transactions {
+    /// Per recipient: the reply it got so far.
+    replies: Vec<Option<RcptReply>>,
+    /// Indices of the recipients still to send, in envelope order.
+    waiting: VecDeque<usize>,
+    per_transaction: usize,
+    /// Transactions settled on the current connection.
+    on_connection: usize,
+}
+
+/// What one transaction's replies did to the plan.
+enum Settled {
+    /// Not even the first recipient was taken: every recipient still waiting got
+    /// that refusal too (no loop on a server that takes none).
+    NoneTaken,
+    /// The server took `took` recipients; `again` refused for being too many wait for
+    /// the next transaction.
+    Took { took: usize, again: usize },
+}
+
+impl Transactions {
+    fn new(recipients: usize, max_recipients: usize) -> Transactions {
+        Transactions {
+            replies: vec![None; recipients],
+            waiting: (0..recipients).collect(),
+            per_transaction: max_recipients.max(1),
+            on_connection: 0,
+        }
+    }
+
+    /// The recipients of the next transaction, if any wait.
+    fn next_batch(&mut self) -> Option<Vec<usize>> {
+        let take = self.per_transaction.min(self.waiting.len());
+        (take > 0).then(|| self.waiting.drain(..take).collect())
+    }
+
+    /// Send these recipients first in the next transaction.
+    fn put_back(&mut self, batch: Vec<usize>) {
+        for index in batch.into_iter().rev() {
+            self.waiting.push_front(index);
+        }
+    }
+
+    /// Take the replies to a transaction of `batch`. The server takes `took`
+    /// recipients per transaction: the ones it refused beyond that for being too many
+    /// go in the next transaction, and later transactions take no more.
+    fn settle(&mut self, batch: &[usize], answers: Vec<RcptReply>) -> Settled {
+        let took = answers
+            .iter()
+            .position(|r| matches!(r, RcptReply::Refused(resp) if is_too_many_recipients(resp)))
+            .unwrap_or(answers.len());
+        let mut again = Vec::new();
+        for (position, (index, answer)) in batch.iter().zip(answers).enumerate() {
+            match answer {
+                RcptReply::Refused(resp)
+                    if took > 0 && position >= took && is_too_many_recipients(&resp) =>
+                {
+                    again.push(*index);
+                    self.replies[*index] = Some(RcptReply::Refused(resp));
+                }
+                answer => self.replies[*index] = Some(answer),
+            }
+        }
+        self.on_connection += 1;
+        if took == 0 {
+            // A deferral like any other, and so are the recipients not sent yet.
+            let refusal = self.replies[batch[0]].clone();
+            for index in self.waiting.drain(..) {
+                self.replies[index] = refusal.clone();
+            }
+            return Settled::NoneTaken;
+        }
+        let again_count = again.len();
+        if again_count > 0 {
+            self.per_transaction = self.per_transaction.min(took);
+            self.put_back(again);
+        }
+        Settled::Took {
+            took,
+            again: again_count,
+        }
+    }
+
+    /// When more transactions follow, record what this one got accepted first, so a
+    /// crash during the next never sends it again.
+    async fn record_accepted(
+        &self,
+        batch: &[usize],
+        progress: &dyn Progress,
+    ) -> Result<(), String> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let accepted: Vec<usize> = batch
+            .iter()
+            .copied()
+            .filter(|i| matches!(self.replies[*i], Some(RcptReply::Accepted(_))))
+            .collect();
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        progress.accepted(&accepted).await
+    }
+
+    /// The attempt ended early with `failure`.
+    fn into_partial(self, failure: Failure) -> Partial {
+        Partial {
+            replies: self.replies,
+            failure,
+        }
+    }
+
+    /// Every recipient answered.
+    fn into_replies(self) -> Vec<RcptReply> {
+        self.replies
+            .into_iter()
+            .map(|r| r.expect("every recipient was answered"))
+            .collect()
     }
 }
 

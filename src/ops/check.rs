@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, UpstreamUrl};
 use crate::deliver::client::RcptReply;
-use crate::deliver::connect::Event;
+use crate::deliver::connect::{Event, Session};
 use crate::deliver::maildir::Maildir;
 use crate::deliver::outcome::{Failure, Stage};
 use crate::deliver::upstream::SmtpUpstream;
@@ -95,86 +95,11 @@ async fn check_smtp(
     send_to: Option<&str>,
     out: &mut String,
 ) -> bool {
-    if let Some(tokens) = up.oauth() {
-        let started = Instant::now();
-        match tokens.token().await {
-            Ok(token) => line(
-                out,
-                true,
-                "oauth",
-                &format!(
-                    "access token obtained, expires in {} s",
-                    token.expires_in.as_secs()
-                ),
-                Some(started.elapsed()),
-            ),
-            Err(error) => {
-                line(
-                    out,
-                    false,
-                    "oauth",
-                    &error.to_string(),
-                    Some(started.elapsed()),
-                );
-                let _ = writeln!(out, "        fix: {}", error.fix(&up.name));
-                return false;
-            }
-        }
+    if !check_oauth(up, out).await {
+        return false;
     }
-    let mut last = Instant::now();
-    let mut steps = String::new();
-    let mut observe = |event: Event<'_>| {
-        let took = Some(last.elapsed());
-        last = Instant::now();
-        let (step, detail) = match event {
-            Event::Resolved(addrs) => (
-                "dns",
-                addrs
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            Event::Connected(addr) => ("connect", addr.to_string()),
-            Event::Detected(mode) => ("detect", format!("tls=auto found {mode}")),
-            Event::Tls(info) => ("tls", info.to_owned()),
-            Event::Greeting(r) => ("greeting", r.to_string()),
-            Event::Ehlo(caps) => {
-                let list: Vec<String> = caps
-                    .extensions
-                    .iter()
-                    .map(|(k, v)| {
-                        if v.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{k} {v}")
-                        }
-                    })
-                    .collect();
-                ("ehlo", list.join(", "))
-            }
-            Event::Authenticated(m) => ("auth", format!("{} accepted", m.name())),
-        };
-        line(&mut steps, true, step, &detail, took);
-    };
-    let opened = up.open(&mut observe).await;
-    out.push_str(&steps);
-    let (host, port, mode) = up.describe();
-    let mut session = match opened {
-        Ok(session) => session,
-        Err(failure) => {
-            line(
-                out,
-                false,
-                step_of(&failure),
-                &failure.to_string(),
-                Some(last.elapsed()),
-            );
-            if let Some(fix) = failure.diagnosis(host, port, mode) {
-                let _ = writeln!(out, "        fix: {fix}");
-            }
-            return false;
-        }
+    let Some(mut session) = open_session(up, out).await else {
+        return false;
     };
     if !up.has_credentials() {
         line(
@@ -185,10 +110,121 @@ async fn check_smtp(
             None,
         );
     }
-    let Some(to) = send_to else {
-        session.client.quit().await;
+    let ok = match send_to {
+        Some(to) => send_test(up, config, &mut session, to, out).await,
+        None => true,
+    };
+    session.client.quit().await;
+    ok
+}
+
+/// Step `oauth` for an upstream with `[upstream.oauth]`: an access token can be had.
+async fn check_oauth(up: &SmtpUpstream, out: &mut String) -> bool {
+    let Some(tokens) = up.oauth() else {
         return true;
     };
+    let started = Instant::now();
+    match tokens.token().await {
+        Ok(token) => {
+            line(
+                out,
+                true,
+                "oauth",
+                &format!(
+                    "access token obtained, expires in {} s",
+                    token.expires_in.as_secs()
+                ),
+                Some(started.elapsed()),
+            );
+            true
+        }
+        Err(error) => {
+            line(
+                out,
+                false,
+                "oauth",
+                &error.to_string(),
+                Some(started.elapsed()),
+            );
+            let _ = writeln!(out, "        fix: {}", error.fix(&up.name));
+            false
+        }
+    }
+}
+
+/// Steps `dns` to `auth`: open a session, one line per step as it happens; on failure
+/// the failing step with its diagnosis.
+async fn open_session(up: &SmtpUpstream, out: &mut String) -> Option<Session> {
+    let mut last = Instant::now();
+    let mut steps = String::new();
+    let mut observe = |event: Event<'_>| {
+        let took = Some(last.elapsed());
+        last = Instant::now();
+        let (step, detail) = describe_event(event);
+        line(&mut steps, true, step, &detail, took);
+    };
+    let opened = up.open(&mut observe).await;
+    out.push_str(&steps);
+    match opened {
+        Ok(session) => Some(session),
+        Err(failure) => {
+            line(
+                out,
+                false,
+                step_of(&failure),
+                &failure.to_string(),
+                Some(last.elapsed()),
+            );
+            let (host, port, mode) = up.describe();
+            if let Some(fix) = failure.diagnosis(host, port, mode) {
+                let _ = writeln!(out, "        fix: {fix}");
+            }
+            None
+        }
+    }
+}
+
+/// The step label and detail printed for one connection event.
+fn describe_event(event: Event<'_>) -> (&'static str, String) {
+    match event {
+        Event::Resolved(addrs) => (
+            "dns",
+            addrs
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Event::Connected(addr) => ("connect", addr.to_string()),
+        Event::Detected(mode) => ("detect", format!("tls=auto found {mode}")),
+        Event::Tls(info) => ("tls", info.to_owned()),
+        Event::Greeting(r) => ("greeting", r.to_string()),
+        Event::Ehlo(caps) => {
+            let list: Vec<String> = caps
+                .extensions
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k} {v}")
+                    }
+                })
+                .collect();
+            ("ehlo", list.join(", "))
+        }
+        Event::Authenticated(m) => ("auth", format!("{} accepted", m.name())),
+    }
+}
+
+/// Step `send`: a test message to `to` on the open session.
+async fn send_test(
+    up: &SmtpUpstream,
+    config: &Config,
+    session: &mut Session,
+    to: &str,
+    out: &mut String,
+) -> bool {
     let from = up
         .sender
         .clone()
@@ -218,14 +254,15 @@ async fn check_smtp(
             session.caps.has("PIPELINING"),
         )
         .await;
-    let ok = match result {
+    let what = format!("test message from <{from}> to <{to}>");
+    match result {
         Ok(replies) => match replies.into_iter().next() {
             Some(RcptReply::Accepted(r)) => {
                 line(
                     out,
                     true,
                     "send",
-                    &format!("test message from <{from}> to <{to}>: {r}"),
+                    &format!("{what}: {r}"),
                     Some(started.elapsed()),
                 );
                 true
@@ -235,13 +272,14 @@ async fn check_smtp(
                     out,
                     false,
                     "send",
-                    &format!("test message from <{from}> to <{to}>: {response}"),
+                    &format!("{what}: {response}"),
                     Some(started.elapsed()),
                 );
                 let failure = Failure::Refused {
                     command: "the test message".into(),
                     response,
                 };
+                let (host, port, mode) = up.describe();
                 if let Some(fix) = failure.diagnosis(host, port, mode) {
                     let _ = writeln!(out, "        fix: {fix}");
                 }
@@ -253,9 +291,7 @@ async fn check_smtp(
             line(out, false, "send", &e.to_string(), Some(started.elapsed()));
             false
         }
-    };
-    session.client.quit().await;
-    ok
+    }
 }
 
 /// The step label under which a failure is printed.

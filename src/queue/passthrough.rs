@@ -94,7 +94,7 @@ impl Handoff for Passthrough {
                 .iter()
                 .any(|(_, s)| matches!(s, RcptOutcome::Delivered { .. }));
             if report.all_delivered() || !some_delivered {
-                return passthrough_result(&report);
+                return passthrough_result(message.id, &report);
             }
             let adopted = match self.leftovers().await {
                 Ok(leftovers) => leftovers.adopt(&message, &report).await,
@@ -104,7 +104,7 @@ impl Handoff for Passthrough {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     tracing::error!(queue_id = %message.id, error = %e, "passthrough: cannot spool the recipients that are not delivered yet; answering as without a spool (a deferred recipient makes the client retry, and the delivered ones may get a second copy)");
-                    passthrough_result(&report)
+                    passthrough_result(message.id, &report)
                 }
             }
         })
