@@ -1,6 +1,6 @@
 //! Timeouts and connection limits.
 
-mod support;
+pub mod support;
 
 use std::time::Duration;
 

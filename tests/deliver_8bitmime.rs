@@ -3,8 +3,8 @@
 //! only a raw 8-bit header, which cannot be converted, bounces with `5.6.3`, and its DSN
 //! is made sendable and delivered.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::time::Duration;
 

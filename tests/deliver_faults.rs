@@ -7,8 +7,8 @@
 //! that mail did not sit on its back-off timer, the back-off is configured in minutes
 //! and the wait is bounded in seconds.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -134,7 +134,7 @@ async fn faulty_primary(ca: &TestCa, case: &StallCase) -> (FakeUpstream, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     for case in &STALLS {
         let (primary, primary_table) = faulty_primary(&ca, case).await;
         let spare = FakeUpstream::builder(Mode::Plain).start().await;
@@ -172,7 +172,7 @@ async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_stops_reading_fails_over_in_passthrough_mode_and_the_client_hears_250() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let (primary, primary_table) = faulty_primary(&ca, &STALLS[3]).await;
     let spare = FakeUpstream::builder(Mode::Plain).start().await;
     let mut relay = start_relay(&format!(
@@ -196,7 +196,7 @@ async fn an_upstream_that_stops_reading_fails_over_in_passthrough_mode_and_the_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_without_a_restart() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     debug_logs();
     for case in &STALLS[..1] {
         let (fake, table) = faulty_primary(&ca, case).await;
@@ -240,7 +240,8 @@ async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_with
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_reply_after_60_seconds_is_awaited_and_the_message_goes_out_once() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    fake.set_fault(Some(Fault::SlowEndOfData(Duration::from_secs(60))));
+    const STALL: Duration = Duration::from_secs(60);
+    fake.set_fault(Some(Fault::SlowEndOfData(STALL)));
     // `data_timeout` is left at its default (10 minutes); every other wait is 2 s.
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"1s\"\nretry_max = \"2s\"\n{}",
@@ -250,7 +251,7 @@ async fn a_final_reply_after_60_seconds_is_awaited_and_the_message_goes_out_once
     let reply = submit(&relay, "slow final reply", 1000).await;
     assert_eq!(reply.code, 250, "{reply}");
     let dir = relay.config().spool.dir.clone();
-    wait_for("the delivery", Duration::from_secs(90), || async {
+    wait_for("the delivery", STALL + HANG_GUARD, || async {
         (queued(&dir) == 0).then_some(())
     })
     .await;
@@ -411,7 +412,6 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     relay.shutdown().await;
 }
 
-#[allow(dead_code)]
 fn debug_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))

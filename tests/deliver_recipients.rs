@@ -6,8 +6,8 @@
 //! would keep the message in the spool far past [`HANG_GUARD`], so "the spool drains"
 //! proves that no recipient was deferred. Nothing here asserts on timing.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::collections::HashMap;
 use std::future::Future;

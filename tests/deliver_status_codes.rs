@@ -3,8 +3,8 @@
 //! conversion needed but not possible; in the DSN of queue mode and in the reply of
 //! passthrough mode, so bounce processors can tell why.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::time::Duration;
 

@@ -7,10 +7,8 @@
 //! few checks assert that something was *not faster* than the schedule or budget
 //! allows, with generous slack.
 
-mod fake_upstream;
-#[path = "support/process.rs"]
-pub mod process;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -397,7 +395,9 @@ async fn a_daily_limit_keeps_the_second_message_queued() {
     .await;
 
     let config = relay.config_path().display().to_string();
-    let list = process::smarthost_async(&["queue", "list", "-c", &config], relay.temp_dir()).await;
+    let list =
+        support::process::smarthost_async(&["queue", "list", "-c", &config], relay.temp_dir())
+            .await;
     assert_eq!(list.code, Some(0), "{list:?}");
     let lines: Vec<&str> = list.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{list:?}");

@@ -8,11 +8,15 @@
 //! - [`TestCert`] is a self-signed certificate for `localhost` made with rcgen, and the
 //!   rustls connector that trusts it.
 //!
-//! Every wait is bounded by [`HANG_GUARD`]; hitting it is a test failure that says what
-//! was awaited, never a silent pass. The bound only protects against hangs: no test
-//! asserts that anything is fast.
-
-#![allow(dead_code)]
+//! - [`TestConfig`] ([`config`]) composes every relay configuration the tests use.
+//! - [`process`] runs the real binary as a child process.
+//!
+//! Every wait is bounded by [`HANG_GUARD`] (by [`CHILD_GUARD`], a fixed multiple of it,
+//! when a child process is awaited); hitting it is a test failure that says what was
+//! awaited, never a silent pass.
+//!
+//! Test files include the harness as `pub mod support;`: the helpers are the harness's
+//! public interface, and each test binary uses only some of them.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,12 +25,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smarthost::RelayHandle;
-use smarthost::config::{Config, ConfigSource};
+use smarthost::config::Config;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Upper bound for any single wait in a test (a reply, a delivery, a shutdown).
+pub mod config;
+pub mod process;
+
+pub use config::TestConfig;
+
+/// The one hang guard: the upper bound for any single wait in a test (a connect, a
+/// reply, a delivery, a shutdown, a condition polled with [`wait_for`]). Hitting it
+/// fails the test naming what was awaited. It only protects against hangs: no test
+/// asserts that anything is fast.
+///
+/// A wait that is about a long time by design (an upstream told to stall for a minute)
+/// is bounded by that time plus the guard, `stall + HANG_GUARD`, not by a constant of
+/// its own.
 pub const HANG_GUARD: Duration = Duration::from_secs(15);
+
+/// The hang guard for waits on a child process ([`process`]): [`HANG_GUARD`] times two,
+/// because such a wait also covers the child's cold start (exec, runtime, config load,
+/// spool replay) and the `queue` commands run beside it, on a machine that runs the
+/// other test binaries' relays at the same time.
+pub const CHILD_GUARD: Duration = HANG_GUARD.saturating_mul(2);
 
 /// The host name every test relay uses (banner, EHLO, `Received: ... by`).
 pub const HOSTNAME: &str = "mx.relay.test";
@@ -48,127 +70,43 @@ pub struct Relay {
     dir: tempfile::TempDir,
 }
 
-/// Start the relay on `127.0.0.1:0` with a Maildir upstream in a temp directory.
-///
-/// `extra_toml` is whole TOML sections (it must start with a `[section]` header, or be
-/// empty). The test defaults are merged in: `[server]` gets `hostname = HOSTNAME`,
-/// `listen = ["127.0.0.1:0"]` and `shutdown_grace = "10s"`, `[spool]` and `[metrics]`
-/// point into the temp directory and at port 0, and unless `extra_toml` has its own
-/// `[[upstream]]`, one `maildir:<tempdir>/maildir` upstream is added. A key that
-/// `extra_toml` sets in one of those sections wins over the default.
+/// Start the relay on `127.0.0.1:0` in a fresh temp directory, configured by
+/// [`TestConfig`] with `extra_toml` appended (whole TOML sections, or empty; see
+/// [`TestConfig`] for the defaults it adds).
 pub async fn start_relay(extra_toml: &str) -> Relay {
     let dir = tempfile::tempdir().expect("create temp dir");
-    let maildir = dir.path().join("maildir");
-    let text = compose_config(extra_toml, dir.path(), &maildir);
-    let config_path = dir.path().join("smarthost.toml");
-    std::fs::write(&config_path, &text).expect("write config file");
-    let config = smarthost::config::load(&ConfigSource::File(config_path.clone()), &[])
-        .unwrap_or_else(|e| panic!("test config rejected: {e}\n--- config ---\n{text}"));
-    let config = Arc::new(config);
-    let handle = smarthost::start(config.clone())
-        .await
-        .unwrap_or_else(|e| panic!("relay did not start: {e}\n--- config ---\n{text}"));
-    let addr = *handle
-        .local_addrs()
-        .first()
-        .expect("the relay listens on at least one address");
-    assert!(addr.port() != 0, "local_addrs() must report the real port");
-    Relay {
-        handle: Some(handle),
-        addr,
-        maildir,
-        config_path,
-        config,
-        dir,
-    }
-}
-
-/// Merge the test defaults into `extra` (see [`start_relay`]).
-fn compose_config(extra: &str, dir: &Path, maildir: &Path) -> String {
-    let quoted = |p: &Path| {
-        let s = p.display().to_string();
-        assert!(
-            !s.contains(['"', '\\']),
-            "temp path {s:?} needs TOML escaping"
-        );
-        format!("\"{s}\"")
-    };
-    let defaults: Vec<(&str, Vec<(&str, String)>)> = vec![
-        (
-            "[server]",
-            vec![
-                ("hostname", format!("\"{HOSTNAME}\"")),
-                ("listen", "[\"127.0.0.1:0\"]".into()),
-                ("shutdown_grace", "\"10s\"".into()),
-            ],
-        ),
-        (
-            "[spool]",
-            vec![
-                ("dir", quoted(&dir.join("spool"))),
-                ("max_disk_usage", "100".into()),
-            ],
-        ),
-        ("[metrics]", vec![("listen", "\"127.0.0.1:0\"".into())]),
-    ];
-    let first = extra
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'));
-    assert!(
-        first.is_none_or(|l| l.starts_with('[')),
-        "extra_toml must consist of [sections]; got {first:?}"
-    );
-
-    // Which keys does `extra` set in which section?
-    let mut set: Vec<(String, String)> = Vec::new();
-    let mut section = String::new();
-    let mut has_upstream = false;
-    for line in extra.lines().map(str::trim) {
-        if line.starts_with('[') {
-            section = line.to_owned();
-            has_upstream |= line == "[[upstream]]";
-        } else if let Some((key, _)) = line.split_once('=') {
-            set.push((section.clone(), key.trim().to_owned()));
-        }
-    }
-    let is_set = |sec: &str, key: &str| set.iter().any(|(s, k)| s == sec && k == key);
-    let defaults_for = |sec: &str| -> String {
-        defaults
-            .iter()
-            .filter(|(s, _)| *s == sec)
-            .flat_map(|(_, keys)| keys)
-            .filter(|(k, _)| !is_set(sec, k))
-            .map(|(k, v)| format!("{k} = {v}\n"))
-            .collect()
-    };
-
-    let mut out = String::new();
-    let mut present = Vec::new();
-    for line in extra.lines() {
-        out.push_str(line);
-        out.push('\n');
-        let t = line.trim();
-        if defaults.iter().any(|(s, _)| *s == t) {
-            out.push_str(&defaults_for(t));
-            present.push(t.to_owned());
-        }
-    }
-    for (sec, _) in &defaults {
-        if !present.iter().any(|p| p == sec) {
-            out.push_str(&format!("{sec}\n{}", defaults_for(sec)));
-        }
-    }
-    if !has_upstream {
-        out.push_str(&format!(
-            "[[upstream]]\nname = \"test-maildir\"\nurl = \"maildir:{}\"\n",
-            maildir.display()
-        ));
-    }
-    out
+    let config = TestConfig::new(dir.path()).toml(extra_toml);
+    Relay::start(config, dir).await
 }
 
 impl Relay {
+    /// Start the relay configured by `config`; `dir` (the directory `config` is rooted
+    /// in) lives as long as the relay.
+    pub async fn start(config: TestConfig, dir: tempfile::TempDir) -> Relay {
+        let config_path = config.write();
+        let maildir = config.maildir_path().to_owned();
+        let loaded = Arc::new(config::load_file(&config_path));
+        let handle = smarthost::start(loaded.clone()).await.unwrap_or_else(|e| {
+            panic!(
+                "relay did not start: {e}\n--- config ---\n{}",
+                config.text()
+            )
+        });
+        let addr = *handle
+            .local_addrs()
+            .first()
+            .expect("the relay listens on at least one address");
+        assert!(addr.port() != 0, "local_addrs() must report the real port");
+        Relay {
+            handle: Some(handle),
+            addr,
+            maildir,
+            config_path,
+            config: loaded,
+            dir,
+        }
+    }
+
     /// The SMTP listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -341,6 +279,28 @@ pub fn list_maildir(maildir: &Path) -> Vec<Delivered> {
             path,
         })
         .collect()
+}
+
+/// The value of the first `name:` header in `message`, continuation lines appended
+/// (folding whitespace kept).
+pub fn header(message: &str, name: &str) -> Option<String> {
+    let head = message.split("\r\n\r\n").next()?;
+    let mut found: Option<String> = None;
+    for line in head.split("\r\n") {
+        if let Some(value) = found.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                value.push_str(line);
+                continue;
+            }
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':')
+            && n.eq_ignore_ascii_case(name)
+        {
+            found = Some(v.trim().to_owned());
+        }
+    }
+    found
 }
 
 /// One complete reply as the client received it.
@@ -693,6 +653,12 @@ fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
         return Err("reply longer than 64 KiB".into());
     }
     Ok(None)
+}
+
+/// A port on 127.0.0.1 where nothing listens: free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
 }
 
 /// A self-signed certificate for `localhost` (rcgen) in PEM files, and a client
