@@ -85,7 +85,7 @@ async fn a_trusted_proxys_header_decides_the_client_address() {
     )
     .await;
     assert!(done.starts_with("250"), "{done}");
-    let stored: Vec<_> = std::fs::read_dir(dir.path().join("out/new"))
+    let stored: Vec<_> = std::fs::read_dir(dir.path().join("maildir/new"))
         .unwrap()
         .collect();
     let text = std::fs::read_to_string(stored[0].as_ref().unwrap().path()).unwrap();
