@@ -6,10 +6,8 @@
 pub mod fake_upstream;
 pub mod support;
 
-use std::time::Duration;
-
 use fake_upstream::{FakeUpstream, Mode, Received};
-use support::{HANG_GUARD, start_relay};
+use support::{start_relay, wait_for};
 
 fn upstream(fake: &FakeUpstream) -> String {
     format!(
@@ -19,19 +17,11 @@ fn upstream(fake: &FakeUpstream) -> String {
 }
 
 async fn wait_for_messages(fake: &FakeUpstream, n: usize) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
+    wait_for(&format!("{n} messages at the upstream"), || async {
         let got = fake.messages();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} messages",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (got.len() >= n).then_some(got)
+    })
+    .await
 }
 
 #[tokio::test]

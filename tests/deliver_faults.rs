@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Fault, Mode, Received};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, SmtpClient, start_relay, wait_for};
+use support::{HANG_GUARD, Relay, SmtpClient, start_relay, wait_for, wait_for_up_to};
 use tokio::net::TcpStream;
 
 /// The upstream timeout in these tests: every stall is noticed after this long.
@@ -149,7 +149,7 @@ async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
 
         // Within the timeout the attempt fails and the same delivery walks on; the
         // retry is minutes away, so only failover can bring the message here.
-        let got = wait_for(case.name, HANG_GUARD, || async {
+        let got = wait_for(case.name, || async {
             let m = spare.messages();
             (!m.is_empty()).then_some(m)
         })
@@ -162,7 +162,7 @@ async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
         assert!(primary.messages().is_empty(), "{}", case.name);
         assert!(primary.connections() >= 1, "{}: never tried", case.name);
         let dir = relay.config().spool.dir.clone();
-        wait_for("the queue to drain", HANG_GUARD, || async {
+        wait_for("the queue to drain", || async {
             (queued(&dir) == 0).then_some(())
         })
         .await;
@@ -210,7 +210,7 @@ async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_with
             assert_eq!(reply.code, 250, "{}: {reply}", case.name);
         }
         // Every message has been tried and has failed (or is about to).
-        wait_for("four attempts", HANG_GUARD, || async {
+        wait_for("four attempts", || async {
             (fake.connections() >= 4).then_some(())
         })
         .await;
@@ -219,7 +219,7 @@ async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_with
         fake.set_fault(None);
         let healed = Instant::now();
 
-        let got = wait_for(case.name, HANG_GUARD, || async {
+        let got = wait_for(case.name, || async {
             let m = fake.messages();
             (m.len() >= 4).then_some(m)
         })
@@ -251,7 +251,7 @@ async fn a_final_reply_after_60_seconds_is_awaited_and_the_message_goes_out_once
     let reply = submit(&relay, "slow final reply", 1000).await;
     assert_eq!(reply.code, 250, "{reply}");
     let dir = relay.config().spool.dir.clone();
-    wait_for("the delivery", STALL + HANG_GUARD, || async {
+    wait_for_up_to("the delivery", STALL + HANG_GUARD, || async {
         (queued(&dir) == 0).then_some(())
     })
     .await;
@@ -358,7 +358,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     for sender in senders {
         sender.await.unwrap();
     }
-    wait_for("every message at the upstream", HANG_GUARD, || async {
+    wait_for("every message at the upstream", || async {
         (fake.verbs().iter().filter(|v| *v == "DATA").count() >= MESSAGES).then_some(())
     })
     .await;
@@ -373,7 +373,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     );
 
     // The upstream accepts everything; much of it cannot be recorded.
-    wait_for("the upstream's replies", HANG_GUARD, || async {
+    wait_for("the upstream's replies", || async {
         (fake.messages().len() >= MESSAGES).then_some(())
     })
     .await;
@@ -389,7 +389,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     );
 
     std::fs::remove_file(&filler).expect("free the space");
-    wait_for("the queue to drain", HANG_GUARD, || async {
+    wait_for("the queue to drain", || async {
         (queued(&spool) == 0).then_some(())
     })
     .await;

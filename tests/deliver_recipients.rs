@@ -3,18 +3,17 @@
 //! transaction and answers `452 4.5.3` or `552 5.5.3` beyond the cap.
 //!
 //! Queue mode runs with `retry_base = "1h"`: a recipient that waited for a back-off
-//! would keep the message in the spool far past [`HANG_GUARD`], so "the spool drains"
+//! would keep the message in the spool far past [`support::HANG_GUARD`], so "the spool drains"
 //! proves that no recipient was deferred. Nothing here asserts on timing.
 
 pub mod fake_upstream;
 pub mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use fake_upstream::{FakeUpstream, Mode, Received, Verb};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, start_relay};
+use support::{Relay, start_relay, wait_for};
 
 /// Any deferral would wait an hour.
 const NO_RETRY_SOON: &str = "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\n";
@@ -56,11 +55,6 @@ async fn submit(relay: &Relay, to: &[String]) -> (u16, String) {
         .await;
     client.expect("QUIT", 221).await;
     (reply.code, reply.text())
-}
-
-/// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
-    support::wait_for(what, HANG_GUARD, check).await
 }
 
 fn queued(relay: &Relay) -> Vec<(String, smarthost::spool::Entry)> {

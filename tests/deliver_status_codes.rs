@@ -6,10 +6,8 @@
 pub mod fake_upstream;
 pub mod support;
 
-use std::time::Duration;
-
 use fake_upstream::{FakeUpstream, Mode, Received};
-use support::{HANG_GUARD, Relay, start_relay};
+use support::{Relay, start_relay, wait_for};
 
 fn upstream(fake: &FakeUpstream) -> String {
     format!(
@@ -69,18 +67,12 @@ async fn too_big_for_every_upstream_bounces_with_status_5_3_4_in_queue_mode() {
     let relay = start_relay(&upstream(&fake)).await;
     let reply = send(&relay, &message(5000)).await;
     assert_eq!(reply.code, 250, "{reply}");
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    let dsn: Received = loop {
-        if let Some(m) = fake
-            .messages()
+    let dsn: Received = wait_for("the DSN", || async {
+        fake.messages()
             .into_iter()
             .find(|m| m.mail_from.starts_with("<>"))
-        {
-            break m;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no DSN");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let text = dsn.text();
     assert!(
         text.contains(

@@ -873,7 +873,7 @@ async fn eight_bit_parts_converted_for_a_7bit_upstream_verify() {
         )
         .await;
     }
-    support::wait_for("every message delivered", support::HANG_GUARD, || async {
+    support::wait_for("every message delivered", || async {
         (seven_bit.messages().len() >= KEYS.len()).then_some(())
     })
     .await;

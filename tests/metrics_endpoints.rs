@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smarthost::ops::send::{SendRequest, send};
-use support::{HANG_GUARD, TestConfig, wait_for};
+use support::{TestConfig, wait_for, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,10 +19,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
             .await?;
         stream.read_to_string(&mut response).await
     };
-    tokio::time::timeout(HANG_GUARD, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no complete answer within {HANG_GUARD:?}"))
-        .unwrap();
+    within(&format!("GET {path}"), exchange).await.unwrap();
     let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
     let body = response
         .split_once("\r\n\r\n")
@@ -58,7 +55,7 @@ async fn metrics_health_and_readiness_after_a_delivery() {
 
     // Delivery happens after the 250 in queue mode; wait for the counter.
     let delivered = "smarthost_messages_delivered_total{upstream=\"maildir\"} 1";
-    let body = wait_for("the delivery counted", HANG_GUARD, || async {
+    let body = wait_for("the delivery counted", || async {
         let body = get(http, "/metrics").await.1;
         body.contains(delivered).then_some(body)
     })

@@ -14,7 +14,7 @@ use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::IdentityProvider;
 use support::process::Smarthost;
-use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for};
+use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for, within};
 
 const CLIENT_ID: &str = "relay-app";
 const CLIENT_SECRET: &str = "client-secret-Zq8x";
@@ -64,16 +64,16 @@ fn refresh_token_flow(file: &Path) -> String {
 /// `GET /metrics` from the relay's metrics endpoint.
 async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
     let mut response = String::new();
-    tokio::time::timeout(HANG_GUARD, stream.read_to_string(&mut response))
-        .await
-        .expect("metrics endpoint hangs")
-        .unwrap();
+    within("GET /metrics", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        stream.read_to_string(&mut response).await
+    })
+    .await
+    .unwrap();
     response
 }
 
@@ -91,11 +91,9 @@ async fn submit(relay: &Relay, subject: &str) {
 }
 
 async fn wait_for_messages(fake: &FakeUpstream, n: usize) {
-    wait_for(
-        &format!("{n} messages at the upstream"),
-        HANG_GUARD,
-        || async { (fake.messages().len() >= n).then_some(()) },
-    )
+    wait_for(&format!("{n} messages at the upstream"), || async {
+        (fake.messages().len() >= n).then_some(())
+    })
     .await;
 }
 
@@ -193,7 +191,7 @@ async fn a_revoked_token_is_refreshed_once_and_the_message_goes() {
     assert_eq!(fake.xoauth2_failures(), 1, "one refused token");
     assert_eq!(idp.token_requests().len(), 2, "exactly one refresh");
     let dir = relay.config().spool.dir.clone();
-    wait_for("the queue to be empty", HANG_GUARD, || async {
+    wait_for("the queue to be empty", || async {
         smarthost::spool::Spool::inspect(&dir)
             .unwrap()
             .is_empty()
@@ -445,7 +443,7 @@ async fn the_device_login_slows_down_when_asked_and_stops_on_expiry_or_refusal()
         let config = config.clone();
         async move { device_login("m365", &config, timeout, |_| {}).await }
     });
-    wait_for("the device authorization", HANG_GUARD, || async {
+    wait_for("the device authorization", || async {
         (idp.device_authorizations() == 2).then_some(())
     })
     .await;

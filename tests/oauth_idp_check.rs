@@ -21,7 +21,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::{DEVICE_GRANT, IdentityProvider};
-use support::HANG_GUARD;
+use support::{HANG_GUARD, within};
 
 const SCOPE: &str = "https://outlook.office365.com/.default";
 
@@ -580,7 +580,9 @@ struct Smtp {
 
 impl Smtp {
     async fn connect(port: u16) -> Smtp {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tcp = within("connect", TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .unwrap();
         let mut smtp = Smtp {
             io: BufReader::new(tcp),
         };

@@ -7,7 +7,6 @@
 pub mod fake_upstream;
 pub mod support;
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,7 +16,7 @@ use smarthost::message::{Envelope, Message, QueueId};
 use smarthost::proto::{Address, ReversePath};
 use smarthost::spool::Spool;
 use support::process::{Run, smarthost_async};
-use support::{HANG_GUARD, Relay, TestConfig, start_relay};
+use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for};
 
 const SLOW_RETRIES: &str = "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\n";
 const LATER: &str = "451 4.3.0 greylisted, come back later";
@@ -47,10 +46,6 @@ async fn submit(relay: &Relay, to: &str, subject: &str) -> String {
         .await;
     client.expect("QUIT", 221).await;
     reply.queue_id()
-}
-
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
-    support::wait_for(what, HANG_GUARD, check).await
 }
 
 /// (id, attempts) of every queued message.

@@ -3,19 +3,18 @@
 //! deliveries. The retry schedule is shortened to fractions of a second so that
 //! retries, back-off, expiry and rate budgets play out within a few seconds.
 //!
-//! Every wait is bounded by [`HANG_GUARD`]. Nothing asserts that something is fast; a
+//! Every wait is bounded by [`support::HANG_GUARD`]. Nothing asserts that something is fast; a
 //! few checks assert that something was *not faster* than the schedule or budget
 //! allows, with generous slack.
 
 pub mod fake_upstream;
 pub mod support;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fake_upstream::{FakeUpstream, Mode, Received, Verb};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, start_relay};
+use support::{Relay, start_relay, wait_for};
 
 /// First retry after 200 ms, then 400, 800 (±20 %), never more than a second apart.
 const QUICK_RETRIES: &str = "[delivery]\nretry_base = \"200ms\"\nretry_max = \"1s\"\n";
@@ -44,11 +43,6 @@ async fn submit(relay: &Relay, from: &str, to: &[&str], subject: &str) -> String
     let reply = client.send_message(from, to, content.as_bytes()).await;
     client.expect("QUIT", 221).await;
     reply.queue_id()
-}
-
-/// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
-    support::wait_for(what, HANG_GUARD, check).await
 }
 
 /// The ids in the relay's spool, read the way `smarthost queue list` reads it.

@@ -37,7 +37,7 @@ fn huge_name(size: usize) -> Vec<u8> {
 
 /// Wait for `n` messages in the Maildir at `dir`, for at most `bound`.
 async fn wait_for(dir: &Path, n: usize, bound: Duration) -> Vec<Delivered> {
-    support::wait_for(
+    support::wait_for_up_to(
         &format!("{n} message(s) in {}", dir.display()),
         bound,
         || async {

@@ -153,21 +153,12 @@ impl Relay {
     /// Wait until at least `n` messages are in the Maildir and return them all.
     /// (Delivery may follow the `250` asynchronously once the spool exists.)
     pub async fn wait_for_messages(&self, n: usize) -> Vec<Delivered> {
-        let deadline = tokio::time::Instant::now() + HANG_GUARD;
-        loop {
+        let what = format!("{n} delivered message(s) in {}", self.maildir.display());
+        wait_for(&what, || async {
             let got = self.messages();
-            if got.len() >= n {
-                return got;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "expected {n} delivered message(s) in {}, found {} after {HANG_GUARD:?}",
-                    self.maildir.display(),
-                    got.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (got.len() >= n).then_some(got)
+        })
+        .await
     }
 
     /// Wait for `n` messages, shut the relay down (so that whatever else it accepted has
@@ -710,9 +701,27 @@ impl TestCert {
     }
 }
 
-/// Poll `check` every 20 ms until it returns `Some`, for at most `limit`; hitting the
-/// limit fails the test naming `what`.
+/// Await `future` for at most [`HANG_GUARD`]; hitting the guard fails the test naming
+/// `what`. For the one-off socket waits (a connect, a greeting) that [`SmtpClient`]
+/// does not make.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(HANG_GUARD, future)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what} not within {HANG_GUARD:?}"))
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`];
+/// hitting the guard fails the test naming `what`.
 pub async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    check: impl FnMut() -> F,
+) -> T {
+    wait_for_up_to(what, HANG_GUARD, check).await
+}
+
+/// [`wait_for`] with another bound, for a wait that is long by design; `limit` is
+/// that time plus [`HANG_GUARD`] (see there).
+pub async fn wait_for_up_to<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     limit: Duration,
     mut check: impl FnMut() -> F,

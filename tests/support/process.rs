@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use super::CHILD_GUARD;
 
 /// The log line `smarthost serve` writes once it accepts mail.
-pub const STARTED: &str = "smarthost accepting mail";
+const STARTED: &str = "smarthost accepting mail";
 
 /// The output of a finished child.
 pub struct Run {
