@@ -327,7 +327,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     // Every delivery is under way when the disk fills: the upstream holds its reply.
     fake.set_fault(Some(Fault::SlowEndOfData(Duration::from_secs(4))));
     let mut relay = start_relay(&format!(
-        "[spool]\ndir = {:?}\nmax_disk_usage = 100\n[delivery]\nretry_base = \"300ms\"\nretry_max = \"1s\"\n{}max_connections = {MESSAGES}\n",
+        "[spool]\ndir = {:?}\n[delivery]\nretry_base = \"300ms\"\nretry_max = \"1s\"\n{}max_connections = {MESSAGES}\n",
         spool.display().to_string(),
         upstream("fake", &plain_url(&fake), "")
     ))
