@@ -19,7 +19,7 @@ async fn check(upstreams: &[String], send_to: Option<&str>) -> CheckReport {
 
 /// One `[[upstream]]` table named "up"; `extra` is more TOML lines.
 fn upstream(url: &str, extra: &str) -> String {
-    format!("[[upstream]]\nname = \"up\"\nurl = \"{url}\"\ntimeout = \"1s\"\n{extra}\n")
+    config::upstream("up", url, &format!("timeout = \"1s\"\n{extra}"))
 }
 
 fn ca_file(ca: &TestCa) -> String {

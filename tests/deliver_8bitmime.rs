@@ -7,14 +7,8 @@ pub mod fake_upstream;
 pub mod support;
 
 use fake_upstream::{FakeUpstream, Mode, Received};
+use support::config::upstream;
 use support::{start_relay, wait_for};
-
-fn upstream(fake: &FakeUpstream) -> String {
-    format!(
-        "[[upstream]]\nname = \"fake\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n",
-        fake.port()
-    )
-}
 
 async fn wait_for_messages(fake: &FakeUpstream, n: usize) -> Vec<Received> {
     wait_for(&format!("{n} messages at the upstream"), || async {
@@ -27,7 +21,7 @@ async fn wait_for_messages(fake: &FakeUpstream, n: usize) -> Vec<Received> {
 #[tokio::test]
 async fn declared_8bitmime_with_7bit_content_goes_unchanged_to_a_7bit_upstream() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let mut c = relay.client().await;
     c.expect("MAIL FROM:<app@example.com> BODY=8BITMIME", 250)
         .await;
@@ -50,7 +44,7 @@ async fn eight_bit_content_goes_as_it_is_with_body_8bitmime_where_offered() {
         .ext("8BITMIME")
         .start()
         .await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let mut c = relay.client().await;
     let content = format!("{}Subject: umlaut\r\n\r\nGrüße\r\n", support::STRICT_HEAD);
     let reply = c
@@ -69,7 +63,7 @@ async fn eight_bit_content_goes_as_it_is_with_body_8bitmime_where_offered() {
 #[tokio::test]
 async fn a_raw_8bit_header_bounces_with_5_6_3_and_the_dsn_is_delivered() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let mut c = relay.client().await;
     let reply = c
         .send_message(

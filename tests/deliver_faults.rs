@@ -22,18 +22,14 @@ use tokio::net::TcpStream;
 /// The upstream timeout in these tests: every stall is noticed after this long.
 const TIMEOUT: &str = "2s";
 
-/// An `[[upstream]]` table.
+/// An `[[upstream]]` table with the stall timeout [`TIMEOUT`].
 fn upstream(name: &str, url: &str, extra: &str) -> String {
-    format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"{TIMEOUT}\"\n{extra}\n")
-}
-
-fn plain_url(fake: &FakeUpstream) -> String {
-    format!("smtp://127.0.0.1:{}?tls=none", fake.port())
+    support::config::upstream(name, url, &format!("timeout = \"{TIMEOUT}\"\n{extra}"))
 }
 
 /// A plaintext upstream tried after the faulty one.
 fn backup(fake: &FakeUpstream) -> String {
-    upstream("backup", &plain_url(fake), "priority = 10")
+    upstream("backup", &fake.plain_url(), "priority = 10")
 }
 
 /// A message of about `size` octets whose Subject is `subject`, dot-stuffed, CRLF.
@@ -124,7 +120,7 @@ async fn faulty_primary(ca: &TestCa, case: &StallCase) -> (FakeUpstream, String)
     fake.set_fault(Some(case.fault));
     let ca_file = format!("ca_file = {:?}\n", ca.ca_file().display().to_string());
     let url = match case.mode {
-        Mode::Plain => plain_url(&fake),
+        Mode::Plain => fake.plain_url(),
         Mode::Implicit => format!("smtps://localhost:{}", fake.port()),
         Mode::StartTls => format!("smtp://localhost:{}", fake.port()),
     };
@@ -245,7 +241,7 @@ async fn a_final_reply_after_60_seconds_is_awaited_and_the_message_goes_out_once
     // `data_timeout` is left at its default (10 minutes); every other wait is 2 s.
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"1s\"\nretry_max = \"2s\"\n{}",
-        upstream("slow", &plain_url(&fake), "")
+        upstream("slow", &fake.plain_url(), "")
     ))
     .await;
     let reply = submit(&relay, "slow final reply", 1000).await;
@@ -329,7 +325,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     let mut relay = start_relay(&format!(
         "[spool]\ndir = {:?}\n[delivery]\nretry_base = \"300ms\"\nretry_max = \"1s\"\n{}max_connections = {MESSAGES}\n",
         spool.display().to_string(),
-        upstream("fake", &plain_url(&fake), "")
+        upstream("fake", &fake.plain_url(), "")
     ))
     .await;
 

@@ -7,17 +7,14 @@ pub mod fake_upstream;
 pub mod support;
 
 use fake_upstream::{FakeUpstream, Mode, Received};
+use support::config::upstream;
 use support::{Relay, start_relay, wait_for};
 
-fn upstream(fake: &FakeUpstream) -> String {
-    format!(
-        "[[upstream]]\nname = \"fake\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n",
-        fake.port()
-    )
-}
-
 fn passthrough(fake: &FakeUpstream) -> String {
-    format!("[delivery]\nmode = \"passthrough\"\n{}", upstream(fake))
+    format!(
+        "[delivery]\nmode = \"passthrough\"\n{}",
+        upstream("fake", &fake.plain_url(), "")
+    )
 }
 
 /// A message of at least `size` octets.
@@ -64,7 +61,7 @@ async fn too_big_for_every_upstream_bounces_with_status_5_3_4_in_queue_mode() {
         .ext("8BITMIME")
         .start()
         .await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let reply = send(&relay, &message(5000)).await;
     assert_eq!(reply.code, 250, "{reply}");
     let dsn: Received = wait_for("the DSN", || async {

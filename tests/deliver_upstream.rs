@@ -16,6 +16,7 @@ use smarthost::RelayHandle;
 use smarthost::deliver::client::ClientError;
 use smarthost::ops::send::{SendError, SendRequest, send};
 use smarthost::proto::Response;
+use support::config::upstream;
 use support::{HOSTNAME, TestConfig, free_port};
 
 struct Relay {
@@ -58,17 +59,6 @@ breaker_cooldown = "1s"
         addr,
         _dir: dir,
     }
-}
-
-/// One `[[upstream]]` table; `extra` is more TOML lines. The timeout is 5 s unless
-/// `extra` sets one.
-fn upstream(name: &str, url: &str, extra: &str) -> String {
-    let timeout = if extra.contains("timeout =") {
-        ""
-    } else {
-        "timeout = \"5s\"\n"
-    };
-    format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{timeout}{extra}\n")
 }
 
 fn ca_file(ca: &TestCa) -> String {

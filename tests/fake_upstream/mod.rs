@@ -384,6 +384,11 @@ impl FakeUpstream {
         self.addr.port()
     }
 
+    /// The upstream URL for a plaintext fake: `smtp://127.0.0.1:PORT?tls=none`.
+    pub fn plain_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}?tls=none", self.port())
+    }
+
     /// While unhealthy, every new connection is greeted with `421` and closed.
     pub fn set_healthy(&self, healthy: bool) {
         self.shared.healthy.store(healthy, Ordering::SeqCst);

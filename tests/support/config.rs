@@ -151,6 +151,17 @@ impl TestConfig {
     }
 }
 
+/// One `[[upstream]]` table: `name`, `url`, `timeout = "5s"` unless `extra` sets its own
+/// timeout, then `extra` (more keys, one per line).
+pub fn upstream(name: &str, url: &str, extra: &str) -> String {
+    let timeout = if extra.contains("timeout =") {
+        ""
+    } else {
+        "timeout = \"5s\"\n"
+    };
+    format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{timeout}{extra}\n")
+}
+
 /// `sections` with the test defaults, loaded, for a test that needs the [`Config`] value
 /// only (to build a `Deliverer`, to run `check`): it is composed in a temp directory
 /// that is gone afterwards, so no relay may run with it.
