@@ -1,7 +1,7 @@
 //! CHUNKING (RFC 3030): `BDAT` chunks are counted octets, never commands and never
 //! dot-unstuffed; line endings are still normalised to CRLF.
 
-mod support;
+pub mod support;
 
 use support::{STRICT_HEAD, start_relay};
 

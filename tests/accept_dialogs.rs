@@ -28,7 +28,7 @@
 //! at line boundaries, `$` also before `\r\n`; `.` matches neither `\r` nor `\n`). A message is matched as the Maildir file's text, CRLF line endings and
 //! all. After the last line, every byte the server sent must have been read as a reply.
 
-mod support;
+pub mod support;
 
 use regex::{Regex, RegexBuilder};
 use support::{ReadError, Reply, SmtpClient, escape, start_relay};

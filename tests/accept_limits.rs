@@ -1,10 +1,10 @@
 //! Timeouts and connection limits.
 
-mod support;
+pub mod support;
 
 use std::time::Duration;
 
-use support::{HANG_GUARD, start_relay};
+use support::{HANG_GUARD, start_relay, wait_for, within};
 
 #[tokio::test]
 async fn a_stalling_client_gets_421_4_4_2_and_is_disconnected() {
@@ -50,21 +50,17 @@ async fn the_third_connection_from_one_address_is_turned_away() {
     // When one leaves, its slot is free again (once its session has ended).
     a.expect("QUIT", 221).await;
     a.expect_closed().await;
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
+    wait_for("the slot freed", || async {
         let mut next = relay.connect().await;
         let reply = next.read_reply().await;
         if reply.code == 220 {
             next.expect("EHLO c.test", 250).await;
-            break;
+            return Some(());
         }
         assert_eq!(reply.code, 421, "{reply}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -93,27 +89,30 @@ async fn a_client_that_never_reads_its_replies_is_dropped_after_the_command_time
     let relay = start_relay("[server]\ncommand_timeout = \"1s\"\nmax_connections = 1\n").await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(relay.addr()).await.unwrap();
+    let mut stalled = within("connect", socket.connect(relay.addr()))
+        .await
+        .unwrap();
     // HELP answers 6 octets with about 90: the replies pile up fast.
     let writer = tokio::spawn(async move {
         let batch = "HELP\r\n".repeat(10_000);
         while stalled.write_all(batch.as_bytes()).await.is_ok() {}
     });
 
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        let mut next = relay.connect().await;
-        match next.try_read_reply().await {
-            Ok(reply) if reply.code == 220 => break,
-            Ok(reply) => assert_eq!(reply.code, 421, "{reply}"),
-            Err(e) => panic!("{e:?}"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the session of the client that does not read was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the session of the client that does not read closed",
+        || async {
+            let mut next = relay.connect().await;
+            match next.try_read_reply().await {
+                Ok(reply) if reply.code == 220 => Some(()),
+                Ok(reply) => {
+                    assert_eq!(reply.code, 421, "{reply}");
+                    None
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        },
+    )
+    .await;
     writer.abort();
 }
 
@@ -123,11 +122,15 @@ async fn a_client_that_never_reads_its_replies_is_dropped_after_the_command_time
 async fn a_command_trickled_a_byte_at_a_time_times_out() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let relay = start_relay("[server]\ncommand_timeout = \"1s\"\n").await;
-    let stream = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    let stream = within("connect", tokio::net::TcpStream::connect(relay.addr()))
+        .await
+        .unwrap();
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut line = String::new();
-    read.read_line(&mut line).await.unwrap();
+    within("the greeting", read.read_line(&mut line))
+        .await
+        .unwrap();
     assert!(line.starts_with("220 "), "{line}");
     // A byte every 200 ms for 6 s: each read comes well within the timeout.
     let trickler = tokio::spawn(async move {
@@ -180,7 +183,9 @@ async fn trickling_untrusted_clients_do_not_lock_out_a_trusted_one() {
     let addr = relay.addr();
     let mut tricklers = Vec::new();
     for _ in 0..TRICKLERS {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = within("connect", tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap();
         tricklers.push(tokio::spawn(async move {
             // One byte a second, never a whole line, until the server closes.
             for _ in 0..120 {
@@ -201,7 +206,7 @@ async fn trickling_untrusted_clients_do_not_lock_out_a_trusted_one() {
         );
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
+        let stream = within("connect", socket.connect(addr)).await.unwrap();
         let mut c = support::SmtpClient::new(stream);
         let greeting = c.read_reply().await;
         if greeting.code != 220 {

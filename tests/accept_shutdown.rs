@@ -1,7 +1,7 @@
 //! Graceful shutdown: idle sessions are closed with 421, a transaction in progress may
 //! finish, and `shutdown()` returns once the last session has ended.
 
-mod support;
+pub mod support;
 
 use support::{HANG_GUARD, STRICT_HEAD, start_relay};
 

@@ -2,7 +2,7 @@
 //! message are content, so the commands after them cannot start a second, forged
 //! message (CVE-2023-51766 and relatives).
 
-mod support;
+pub mod support;
 
 use support::start_relay;
 

@@ -1,6 +1,6 @@
 //! Inbound STARTTLS (RFC 3207) with a certificate made by rcgen for `localhost`.
 
-mod support;
+pub mod support;
 
 use rustls_pki_types::ServerName;
 use support::{SmtpClient, TestCert, start_relay};

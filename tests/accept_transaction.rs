@@ -1,7 +1,7 @@
 //! Whole transactions over TCP: pipelining, line endings and dot-stuffing, size limit,
 //! mail loops, and the trace header.
 
-mod support;
+pub mod support;
 
 use support::{HOSTNAME, STRICT_HEAD, start_relay};
 

@@ -1,27 +1,25 @@
 //! `smarthost check` against scripted fake upstreams: one test per diagnosis, asserting
 //! the FAIL line and the `fix:` text an operator reads, and that secrets never appear.
 
-mod fake_upstream;
+pub mod fake_upstream;
+pub mod support;
 
 use std::time::Duration;
 
 use fake_upstream::pki::{self, TestCa};
-use fake_upstream::{FakeUpstream, Greeting, Mode, closed_port, load_config};
+use fake_upstream::{FakeUpstream, Greeting, Mode};
 use smarthost::ops::check::{CheckReport, check_upstreams};
+use support::{HOSTNAME, config, free_port};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Run `check` on a configuration with these `[[upstream]]` tables.
 async fn check(upstreams: &[String], send_to: Option<&str>) -> CheckReport {
-    let toml = format!(
-        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\n\n{}",
-        upstreams.join("\n")
-    );
-    check_upstreams(&load_config(&toml), send_to).await
+    check_upstreams(&config::parsed(&upstreams.join("\n")), send_to).await
 }
 
 /// One `[[upstream]]` table named "up"; `extra` is more TOML lines.
 fn upstream(url: &str, extra: &str) -> String {
-    format!("[[upstream]]\nname = \"up\"\nurl = \"{url}\"\ntimeout = \"1s\"\n{extra}\n")
+    config::upstream("up", url, &format!("timeout = \"1s\"\n{extra}"))
 }
 
 fn ca_file(ca: &TestCa) -> String {
@@ -56,7 +54,7 @@ fn assert_diagnosis(report: &CheckReport, step: &str, detail: &str, fix: &str) {
 
 #[tokio::test]
 async fn connection_refused() {
-    let port = closed_port();
+    let port = free_port();
     let report = check(&[upstream(&format!("smtp://127.0.0.1:{port}"), "")], None).await;
     assert_diagnosis(
         &report,
@@ -100,7 +98,7 @@ async fn connect_timeout() {
 
 #[tokio::test]
 async fn stalled_server_times_out() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let stalled = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .greeting(Greeting::Silent)
@@ -118,7 +116,7 @@ async fn stalled_server_times_out() {
 
 #[tokio::test]
 async fn implicit_tls_port_spoken_to_in_plaintext() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .start()
@@ -153,7 +151,7 @@ async fn plaintext_port_spoken_to_with_tls() {
 
 #[tokio::test]
 async fn certificate_for_another_name() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("mail.other.example"))
         .start()
@@ -186,7 +184,7 @@ async fn certificate_from_an_unknown_ca() {
 
 #[tokio::test]
 async fn expired_certificate() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.expired_leaf("localhost"))
         .start()
@@ -232,7 +230,7 @@ async fn tls_fake(ca: &TestCa, auth: &[&str]) -> FakeUpstream {
 
 #[tokio::test]
 async fn no_common_auth_mechanism() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = tls_fake(&ca, &["CRAM-MD5", "GSSAPI"]).await;
     let url = format!("smtps://localhost:{}", fake.port());
     let report = check(&[upstream(&url, &(ca_file(&ca) + CREDS))], None).await;
@@ -246,7 +244,7 @@ async fn no_common_auth_mechanism() {
 
 #[tokio::test]
 async fn no_auth_offered_at_all() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = tls_fake(&ca, &[]).await;
     let url = format!("smtps://localhost:{}", fake.port());
     let report = check(&[upstream(&url, &(ca_file(&ca) + CREDS))], None).await;
@@ -260,7 +258,7 @@ async fn no_auth_offered_at_all() {
 
 #[tokio::test]
 async fn bad_credentials() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = tls_fake(&ca, &["PLAIN", "LOGIN"]).await;
     let url = format!("smtps://localhost:{}", fake.port());
     let wrong = "username = \"relay@example.com\"\npassword = \"not-the-password\"\n";
@@ -276,7 +274,7 @@ async fn bad_credentials() {
 #[tokio::test]
 async fn provider_requires_from_to_be_the_account() {
     // SendGrid style: the login is not an address, mail must come from a verified one.
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .auth(&["PLAIN", "LOGIN"])
@@ -297,7 +295,9 @@ async fn provider_requires_from_to_be_the_account() {
     assert_diagnosis(
         &report,
         "send",
-        "test message from <postmaster@relay.test> to <ops@example.net>: 550 The from address does not match",
+        &format!(
+            "test message from <postmaster@{HOSTNAME}> to <ops@example.net>: 550 The from address does not match"
+        ),
         "the provider requires the From address to be the account: set sender = \"<account address>\" on this upstream",
     );
 
@@ -314,7 +314,7 @@ async fn provider_requires_from_to_be_the_account() {
 
 #[tokio::test]
 async fn a_passing_check_lists_every_step() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = tls_fake(&ca, &["PLAIN"]).await;
     let url = format!("smtps://localhost:{}", fake.port());
     let report = check(
@@ -341,7 +341,7 @@ async fn a_passing_check_lists_every_step() {
 #[tokio::test]
 async fn secrets_never_appear_in_the_output() {
     const SECRET: &str = "Sup3r-S3cret!pw";
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let accepting = tls_fake(&ca, &["PLAIN"]).await;
     let login_only = tls_fake(&ca, &["LOGIN"]).await;
     let refusing = FakeUpstream::builder(Mode::Implicit)
@@ -354,7 +354,7 @@ async fn secrets_never_appear_in_the_output() {
         .auth(&["PLAIN"])
         .start()
         .await;
-    let port = closed_port();
+    let port = free_port();
     let named =
         |name: &str, table: String| table.replace("name = \"up\"", &format!("name = \"{name}\""));
     let upstreams = [

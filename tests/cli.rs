@@ -1,17 +1,15 @@
 //! The `smarthost` binary: configuration errors, `check`, and `send`.
 //!
-//! Every child runs in a temp directory through [`process::Smarthost`]: the `SMARTHOST*`
+//! Every child runs in a temp directory through [`support::process::Smarthost`]: the `SMARTHOST*`
 //! variables of the test environment removed, killed if it has not exited after
-//! [`process::CHILD_GUARD`].
+//! [`support::CHILD_GUARD`].
 
-#[path = "support/process.rs"]
-pub mod process;
-mod support;
+pub mod support;
 
 use std::path::Path;
 
-use process::{Run, Smarthost, maildir_upstream};
-use support::start_relay;
+use support::process::{Run, Smarthost};
+use support::{TestConfig, start_relay};
 
 /// Run `smarthost ARGS` in `cwd` with `env` added, logging warnings and errors only.
 fn smarthost(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
@@ -21,22 +19,17 @@ fn smarthost(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
         .run()
 }
 
-/// A config file in a fresh temp dir: `[server]` keys, then the rest.
-fn config(server: &str, rest: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+/// A config file in a fresh temp dir: the test defaults plus `toml`.
+fn config(toml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.toml");
-    let text = format!(
-        "[server]\n{server}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[spool]\ndir = \"{spool}\"\nmax_disk_usage = 100\n\n{rest}",
-        spool = dir.path().join("spool").display()
-    );
-    std::fs::write(&path, text).unwrap();
+    let path = TestConfig::new(dir.path()).toml(toml).write();
     (dir, path)
 }
 
 /// Assert that `serve -c FILE` refuses the configuration with exit code 2 and a message
 /// containing every one of `needles` (and the file name).
-fn assert_serve_refuses(server: &str, rest: &str, needles: &[&str]) {
-    let (dir, path) = config(server, rest);
+fn assert_serve_refuses(toml: &str, needles: &[&str]) {
+    let (dir, path) = config(toml);
     let file = path.display().to_string();
     let run = smarthost(&["serve", "-c", &file], &[], dir.path());
     assert_eq!(run.code, Some(2), "{run:?}");
@@ -48,45 +41,33 @@ fn assert_serve_refuses(server: &str, rest: &str, needles: &[&str]) {
     }
 }
 
-const LISTEN: &str = "listen = [\"127.0.0.1:0\"]";
-
 #[test]
 fn serve_refuses_an_unknown_key_naming_it_and_the_file() {
-    let tmp = tempfile::tempdir().unwrap();
     assert_serve_refuses(
-        &format!("{LISTEN}\nmax_conections = 5"),
-        &maildir_upstream(&tmp.path().join("outbox")),
+        "[server]\nmax_conections = 5\n",
         &["server.max_conections", "unknown key"],
     );
 }
 
 #[test]
 fn serve_refuses_an_unknown_delivery_mode_listing_the_valid_ones() {
-    let tmp = tempfile::tempdir().unwrap();
     assert_serve_refuses(
-        LISTEN,
-        &format!(
-            "[delivery]\nmode = \"fast\"\n\n{}",
-            maildir_upstream(&tmp.path().join("outbox"))
-        ),
+        "[delivery]\nmode = \"fast\"\n",
         &["delivery.mode", "\"fast\"", "\"queue\"", "\"passthrough\""],
     );
 }
 
 #[test]
 fn serve_refuses_a_listen_address_that_is_not_one() {
-    let tmp = tempfile::tempdir().unwrap();
     assert_serve_refuses(
-        "listen = [\"nope\"]",
-        &maildir_upstream(&tmp.path().join("outbox")),
+        "[server]\nlisten = [\"nope\"]\n",
         &["server.listen", "\"nope\""],
     );
 }
 
 #[test]
 fn serve_refuses_an_unknown_environment_override_naming_the_variable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, path) = config(LISTEN, &maildir_upstream(&tmp.path().join("outbox")));
+    let (dir, path) = config("");
     let run = smarthost(
         &["serve", "-c", &path.display().to_string()],
         &[("SMARTHOST__SERVER__BOGUS", "1")],
@@ -108,8 +89,7 @@ fn serve_refuses_a_missing_config_file() {
 
 #[test]
 fn check_passes_a_valid_config_with_a_maildir_upstream() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, path) = config(LISTEN, &maildir_upstream(&tmp.path().join("outbox")));
+    let (dir, path) = config("");
     let run = smarthost(
         &["check", "-c", &path.display().to_string()],
         &[],
@@ -117,17 +97,13 @@ fn check_passes_a_valid_config_with_a_maildir_upstream() {
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains("config ok"), "{run:?}");
-    assert!(run.stdout.contains("upstream outbox"), "{run:?}");
-    assert!(tmp.path().join("outbox/new").is_dir(), "{run:?}");
+    assert!(run.stdout.contains("upstream maildir"), "{run:?}");
+    assert!(dir.path().join("maildir/new").is_dir(), "{run:?}");
 }
 
 #[test]
 fn check_exits_2_on_an_invalid_config() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, path) = config(
-        &format!("{LISTEN}\nbogus = 1"),
-        &maildir_upstream(&tmp.path().join("outbox")),
-    );
+    let (dir, path) = config("[server]\nbogus = 1\n");
     let run = smarthost(
         &["check", "-c", &path.display().to_string()],
         &[],

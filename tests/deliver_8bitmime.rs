@@ -3,41 +3,25 @@
 //! only a raw 8-bit header, which cannot be converted, bounces with `5.6.3`, and its DSN
 //! is made sendable and delivered.
 
-mod fake_upstream;
-mod support;
-
-use std::time::Duration;
+pub mod fake_upstream;
+pub mod support;
 
 use fake_upstream::{FakeUpstream, Mode, Received};
-use support::{HANG_GUARD, start_relay};
-
-fn upstream(fake: &FakeUpstream) -> String {
-    format!(
-        "[[upstream]]\nname = \"fake\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n",
-        fake.port()
-    )
-}
+use support::config::upstream;
+use support::{start_relay, wait_for};
 
 async fn wait_for_messages(fake: &FakeUpstream, n: usize) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
+    wait_for(&format!("{n} messages at the upstream"), || async {
         let got = fake.messages();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} messages",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (got.len() >= n).then_some(got)
+    })
+    .await
 }
 
 #[tokio::test]
 async fn declared_8bitmime_with_7bit_content_goes_unchanged_to_a_7bit_upstream() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let mut c = relay.client().await;
     c.expect("MAIL FROM:<app@example.com> BODY=8BITMIME", 250)
         .await;
@@ -60,7 +44,7 @@ async fn eight_bit_content_goes_as_it_is_with_body_8bitmime_where_offered() {
         .ext("8BITMIME")
         .start()
         .await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let mut c = relay.client().await;
     let content = format!("{}Subject: umlaut\r\n\r\nGrüße\r\n", support::STRICT_HEAD);
     let reply = c
@@ -79,7 +63,7 @@ async fn eight_bit_content_goes_as_it_is_with_body_8bitmime_where_offered() {
 #[tokio::test]
 async fn a_raw_8bit_header_bounces_with_5_6_3_and_the_dsn_is_delivered() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let mut c = relay.client().await;
     let reply = c
         .send_message(

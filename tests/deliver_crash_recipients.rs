@@ -1,5 +1,5 @@
 //! Recipient state across a crash between two transactions of one message (issue 21):
-//! the real binary (`smarthost serve`, [`process::Daemon`]) delivers a message whose
+//! the real binary (`smarthost serve`, [`support::process::Daemon`]) delivers a message whose
 //! recipients the upstream's `max_recipients` splits into transactions; it is killed
 //! with `SIGKILL` while a later transaction waits for its end-of-data reply, and
 //! restarted on the same spool. The recipients an earlier transaction got accepted are
@@ -16,16 +16,14 @@
 //! split message reports each transaction before the next, and a report the queue
 //! cannot record ends the attempt before the next transaction.
 
-mod fake_upstream;
-#[path = "support/process.rs"]
-pub mod process;
+pub mod fake_upstream;
+pub mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fake_upstream::{FakeUpstream, Fault, Mode};
-use process::{CHILD_GUARD, Daemon, write_config};
 use smarthost::deliver::failover::RcptOutcome;
 use smarthost::deliver::{Deliverer, Progress, ProgressFuture};
 use smarthost::message::{Envelope, Message, QueueId};
@@ -33,6 +31,8 @@ use smarthost::ops::send::{SendRequest, send};
 use smarthost::proto::{Address, ReversePath};
 use smarthost::transform::Transformer;
 use smarthost::transform::dkim::DkimKeys;
+use support::process::Daemon;
+use support::{CHILD_GUARD, HANG_GUARD, TestConfig, config};
 
 fn recipients(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("r{i}@example.net")).collect()
@@ -75,15 +75,14 @@ fn sigkill_between_transactions_resends_no_accepted_recipient() {
     fake.set_fault(Some(Fault::HoldEndOfDataAfter(1)));
 
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(
-        tmp.path(),
-        &format!(
+    let config = TestConfig::new(tmp.path())
+        .toml(&format!(
             "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\n\n\
              [[upstream]]\nname = \"capped\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\n\
              timeout = \"5s\"\ndata_timeout = \"60s\"\nmax_recipients = 2\n",
             fake.port()
-        ),
-    );
+        ))
+        .write();
     let first = Daemon::start(&config, tmp.path());
     let to = recipients(5);
     let reply = runtime
@@ -171,7 +170,7 @@ impl Progress for Reports {
 }
 
 fn deliverer(fake: &FakeUpstream, max_recipients: usize) -> Deliverer {
-    let config = fake_upstream::load_config(&format!(
+    let config = config::parsed(&format!(
         "[[upstream]]\nname = \"capped\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\n\
          timeout = \"5s\"\nmax_recipients = {max_recipients}\n",
         fake.port()
@@ -202,7 +201,7 @@ async fn deliver(
     message: Arc<Message>,
     progress: &Reports,
 ) -> smarthost::deliver::failover::Report {
-    tokio::time::timeout(CHILD_GUARD, deliverer.deliver_tracked(message, progress))
+    tokio::time::timeout(HANG_GUARD, deliverer.deliver_tracked(message, progress))
         .await
         .expect("delivery hung")
 }
@@ -274,7 +273,7 @@ async fn recipients_one_upstream_accepted_are_reported_before_the_next_upstream_
         .start()
         .await;
     let second = FakeUpstream::builder(Mode::Plain).start().await;
-    let config = fake_upstream::load_config(&format!(
+    let config = config::parsed(&format!(
         "[[upstream]]\nname = \"first\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\npriority = 0\n\n\
          [[upstream]]\nname = \"second\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\npriority = 1\n",
         first.port(),

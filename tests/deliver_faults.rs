@@ -7,8 +7,8 @@
 //! that mail did not sit on its back-off timer, the back-off is configured in minutes
 //! and the wait is bounded in seconds.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,24 +16,20 @@ use std::time::{Duration, Instant};
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Fault, Mode, Received};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, SmtpClient, start_relay, wait_for};
+use support::{HANG_GUARD, Relay, SmtpClient, start_relay, wait_for, wait_for_up_to};
 use tokio::net::TcpStream;
 
 /// The upstream timeout in these tests: every stall is noticed after this long.
 const TIMEOUT: &str = "2s";
 
-/// An `[[upstream]]` table.
+/// An `[[upstream]]` table with the stall timeout [`TIMEOUT`].
 fn upstream(name: &str, url: &str, extra: &str) -> String {
-    format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"{TIMEOUT}\"\n{extra}\n")
-}
-
-fn plain_url(fake: &FakeUpstream) -> String {
-    format!("smtp://127.0.0.1:{}?tls=none", fake.port())
+    support::config::upstream(name, url, &format!("timeout = \"{TIMEOUT}\"\n{extra}"))
 }
 
 /// A plaintext upstream tried after the faulty one.
 fn backup(fake: &FakeUpstream) -> String {
-    upstream("backup", &plain_url(fake), "priority = 10")
+    upstream("backup", &fake.plain_url(), "priority = 10")
 }
 
 /// A message of about `size` octets whose Subject is `subject`, dot-stuffed, CRLF.
@@ -124,7 +120,7 @@ async fn faulty_primary(ca: &TestCa, case: &StallCase) -> (FakeUpstream, String)
     fake.set_fault(Some(case.fault));
     let ca_file = format!("ca_file = {:?}\n", ca.ca_file().display().to_string());
     let url = match case.mode {
-        Mode::Plain => plain_url(&fake),
+        Mode::Plain => fake.plain_url(),
         Mode::Implicit => format!("smtps://localhost:{}", fake.port()),
         Mode::StartTls => format!("smtp://localhost:{}", fake.port()),
     };
@@ -134,7 +130,7 @@ async fn faulty_primary(ca: &TestCa, case: &StallCase) -> (FakeUpstream, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     for case in &STALLS {
         let (primary, primary_table) = faulty_primary(&ca, case).await;
         let spare = FakeUpstream::builder(Mode::Plain).start().await;
@@ -149,7 +145,7 @@ async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
 
         // Within the timeout the attempt fails and the same delivery walks on; the
         // retry is minutes away, so only failover can bring the message here.
-        let got = wait_for(case.name, HANG_GUARD, || async {
+        let got = wait_for(case.name, || async {
             let m = spare.messages();
             (!m.is_empty()).then_some(m)
         })
@@ -162,7 +158,7 @@ async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
         assert!(primary.messages().is_empty(), "{}", case.name);
         assert!(primary.connections() >= 1, "{}: never tried", case.name);
         let dir = relay.config().spool.dir.clone();
-        wait_for("the queue to drain", HANG_GUARD, || async {
+        wait_for("the queue to drain", || async {
             (queued(&dir) == 0).then_some(())
         })
         .await;
@@ -172,7 +168,7 @@ async fn every_stall_of_an_upstream_fails_over_to_the_next_one_in_queue_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_stops_reading_fails_over_in_passthrough_mode_and_the_client_hears_250() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let (primary, primary_table) = faulty_primary(&ca, &STALLS[3]).await;
     let spare = FakeUpstream::builder(Mode::Plain).start().await;
     let mut relay = start_relay(&format!(
@@ -196,7 +192,7 @@ async fn an_upstream_that_stops_reading_fails_over_in_passthrough_mode_and_the_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_without_a_restart() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     debug_logs();
     for case in &STALLS[..1] {
         let (fake, table) = faulty_primary(&ca, case).await;
@@ -210,7 +206,7 @@ async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_with
             assert_eq!(reply.code, 250, "{}: {reply}", case.name);
         }
         // Every message has been tried and has failed (or is about to).
-        wait_for("four attempts", HANG_GUARD, || async {
+        wait_for("four attempts", || async {
             (fake.connections() >= 4).then_some(())
         })
         .await;
@@ -219,7 +215,7 @@ async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_with
         fake.set_fault(None);
         let healed = Instant::now();
 
-        let got = wait_for(case.name, HANG_GUARD, || async {
+        let got = wait_for(case.name, || async {
             let m = fake.messages();
             (m.len() >= 4).then_some(m)
         })
@@ -240,17 +236,18 @@ async fn a_single_upstream_that_heals_gets_the_waiting_mail_after_one_probe_with
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_reply_after_60_seconds_is_awaited_and_the_message_goes_out_once() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    fake.set_fault(Some(Fault::SlowEndOfData(Duration::from_secs(60))));
+    const STALL: Duration = Duration::from_secs(60);
+    fake.set_fault(Some(Fault::SlowEndOfData(STALL)));
     // `data_timeout` is left at its default (10 minutes); every other wait is 2 s.
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"1s\"\nretry_max = \"2s\"\n{}",
-        upstream("slow", &plain_url(&fake), "")
+        upstream("slow", &fake.plain_url(), "")
     ))
     .await;
     let reply = submit(&relay, "slow final reply", 1000).await;
     assert_eq!(reply.code, 250, "{reply}");
     let dir = relay.config().spool.dir.clone();
-    wait_for("the delivery", Duration::from_secs(90), || async {
+    wait_for_up_to("the delivery", STALL + HANG_GUARD, || async {
         (queued(&dir) == 0).then_some(())
     })
     .await;
@@ -326,9 +323,9 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     // Every delivery is under way when the disk fills: the upstream holds its reply.
     fake.set_fault(Some(Fault::SlowEndOfData(Duration::from_secs(4))));
     let mut relay = start_relay(&format!(
-        "[spool]\ndir = {:?}\nmax_disk_usage = 100\n[delivery]\nretry_base = \"300ms\"\nretry_max = \"1s\"\n{}max_connections = {MESSAGES}\n",
+        "[spool]\ndir = {:?}\n[delivery]\nretry_base = \"300ms\"\nretry_max = \"1s\"\n{}max_connections = {MESSAGES}\n",
         spool.display().to_string(),
-        upstream("fake", &plain_url(&fake), "")
+        upstream("fake", &fake.plain_url(), "")
     ))
     .await;
 
@@ -357,7 +354,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     for sender in senders {
         sender.await.unwrap();
     }
-    wait_for("every message at the upstream", HANG_GUARD, || async {
+    wait_for("every message at the upstream", || async {
         (fake.verbs().iter().filter(|v| *v == "DATA").count() >= MESSAGES).then_some(())
     })
     .await;
@@ -372,7 +369,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     );
 
     // The upstream accepts everything; much of it cannot be recorded.
-    wait_for("the upstream's replies", HANG_GUARD, || async {
+    wait_for("the upstream's replies", || async {
         (fake.messages().len() >= MESSAGES).then_some(())
     })
     .await;
@@ -388,7 +385,7 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     );
 
     std::fs::remove_file(&filler).expect("free the space");
-    wait_for("the queue to drain", HANG_GUARD, || async {
+    wait_for("the queue to drain", || async {
         (queued(&spool) == 0).then_some(())
     })
     .await;
@@ -411,7 +408,6 @@ async fn a_full_spool_disk_delivers_nothing_twice_and_refuses_new_mail_with_452(
     relay.shutdown().await;
 }
 
-#[allow(dead_code)]
 fn debug_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))

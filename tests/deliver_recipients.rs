@@ -3,32 +3,24 @@
 //! transaction and answers `452 4.5.3` or `552 5.5.3` beyond the cap.
 //!
 //! Queue mode runs with `retry_base = "1h"`: a recipient that waited for a back-off
-//! would keep the message in the spool far past [`HANG_GUARD`], so "the spool drains"
+//! would keep the message in the spool far past [`support::HANG_GUARD`], so "the spool drains"
 //! proves that no recipient was deferred. Nothing here asserts on timing.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use fake_upstream::{FakeUpstream, Mode, Received, Verb};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, start_relay};
+use support::config::upstream;
+use support::{Relay, start_relay, wait_for};
 
 /// Any deferral would wait an hour.
 const NO_RETRY_SOON: &str = "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\n";
 
 const TOO_MANY_452: &str = "452 4.5.3 Too many recipients";
 const TOO_MANY_552: &str = "552 5.5.3 Too many recipients";
-
-/// The `[[upstream]]` table for `fake`, plus `extra` lines.
-fn upstream(fake: &FakeUpstream, extra: &str) -> String {
-    format!(
-        "[[upstream]]\nname = \"capped\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n{extra}\n",
-        fake.port()
-    )
-}
 
 async fn capped_fake(cap: usize, reply: &str) -> FakeUpstream {
     FakeUpstream::builder(Mode::Plain)
@@ -56,11 +48,6 @@ async fn submit(relay: &Relay, to: &[String]) -> (u16, String) {
         .await;
     client.expect("QUIT", 221).await;
     (reply.code, reply.text())
-}
-
-/// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
-    support::wait_for(what, HANG_GUARD, check).await
 }
 
 fn queued(relay: &Relay) -> Vec<(String, smarthost::spool::Entry)> {
@@ -124,7 +111,11 @@ fn mail_lines(fake: &FakeUpstream) -> usize {
 #[tokio::test]
 async fn a_thousand_recipients_go_in_transactions_of_the_default_100() {
     let fake = capped_fake(100, TOO_MANY_452).await;
-    let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{NO_RETRY_SOON}{}",
+        upstream("capped", &fake.plain_url(), "")
+    ))
+    .await;
     let to = recipients(1000);
     let (code, text) = submit(&relay, &to).await;
     assert_eq!(code, 250, "{text}");
@@ -146,7 +137,7 @@ async fn a_server_taking_fewer_than_max_recipients_gets_the_rest_at_once_after_i
     let fake = capped_fake(100, TOO_MANY_452).await;
     let mut relay = start_relay(&format!(
         "{NO_RETRY_SOON}{}",
-        upstream(&fake, "max_recipients = 1000")
+        upstream("capped", &fake.plain_url(), "max_recipients = 1000")
     ))
     .await;
     let to = recipients(1000);
@@ -169,7 +160,11 @@ async fn a_server_taking_fewer_than_max_recipients_gets_the_rest_at_once_after_i
 #[tokio::test]
 async fn a_452_after_two_of_five_delivers_each_recipient_once_in_queue_mode() {
     let fake = capped_fake(2, TOO_MANY_452).await;
-    let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{NO_RETRY_SOON}{}",
+        upstream("capped", &fake.plain_url(), "")
+    ))
+    .await;
     let to = recipients(5);
     let (code, text) = submit(&relay, &to).await;
     assert_eq!(code, 250, "{text}");
@@ -192,7 +187,7 @@ async fn a_452_after_two_of_five_in_passthrough_answers_250_once() {
     let fake = capped_fake(2, TOO_MANY_452).await;
     let mut relay = start_relay(&format!(
         "[delivery]\nmode = \"passthrough\"\n{}",
-        upstream(&fake, "")
+        upstream("capped", &fake.plain_url(), "")
     ))
     .await;
     let to = recipients(5);
@@ -206,7 +201,11 @@ async fn a_452_after_two_of_five_in_passthrough_answers_250_once() {
 #[tokio::test]
 async fn a_552_too_many_recipients_goes_in_the_next_transaction_and_is_not_bounced() {
     let fake = capped_fake(2, TOO_MANY_552).await;
-    let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{NO_RETRY_SOON}{}",
+        upstream("capped", &fake.plain_url(), "")
+    ))
+    .await;
     let to = recipients(5);
     let (code, text) = submit(&relay, &to).await;
     assert_eq!(code, 250, "{text}");
@@ -222,7 +221,11 @@ async fn a_552_too_many_recipients_goes_in_the_next_transaction_and_is_not_bounc
 async fn a_server_that_takes_no_recipient_is_an_ordinary_deferral_without_a_loop() {
     for refusal in [TOO_MANY_452, TOO_MANY_552] {
         let fake = capped_fake(0, refusal).await;
-        let mut relay = start_relay(&format!("{NO_RETRY_SOON}{}", upstream(&fake, ""))).await;
+        let mut relay = start_relay(&format!(
+            "{NO_RETRY_SOON}{}",
+            upstream("capped", &fake.plain_url(), "")
+        ))
+        .await;
         let to = recipients(5);
         let (code, text) = submit(&relay, &to).await;
         assert_eq!(code, 250, "{text}");
@@ -268,7 +271,7 @@ async fn a_421_between_two_transactions_of_a_message_continues_on_a_new_connecti
         .await;
     let mut relay = start_relay(&format!(
         "{NO_RETRY_SOON}{}",
-        upstream(&fake, "max_recipients = 2")
+        upstream("capped", &fake.plain_url(), "max_recipients = 2")
     ))
     .await;
     let to = recipients(4);
@@ -301,7 +304,7 @@ async fn recipients_accepted_before_a_later_transaction_fails_are_not_sent_again
         .await;
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"200ms\"\nretry_max = \"1s\"\n{}",
-        upstream(&fake, "max_recipients = 2")
+        upstream("capped", &fake.plain_url(), "max_recipients = 2")
     ))
     .await;
     let to = recipients(4);
@@ -340,7 +343,7 @@ async fn one_message_per_connection(reply: Option<&str>) {
     // leave a message in the spool.
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\nbreaker_threshold = 1\nbreaker_cooldown = \"1h\"\nbreaker_max_cooldown = \"1h\"\n{}",
-        upstream(&fake, "max_connections = 1")
+        upstream("capped", &fake.plain_url(), "max_connections = 1")
     ))
     .await;
     for n in 1..=3 {
@@ -394,7 +397,7 @@ async fn a_421_at_mail_on_a_fresh_connection_is_still_a_failure() {
         .await;
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\nbreaker_threshold = 1\nbreaker_cooldown = \"1h\"\nbreaker_max_cooldown = \"1h\"\n{}",
-        upstream(&fake, "max_connections = 1")
+        upstream("capped", &fake.plain_url(), "max_connections = 1")
     ))
     .await;
     let (code, text) = submit(&relay, &["m1@example.net".to_owned()]).await;
@@ -433,7 +436,7 @@ async fn passthrough_one_of_three_refused_answers_250_and_bounces_the_refused_on
         .await;
     let mut relay = start_relay(&format!(
         "[delivery]\nmode = \"passthrough\"\nretry_base = \"1h\"\nretry_max = \"2h\"\n{}",
-        upstream(&fake, "")
+        upstream("capped", &fake.plain_url(), "")
     ))
     .await;
     let to = recipients(3);
@@ -476,7 +479,11 @@ async fn passthrough_452_after_two_of_five_answers_250_once_and_retries_the_rest
         );
     }
     let fake = builder.start().await;
-    let mut relay = start_relay(&format!("{PASSTHROUGH_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{PASSTHROUGH_RETRY_SOON}{}",
+        upstream("capped", &fake.plain_url(), "")
+    ))
+    .await;
     let to = recipients(5);
     let (code, text) = submit(&relay, &to).await;
     assert_eq!(code, 250, "the client hears 250 once: {text}");
@@ -520,7 +527,11 @@ async fn passthrough_with_no_recipient_accepted_passes_the_upstreams_reply_on() 
         .reply(Verb::Rcpt, "451 4.3.0 Try again later")
         .start()
         .await;
-    let mut relay = start_relay(&format!("{PASSTHROUGH_RETRY_SOON}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{PASSTHROUGH_RETRY_SOON}{}",
+        upstream("capped", &fake.plain_url(), "")
+    ))
+    .await;
     let (code, text) = submit(&relay, &recipients(2)).await;
     assert_eq!(code, 451, "{text}");
     assert!(text.contains("Try again later"), "{text}");

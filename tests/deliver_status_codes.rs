@@ -3,23 +3,18 @@
 //! conversion needed but not possible; in the DSN of queue mode and in the reply of
 //! passthrough mode, so bounce processors can tell why.
 
-mod fake_upstream;
-mod support;
-
-use std::time::Duration;
+pub mod fake_upstream;
+pub mod support;
 
 use fake_upstream::{FakeUpstream, Mode, Received};
-use support::{HANG_GUARD, Relay, start_relay};
-
-fn upstream(fake: &FakeUpstream) -> String {
-    format!(
-        "[[upstream]]\nname = \"fake\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n",
-        fake.port()
-    )
-}
+use support::config::upstream;
+use support::{Relay, start_relay, wait_for};
 
 fn passthrough(fake: &FakeUpstream) -> String {
-    format!("[delivery]\nmode = \"passthrough\"\n{}", upstream(fake))
+    format!(
+        "[delivery]\nmode = \"passthrough\"\n{}",
+        upstream("fake", &fake.plain_url(), "")
+    )
 }
 
 /// A message of at least `size` octets.
@@ -69,21 +64,15 @@ async fn too_big_for_every_upstream_bounces_with_status_5_3_4_in_queue_mode() {
         .ext("8BITMIME")
         .start()
         .await;
-    let relay = start_relay(&upstream(&fake)).await;
+    let relay = start_relay(&upstream("fake", &fake.plain_url(), "")).await;
     let reply = send(&relay, &message(5000)).await;
     assert_eq!(reply.code, 250, "{reply}");
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    let dsn: Received = loop {
-        if let Some(m) = fake
-            .messages()
+    let dsn: Received = wait_for("the DSN", || async {
+        fake.messages()
             .into_iter()
             .find(|m| m.mail_from.starts_with("<>"))
-        {
-            break m;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no DSN");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let text = dsn.text();
     assert!(
         text.contains(

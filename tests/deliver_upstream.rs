@@ -3,22 +3,27 @@
 //! upstreams (real rustls, rcgen certificates) record what reached them. Delivery is
 //! passthrough: the client's reply to the message is the outcome of the walk.
 
-mod fake_upstream;
+pub mod fake_upstream;
+pub mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fake_upstream::pki::{self, TestCa};
-use fake_upstream::{FakeUpstream, Greeting, Mode, Verb, closed_port, load_config};
+use fake_upstream::{FakeUpstream, Greeting, Mode, Verb};
 use smarthost::RelayHandle;
 use smarthost::deliver::client::ClientError;
 use smarthost::ops::send::{SendError, SendRequest, send};
 use smarthost::proto::Response;
+use support::config::upstream;
+use support::{HOSTNAME, TestConfig, free_port};
 
 struct Relay {
     handle: RelayHandle,
     addr: SocketAddr,
+    /// The spool and the config file.
+    _dir: tempfile::TempDir,
 }
 
 impl Relay {
@@ -32,8 +37,6 @@ async fn relay(upstreams: &[String]) -> Relay {
     let toml = format!(
         r#"
 [server]
-hostname = "relay.test"
-listen = ["127.0.0.1:0"]
 shutdown_grace = "1s"
 
 [delivery]
@@ -45,22 +48,17 @@ breaker_cooldown = "1s"
 "#,
         upstreams.join("\n")
     );
-    let handle = smarthost::start(Arc::new(load_config(&toml)))
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = TestConfig::new(dir.path()).toml(&toml).load();
+    let handle = smarthost::start(Arc::new(config))
         .await
         .expect("relay starts");
     let addr = handle.local_addrs()[0];
-    Relay { handle, addr }
-}
-
-/// One `[[upstream]]` table; `extra` is more TOML lines. The timeout is 5 s unless
-/// `extra` sets one.
-fn upstream(name: &str, url: &str, extra: &str) -> String {
-    let timeout = if extra.contains("timeout =") {
-        ""
-    } else {
-        "timeout = \"5s\"\n"
-    };
-    format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{timeout}{extra}\n")
+    Relay {
+        handle,
+        addr,
+        _dir: dir,
+    }
 }
 
 fn ca_file(ca: &TestCa) -> String {
@@ -121,7 +119,7 @@ fn assert_delivered(response: &Response) {
 
 #[tokio::test]
 async fn implicit_tls_carries_the_whole_conversation() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .ext("SIZE 10000000")
@@ -155,7 +153,7 @@ async fn implicit_tls_carries_the_whole_conversation() {
 
 #[tokio::test]
 async fn starttls_upgrades_and_says_ehlo_again() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::StartTls)
         .cert(&ca.leaf("localhost"))
         .auth(&["PLAIN", "LOGIN"])
@@ -174,7 +172,7 @@ async fn starttls_upgrades_and_says_ehlo_again() {
         .filter(|l| !l.tls)
         .map(|l| l.text.as_str())
         .collect();
-    assert_eq!(clear, ["EHLO relay.test", "STARTTLS"]);
+    assert_eq!(clear, [format!("EHLO {HOSTNAME}").as_str(), "STARTTLS"]);
     let secured: Vec<String> = lines
         .iter()
         .filter(|l| l.tls)
@@ -189,7 +187,7 @@ async fn starttls_upgrades_and_says_ehlo_again() {
 
 #[tokio::test]
 async fn auto_detects_implicit_tls() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .start()
@@ -208,7 +206,7 @@ async fn auto_detects_implicit_tls() {
 
 #[tokio::test]
 async fn auto_detects_starttls() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::StartTls)
         .cert(&ca.leaf("localhost"))
         .start()
@@ -225,7 +223,7 @@ async fn auto_detects_starttls() {
         .filter(|l| !l.tls)
         .map(|l| l.text)
         .collect();
-    assert_eq!(clear, ["EHLO relay.test", "STARTTLS"]);
+    assert_eq!(clear, [format!("EHLO {HOSTNAME}").as_str(), "STARTTLS"]);
     relay.stop().await;
 }
 
@@ -258,7 +256,7 @@ async fn required_starttls_missing_sends_nothing_in_the_clear() {
 
 #[tokio::test]
 async fn certificate_from_an_unknown_ca_is_refused_and_accepted_with_ca_file() {
-    let private_ca = TestCa::new();
+    let private_ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&private_ca.leaf("localhost"))
         .start()
@@ -291,7 +289,7 @@ async fn certificate_from_an_unknown_ca_is_refused_and_accepted_with_ca_file() {
 }
 
 async fn authenticates_with(offered: &[&str], expected_line: &str) {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .auth(offered)
@@ -330,7 +328,7 @@ async fn auth_login() {
 
 #[tokio::test]
 async fn bad_credentials_535_defer_the_message_and_send_no_envelope() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = FakeUpstream::builder(Mode::Implicit)
         .cert(&ca.leaf("localhost"))
         .auth(&["PLAIN"])
@@ -359,7 +357,7 @@ async fn bad_credentials_535_defer_the_message_and_send_no_envelope() {
 #[tokio::test]
 async fn fails_over_when_the_connection_is_refused() {
     let backup = plain_fake().await;
-    let dead = format!("smtp://127.0.0.1:{}?tls=none", closed_port());
+    let dead = format!("smtp://127.0.0.1:{}?tls=none", free_port());
     let relay = relay(&[upstream("dead", &dead, ""), backup_upstream(&backup)]).await;
 
     assert_delivered(&submit(&relay, &[RCPT]).await);
@@ -543,7 +541,7 @@ async fn multi_line_refusal_is_relayed_readably() {
 
 #[tokio::test]
 async fn nothing_reachable_is_a_temporary_failure() {
-    let dead = format!("smtp://127.0.0.1:{}?tls=none", closed_port());
+    let dead = format!("smtp://127.0.0.1:{}?tls=none", free_port());
     let relay = relay(&[upstream("dead", &dead, "")]).await;
 
     let response = submit(&relay, &[RCPT]).await;
@@ -703,7 +701,7 @@ async fn a_message_over_the_size_limit_goes_to_an_upstream_that_takes_it() {
 
 #[tokio::test]
 async fn fails_over_when_starttls_is_refused() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let refusing = FakeUpstream::builder(Mode::StartTls)
         .cert(&ca.leaf("localhost"))
         .reply(Verb::StartTls, "554 5.7.3 TLS not available")

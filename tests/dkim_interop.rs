@@ -15,8 +15,8 @@
 //! Every signature must pass both, and a message changed after signing (its body, or a
 //! second From added in transit) must fail both: the set-up cannot pass vacuously.
 
-mod fake_upstream;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -534,7 +534,7 @@ async fn changes_after_signing_fail_both_verifiers() {
 
 #[tokio::test]
 async fn failover_to_an_upstream_with_another_sender_policy_signs_again() {
-    use fake_upstream::{FakeUpstream, Mode, Verb, load_config};
+    use fake_upstream::{FakeUpstream, Mode, Verb};
 
     let first = FakeUpstream::builder(Mode::Plain)
         .ext("8BITMIME")
@@ -546,11 +546,9 @@ async fn failover_to_an_upstream_with_another_sender_policy_signs_again() {
         .start()
         .await;
     let keys = tempfile::tempdir().expect("temp dir");
-    let config = load_config(&format!(
+    let config = support::TestConfig::new(keys.path()).toml(&format!(
         r#"
 [server]
-hostname = "relay.test"
-listen = ["127.0.0.1:0"]
 shutdown_grace = "1s"
 
 [delivery]
@@ -576,7 +574,7 @@ timeout = "5s"
         ED25519.domain,
         dkim_toml(&keys.path().join("keys"))
     ));
-    let config = Arc::new(config);
+    let config = Arc::new(config.load());
     let handle = smarthost::start(config.clone())
         .await
         .expect("relay starts");
@@ -875,11 +873,10 @@ async fn eight_bit_parts_converted_for_a_7bit_upstream_verify() {
         )
         .await;
     }
-    let deadline = tokio::time::Instant::now() + support::HANG_GUARD;
-    while seven_bit.messages().len() < KEYS.len() {
-        assert!(tokio::time::Instant::now() < deadline, "not delivered");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    support::wait_for("every message delivered", || async {
+        (seven_bit.messages().len() >= KEYS.len()).then_some(())
+    })
+    .await;
     relay.shutdown().await;
     let mut messages = Vec::new();
     for m in seven_bit.messages() {

@@ -3,15 +3,15 @@
 //! with `smarthost send` reaches an implicit-TLS upstream with AUTH, From rewritten to
 //! the upstream's sender and DKIM-signed for the configured domain.
 
-mod fake_upstream;
-#[path = "support/process.rs"]
-pub mod process;
+pub mod fake_upstream;
+pub mod support;
 
 use std::path::Path;
 
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
-use process::{Smarthost, free_port, header};
+use support::process::Smarthost;
+use support::{free_port, header};
 
 const USER: &str = "relay@example.org";
 const PASSWORD: &str = "env-only-pw-5521";
@@ -25,7 +25,7 @@ fn smarthost(args: &[&str], cwd: &Path, vars: &[(&str, String)]) -> Smarthost {
 #[test]
 fn environment_variables_alone_configure_a_working_relay() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let fake = rt.block_on(
         FakeUpstream::builder(Mode::Implicit)
             .cert(&ca.leaf("localhost"))

@@ -5,10 +5,9 @@
 //! `[upstream.oauth]` the same holds for the client secret, the refresh tokens (the one
 //! configured and the one the provider rotates in) and every access token.
 
-mod fake_upstream;
-mod oauth_idp;
-#[path = "support/process.rs"]
-pub mod process;
+pub mod fake_upstream;
+pub mod oauth_idp;
+pub mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,8 +16,9 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
-use process::{CHILD_GUARD, Smarthost};
 use smarthost::ops::send::{SendRequest, send};
+use support::process::Smarthost;
+use support::{CHILD_GUARD, TestConfig};
 
 const USER: &str = "relay@example.com";
 /// Distinctive enough that any occurrence in the output is the secret itself.
@@ -70,7 +70,7 @@ fn forbidden(auth: Auth) -> Vec<String> {
     }
 }
 
-fn write_config(
+fn config_file(
     dir: &Path,
     fake: &FakeUpstream,
     ca: &TestCa,
@@ -94,23 +94,23 @@ fn write_config(
         Auth::OAuthRefreshToken => oauth("refresh_token"),
     };
     let text = format!(
-        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n\n\
-         [metrics]\nlisten = \"off\"\n\n[spool]\ndir = {spool:?}\nmax_disk_usage = 100\n\n[log]\nformat = \"{format}\"\n\n\
+        "[server]\nshutdown_grace = \"2s\"\n\n[metrics]\nlisten = \"off\"\n\n[log]\nformat = \"{format}\"\n\n\
          [[upstream]]\nname = \"auth\"\nurl = \"smtps://localhost:{port}\"\nca_file = {ca:?}\n\
          timeout = \"5s\"\nusername = \"{USER}\"\n{secret}\n",
-        spool = dir.join("spool").display().to_string(),
         format = if json { "json" } else { "text" },
         port = fake.port(),
         ca = ca.ca_file().display().to_string(),
     );
-    let path = dir.join("relay.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.display().to_string()
+    TestConfig::new(dir)
+        .toml(&text)
+        .write()
+        .display()
+        .to_string()
 }
 
 fn run(auth: Auth, json: bool) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let (mechanism, secret) = match auth {
         Auth::Plain => ("PLAIN", PASSWORD),
         Auth::Login => ("LOGIN", PASSWORD),
@@ -138,7 +138,7 @@ fn run(auth: Auth, json: bool) {
         format!("{{\"refresh_token\": \"{first_refresh_token}\"}}"),
     )
     .expect("refresh token file");
-    let config = write_config(dir.path(), &fake, &ca, auth, json, &idp.token_url());
+    let config = config_file(dir.path(), &fake, &ca, auth, json, &idp.token_url());
 
     let relay = Smarthost::new(&["serve", "-c", &config], dir.path())
         .env("SMARTHOST_LOG", "trace")

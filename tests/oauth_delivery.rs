@@ -3,11 +3,9 @@
 //! currently valid one, and the relay must keep delivering across expiries, revocations,
 //! refresh-token rotations, restarts and endpoint failures.
 
-mod fake_upstream;
-mod oauth_idp;
-#[path = "support/process.rs"]
-pub mod process;
-mod support;
+pub mod fake_upstream;
+pub mod oauth_idp;
+pub mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,8 +13,8 @@ use std::time::Duration;
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::IdentityProvider;
-use process::Smarthost;
-use support::{HANG_GUARD, Relay, start_relay, wait_for};
+use support::process::Smarthost;
+use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for, within};
 
 const CLIENT_ID: &str = "relay-app";
 const CLIENT_SECRET: &str = "client-secret-Zq8x";
@@ -66,16 +64,16 @@ fn refresh_token_flow(file: &Path) -> String {
 /// `GET /metrics` from the relay's metrics endpoint.
 async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
     let mut response = String::new();
-    tokio::time::timeout(HANG_GUARD, stream.read_to_string(&mut response))
-        .await
-        .expect("metrics endpoint hangs")
-        .unwrap();
+    within("GET /metrics", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        stream.read_to_string(&mut response).await
+    })
+    .await
+    .unwrap();
     response
 }
 
@@ -93,17 +91,15 @@ async fn submit(relay: &Relay, subject: &str) {
 }
 
 async fn wait_for_messages(fake: &FakeUpstream, n: usize) {
-    wait_for(
-        &format!("{n} messages at the upstream"),
-        HANG_GUARD,
-        || async { (fake.messages().len() >= n).then_some(()) },
-    )
+    wait_for(&format!("{n} messages at the upstream"), || async {
+        (fake.messages().len() >= n).then_some(())
+    })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_keep_delivering_across_token_expiries() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, CLIENT_SECRET);
     idp.set_token_lifetime(Duration::from_secs(2));
@@ -171,7 +167,7 @@ async fn client_credentials_keep_delivering_across_token_expiries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refreshed_once_and_the_message_goes() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, CLIENT_SECRET);
     let fake = oauth_upstream(&ca, &idp).await;
@@ -195,7 +191,7 @@ async fn a_revoked_token_is_refreshed_once_and_the_message_goes() {
     assert_eq!(fake.xoauth2_failures(), 1, "one refused token");
     assert_eq!(idp.token_requests().len(), 2, "exactly one refresh");
     let dir = relay.config().spool.dir.clone();
-    wait_for("the queue to be empty", HANG_GUARD, || async {
+    wait_for("the queue to be empty", || async {
         smarthost::spool::Spool::inspect(&dir)
             .unwrap()
             .is_empty()
@@ -207,7 +203,7 @@ async fn a_revoked_token_is_refreshed_once_and_the_message_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_token_endpoint_moves_mail_to_the_next_upstream_and_check_says_why() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, "the-real-secret");
     let fake = oauth_upstream(&ca, &idp).await;
@@ -259,7 +255,7 @@ async fn a_failing_token_endpoint_moves_mail_to_the_next_upstream_and_check_says
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_shows_the_oauth_step_before_auth() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, CLIENT_SECRET);
     let fake = oauth_upstream(&ca, &idp).await;
@@ -287,7 +283,7 @@ async fn check_shows_the_oauth_step_before_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_refresh_token_is_saved_and_used_after_a_restart() {
     use std::os::unix::fs::PermissionsExt as _;
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, "");
     idp.set_token_lifetime(Duration::from_secs(2));
@@ -340,7 +336,7 @@ async fn a_rotated_refresh_token_is_saved_and_used_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_login_writes_a_usable_refresh_token() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, "");
     idp.approve_device_after(2);
@@ -360,16 +356,11 @@ async fn the_device_login_writes_a_usable_refresh_token() {
         ),
     );
     // `smarthost oauth login` as a person runs it.
-    let config = state.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[spool]\ndir = {:?}\n{tables}",
-            state.path().join("spool").display().to_string()
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config = TestConfig::new(state.path())
+        .toml(&tables)
+        .write()
+        .display()
+        .to_string();
     let login = Smarthost::new(
         &["oauth", "login", "--upstream", "m365", "-c", &config],
         state.path(),
@@ -415,7 +406,7 @@ fn device_config(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_login_slows_down_when_asked_and_stops_on_expiry_or_refusal() {
     use smarthost::deliver::oauth::device_login;
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, "");
     let state = tempfile::tempdir().unwrap();
@@ -452,7 +443,7 @@ async fn the_device_login_slows_down_when_asked_and_stops_on_expiry_or_refusal()
         let config = config.clone();
         async move { device_login("m365", &config, timeout, |_| {}).await }
     });
-    wait_for("the device authorization", HANG_GUARD, || async {
+    wait_for("the device authorization", || async {
         (idp.device_authorizations() == 2).then_some(())
     })
     .await;
@@ -475,7 +466,7 @@ async fn the_device_login_slows_down_when_asked_and_stops_on_expiry_or_refusal()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connections_share_one_token_request() {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client(CLIENT_ID, CLIENT_SECRET);
     let fake = oauth_upstream(&ca, &idp).await;

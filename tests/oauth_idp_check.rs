@@ -2,8 +2,9 @@
 //! client that trusts the test CA (not the relay): every grant, every failure it can be
 //! told to produce, and the XOAUTH2 validator it hands the fake upstream.
 
-mod fake_upstream;
-mod oauth_idp;
+pub mod fake_upstream;
+pub mod oauth_idp;
+pub mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,8 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::{DEVICE_GRANT, IdentityProvider};
+use support::{HANG_GUARD, within};
 
-const DEADLINE: Duration = Duration::from_secs(5);
 const SCOPE: &str = "https://outlook.office365.com/.default";
 
 /// An HTTP response as the client saw it.
@@ -104,7 +105,7 @@ async fn request(
         tls.read_to_end(&mut raw).await.expect("read response");
         raw
     };
-    let raw = tokio::time::timeout(DEADLINE, exchange)
+    let raw = tokio::time::timeout(HANG_GUARD, exchange)
         .await
         .expect("IdP answers in time");
     let text = String::from_utf8(raw).expect("UTF-8 response");
@@ -151,7 +152,7 @@ async fn client_credentials(ca: &TestCa, idp: &IdentityProvider, id: &str, secre
 }
 
 async fn setup() -> (TestCa, IdentityProvider) {
-    let ca = TestCa::new();
+    let ca = TestCa::generate();
     let idp = IdentityProvider::start(&ca).await;
     idp.add_client("relay-app", "s3cret+/=");
     (ca, idp)
@@ -579,7 +580,9 @@ struct Smtp {
 
 impl Smtp {
     async fn connect(port: u16) -> Smtp {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tcp = within("connect", TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .unwrap();
         let mut smtp = Smtp {
             io: BufReader::new(tcp),
         };
@@ -600,7 +603,7 @@ impl Smtp {
                 }
             }
         };
-        tokio::time::timeout(DEADLINE, read).await.expect("reply")
+        tokio::time::timeout(HANG_GUARD, read).await.expect("reply")
     }
 
     async fn command(&mut self, line: &str) -> String {

@@ -1,24 +1,20 @@
 //! PROXY protocol: a trusted proxy's header decides which client `trusted_networks`
 //! judges; anyone else cannot claim an address.
 
-use std::sync::Arc;
-use std::time::Duration;
+pub mod support;
 
-use smarthost::config::{ConfigSource, load};
+use std::sync::Arc;
+
+use support::{HANG_GUARD, TestConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 async fn relay(dir: &std::path::Path, trusted_proxies: &str) -> smarthost::RelayHandle {
-    let path = dir.join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"203.0.113.0/24\"]\nproxy_protocol = true\ntrusted_proxies = [\"{trusted_proxies}\"]\n[delivery]\nmode = \"passthrough\"\n[[upstream]]\nurl = \"maildir:{}/out\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let config = load(&ConfigSource::File(path), &[]).unwrap();
+    let config = TestConfig::new(dir)
+        .toml(&format!(
+            "[server]\ntrusted_networks = [\"203.0.113.0/24\"]\nproxy_protocol = true\ntrusted_proxies = [\"{trusted_proxies}\"]\n[delivery]\nmode = \"passthrough\"\n"
+        ))
+        .load();
     smarthost::start(Arc::new(config)).await.unwrap()
 }
 
@@ -27,11 +23,17 @@ async fn greeting(
     addr: std::net::SocketAddr,
     header: &[u8],
 ) -> (Option<String>, BufReader<TcpStream>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(header).await.unwrap();
+    let mut stream = tokio::time::timeout(HANG_GUARD, TcpStream::connect(addr))
+        .await
+        .expect("connect: hang guard")
+        .unwrap();
+    tokio::time::timeout(HANG_GUARD, stream.write_all(header))
+        .await
+        .expect("write: hang guard")
+        .unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(15), reader.read_line(&mut line))
+    let n = tokio::time::timeout(HANG_GUARD, reader.read_line(&mut line))
         .await
         .unwrap()
         .unwrap_or(0);
@@ -39,11 +41,14 @@ async fn greeting(
 }
 
 async fn command(reader: &mut BufReader<TcpStream>, line: &str) -> String {
-    reader.get_mut().write_all(line.as_bytes()).await.unwrap();
+    tokio::time::timeout(HANG_GUARD, reader.get_mut().write_all(line.as_bytes()))
+        .await
+        .expect("write: hang guard")
+        .unwrap();
     let mut reply = String::new();
     loop {
         let mut l = String::new();
-        tokio::time::timeout(Duration::from_secs(15), reader.read_line(&mut l))
+        tokio::time::timeout(HANG_GUARD, reader.read_line(&mut l))
             .await
             .unwrap()
             .unwrap();
@@ -80,7 +85,7 @@ async fn a_trusted_proxys_header_decides_the_client_address() {
     )
     .await;
     assert!(done.starts_with("250"), "{done}");
-    let stored: Vec<_> = std::fs::read_dir(dir.path().join("out/new"))
+    let stored: Vec<_> = std::fs::read_dir(dir.path().join("maildir/new"))
         .unwrap()
         .collect();
     let text = std::fs::read_to_string(stored[0].as_ref().unwrap().path()).unwrap();

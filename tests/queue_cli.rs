@@ -4,22 +4,19 @@
 //! The relay's first retry is an hour away, so a message that goes out within the
 //! test went out because the operator asked for it.
 
-mod fake_upstream;
-#[path = "support/process.rs"]
-pub mod process;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fake_upstream::{FakeUpstream, Mode, Received, load_config};
-use process::{Run, smarthost_async};
+use fake_upstream::{FakeUpstream, Mode, Received};
 use smarthost::message::{Envelope, Message, QueueId};
 use smarthost::proto::{Address, ReversePath};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, start_relay};
+use support::process::{Run, smarthost_async};
+use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for};
 
 const SLOW_RETRIES: &str = "[delivery]\nretry_base = \"1h\"\nretry_max = \"2h\"\n";
 const LATER: &str = "451 4.3.0 greylisted, come back later";
@@ -49,10 +46,6 @@ async fn submit(relay: &Relay, to: &str, subject: &str) -> String {
         .await;
     client.expect("QUIT", 221).await;
     reply.queue_id()
-}
-
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
-    support::wait_for(what, HANG_GUARD, check).await
 }
 
 /// (id, attempts) of every queued message.
@@ -282,13 +275,10 @@ async fn a_delete_requested_while_stopped_wins_over_a_message_due_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     let outbox = tmp.path().join("outbox");
-    let config_path = tmp.path().join("relay.toml");
-    let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n[spool]\ndir = \"{}\"\nmax_disk_usage = 100\n[[upstream]]\nurl = \"maildir:{}\"\n",
-        spool.display(),
-        outbox.display()
-    );
-    std::fs::write(&config_path, &toml).unwrap();
+    let config = TestConfig::new(tmp.path())
+        .maildir(&outbox)
+        .toml("[server]\nshutdown_grace = \"2s\"\n");
+    let config_path = config.write();
     // Two messages due now, left by a relay that stopped before delivering them.
     let (keep, deleted) = {
         let spool = Spool::open(&spool).unwrap();
@@ -314,17 +304,17 @@ async fn a_delete_requested_while_stopped_wins_over_a_message_due_at_start() {
     let run = smarthost_async(&["queue", "delete", &deleted, "-c", &file], tmp.path()).await;
     assert_eq!(run.code, Some(0), "{run:?}");
 
-    let relay = smarthost::start(Arc::new(load_config(&toml)))
+    let relay = smarthost::start(Arc::new(config.load()))
         .await
         .expect("the relay starts");
     wait_for("the queue drained", || async {
         queued(&spool).is_empty().then_some(())
     })
     .await;
-    let delivered = process::maildir_messages(&outbox);
+    let delivered = support::list_maildir(&outbox);
     assert_eq!(delivered.len(), 1, "{delivered:#?}");
     assert_eq!(
-        process::header(&delivered[0], "Subject").as_deref(),
+        support::header(&delivered[0].text(), "Subject").as_deref(),
         Some("keep"),
         "{keep}"
     );

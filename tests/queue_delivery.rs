@@ -3,32 +3,22 @@
 //! deliveries. The retry schedule is shortened to fractions of a second so that
 //! retries, back-off, expiry and rate budgets play out within a few seconds.
 //!
-//! Every wait is bounded by [`HANG_GUARD`]. Nothing asserts that something is fast; a
+//! Every wait is bounded by [`support::HANG_GUARD`]. Nothing asserts that something is fast; a
 //! few checks assert that something was *not faster* than the schedule or budget
 //! allows, with generous slack.
 
-mod fake_upstream;
-#[path = "support/process.rs"]
-pub mod process;
-mod support;
+pub mod fake_upstream;
+pub mod support;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fake_upstream::{FakeUpstream, Mode, Received, Verb};
 use smarthost::spool::Spool;
-use support::{HANG_GUARD, Relay, start_relay};
+use support::config::upstream;
+use support::{Relay, start_relay, wait_for};
 
 /// First retry after 200 ms, then 400, 800 (±20 %), never more than a second apart.
 const QUICK_RETRIES: &str = "[delivery]\nretry_base = \"200ms\"\nretry_max = \"1s\"\n";
-
-/// The `[[upstream]]` table for `fake`, plus `extra` lines.
-fn upstream(fake: &FakeUpstream, extra: &str) -> String {
-    format!(
-        "[[upstream]]\nname = \"fake\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"5s\"\n{extra}\n",
-        fake.port()
-    )
-}
 
 /// Submit one message; returns the queue id from `250 2.0.0 queued as ID`. An empty
 /// `from` is the null sender.
@@ -46,11 +36,6 @@ async fn submit(relay: &Relay, from: &str, to: &[&str], subject: &str) -> String
     let reply = client.send_message(from, to, content.as_bytes()).await;
     client.expect("QUIT", 221).await;
     reply.queue_id()
-}
-
-/// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`].
-async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
-    support::wait_for(what, HANG_GUARD, check).await
 }
 
 /// The ids in the relay's spool, read the way `smarthost queue list` reads it.
@@ -143,7 +128,11 @@ async fn a_deferred_message_is_retried_with_growing_delays_until_accepted() {
         .rcpt_replies_then("later@example.net", &[busy, busy, busy])
         .start()
         .await;
-    let mut relay = start_relay(&format!("{QUICK_RETRIES}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{QUICK_RETRIES}{}",
+        upstream("fake", &fake.plain_url(), "")
+    ))
+    .await;
     let id = submit(&relay, "app@example.com", &["later@example.net"], "retried").await;
 
     let delivered = wait_for("the fourth attempt to succeed", || async {
@@ -186,7 +175,7 @@ async fn after_max_queue_lifetime_the_sender_gets_a_dsn_and_the_null_sender_none
         .await;
     let mut relay = start_relay(&format!(
         "[delivery]\nretry_base = \"200ms\"\nretry_max = \"500ms\"\nmax_queue_lifetime = \"2s\"\n{}",
-        upstream(&fake, "")
+        upstream("fake", &fake.plain_url(), "")
     ))
     .await;
     let id = submit(&relay, "app@example.com", &["never@example.net"], "doomed").await;
@@ -252,7 +241,11 @@ async fn a_partial_delivery_retries_only_the_pending_recipient_and_bounces_the_f
         .rcpt_reply_for("c@example.net", "550 5.1.1 no such user")
         .start()
         .await;
-    let mut relay = start_relay(&format!("{QUICK_RETRIES}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{QUICK_RETRIES}{}",
+        upstream("fake", &fake.plain_url(), "")
+    ))
+    .await;
     submit(
         &relay,
         "app@example.com",
@@ -314,7 +307,11 @@ async fn a_quota_reply_defers_instead_of_bouncing() {
         .replies_then(Verb::EndOfData, &[quota, quota])
         .start()
         .await;
-    let mut relay = start_relay(&format!("{QUICK_RETRIES}{}", upstream(&fake, ""))).await;
+    let mut relay = start_relay(&format!(
+        "{QUICK_RETRIES}{}",
+        upstream("fake", &fake.plain_url(), "")
+    ))
+    .await;
     submit(
         &relay,
         "app@example.com",
@@ -343,7 +340,7 @@ async fn a_quota_reply_defers_instead_of_bouncing() {
 async fn a_rate_limit_holds_mail_and_releases_it_within_the_budget() {
     const N: usize = 6;
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    let mut relay = start_relay(&upstream(&fake, "rate_limit = \"2/s\"")).await;
+    let mut relay = start_relay(&upstream("fake", &fake.plain_url(), "rate_limit = \"2/s\"")).await;
     let mut client = relay.client().await;
     for i in 0..N {
         let content = format!("Subject: rate-{i}\r\n\r\nbody\r\n");
@@ -382,7 +379,7 @@ async fn a_rate_limit_holds_mail_and_releases_it_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_limit_keeps_the_second_message_queued() {
     let fake = FakeUpstream::builder(Mode::Plain).start().await;
-    let mut relay = start_relay(&upstream(&fake, "daily_limit = 1")).await;
+    let mut relay = start_relay(&upstream("fake", &fake.plain_url(), "daily_limit = 1")).await;
     let first = submit(&relay, "app@example.com", &["user@example.net"], "daily-1").await;
     wait_for("the first message", || async {
         (!fake.messages().is_empty()).then_some(())
@@ -397,7 +394,9 @@ async fn a_daily_limit_keeps_the_second_message_queued() {
     .await;
 
     let config = relay.config_path().display().to_string();
-    let list = process::smarthost_async(&["queue", "list", "-c", &config], relay.temp_dir()).await;
+    let list =
+        support::process::smarthost_async(&["queue", "list", "-c", &config], relay.temp_dir())
+            .await;
     assert_eq!(list.code, Some(0), "{list:?}");
     let lines: Vec<&str> = list.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{list:?}");

@@ -1,15 +1,15 @@
 //! SIGHUP reload: new upstreams, trusted networks and keys take effect without a
 //! restart; a bad new configuration is refused and the running one kept.
 
-#[path = "support/process.rs"]
-pub mod process;
+pub mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use process::{Daemon, maildir_messages, maildir_upstream, wait_until, write_config};
-use smarthost::config::{ConfigSource, load};
 use smarthost::ops::send::{SendRequest, send};
+use support::process::{Daemon, wait_until};
+use support::{HANG_GUARD, TestConfig, list_maildir};
 
 fn request(server: std::net::SocketAddr, subject: &str) -> SendRequest {
     SendRequest {
@@ -24,55 +24,51 @@ fn request(server: std::net::SocketAddr, subject: &str) -> SendRequest {
     }
 }
 
-fn config(dir: &std::path::Path, rest: &str) -> smarthost::config::Config {
-    let path = write_config(dir, rest);
-    load(&ConfigSource::File(path), &[]).unwrap()
+/// The test configuration rooted in `dir`, delivering into `maildir`, plus `extra`.
+fn config(dir: &Path, maildir: &Path, extra: &str) -> smarthost::config::Config {
+    TestConfig::new(dir).maildir(maildir).toml(extra).load()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_switches_upstreams_and_trust_and_refuses_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    let relay = smarthost::start(Arc::new(config(dir.path(), &maildir_upstream(&first))))
+    let relay = smarthost::start(Arc::new(config(dir.path(), &first, "")))
         .await
         .unwrap();
     let addr = relay.local_addrs()[0];
 
     send(&request(addr, "one")).await.unwrap();
     wait_until("message one in the first maildir", || {
-        (maildir_messages(&first).len() == 1).then_some(())
+        (list_maildir(&first).len() == 1).then_some(())
     });
 
-    let notes = relay
-        .reload(config(dir.path(), &maildir_upstream(&second)))
-        .await
-        .unwrap();
+    let notes = relay.reload(config(dir.path(), &second, "")).await.unwrap();
     assert!(notes.is_empty(), "{notes:?}");
     send(&request(addr, "two")).await.unwrap();
     wait_until("message two in the second maildir", || {
-        (maildir_messages(&second).len() == 1).then_some(())
+        (list_maildir(&second).len() == 1).then_some(())
     });
-    assert_eq!(maildir_messages(&first).len(), 1);
+    assert_eq!(list_maildir(&first).len(), 1);
 
     // A key that does not exist (and may not be generated) makes the reload fail as a whole.
     let bad = format!(
-        "{}\n[[dkim]]\ndomain = \"example.com\"\nkey_file = \"{}/missing.pem\"\n",
-        maildir_upstream(&first),
+        "[[dkim]]\ndomain = \"example.com\"\nkey_file = \"{}/missing.pem\"\n",
         dir.path().display()
     );
     let err = relay
-        .reload(config(dir.path(), &bad))
+        .reload(config(dir.path(), &first, &bad))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not exist"), "{err}");
     send(&request(addr, "three")).await.unwrap();
     wait_until("message three still in the second maildir", || {
-        (maildir_messages(&second).len() == 2).then_some(())
+        (list_maildir(&second).len() == 2).then_some(())
     });
 
     // Trusted networks apply to new connections.
-    let mut cfg = config(dir.path(), &maildir_upstream(&second));
+    let mut cfg = config(dir.path(), &second, "");
     cfg.server.trusted_networks = vec!["10.0.0.0/8".parse().unwrap()];
     relay.reload(cfg).await.unwrap();
     let err = send(&request(addr, "four")).await.unwrap_err().to_string();
@@ -87,7 +83,7 @@ async fn reload_switches_upstreams_and_trust_and_refuses_a_bad_config() {
 fn sighup_reloads_the_file_and_keeps_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    let path = write_config(dir.path(), &maildir_upstream(&first));
+    let path = TestConfig::new(dir.path()).maildir(&first).write();
     let daemon = Daemon::start(&path, dir.path());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,11 +92,13 @@ fn sighup_reloads_the_file_and_keeps_sessions() {
 
     // A session opened before the reload stays usable after it.
     let addr = daemon.addr();
-    let mut open = std::net::TcpStream::connect(addr).unwrap();
+    let mut open = std::net::TcpStream::connect_timeout(&addr, HANG_GUARD).unwrap();
+    open.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    open.set_write_timeout(Some(HANG_GUARD)).unwrap();
     let mut greeting = [0u8; 64];
     let _ = std::io::Read::read(&mut open, &mut greeting).unwrap();
 
-    write_config(dir.path(), &maildir_upstream(&second));
+    TestConfig::new(dir.path()).maildir(&second).write();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &daemon.pid().to_string()])
         .status()
@@ -110,9 +108,9 @@ fn sighup_reloads_the_file_and_keeps_sessions() {
 
     rt.block_on(send(&request(addr, "after reload"))).unwrap();
     wait_until("the message in the new maildir", || {
-        (maildir_messages(&second).len() == 1).then_some(())
+        (list_maildir(&second).len() == 1).then_some(())
     });
-    assert!(maildir_messages(&first).is_empty());
+    assert!(list_maildir(&first).is_empty());
 
     std::io::Write::write_all(&mut open, b"NOOP\r\n").unwrap();
     let mut reply = [0u8; 64];
@@ -134,7 +132,7 @@ fn sighup_reloads_the_file_and_keeps_sessions() {
     rt.block_on(send(&request(addr, "after a bad reload")))
         .unwrap();
     wait_until("the message in the new maildir", || {
-        (maildir_messages(&second).len() == 2).then_some(())
+        (list_maildir(&second).len() == 2).then_some(())
     });
     daemon.kill();
 }

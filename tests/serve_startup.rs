@@ -1,15 +1,15 @@
 //! What `smarthost serve` says when it starts: the log is never silenced by an empty
 //! `SMARTHOST_LOG`, and a relay started with its open-relay guard off says so every time.
 
-#[path = "support/process.rs"]
-pub mod process;
+pub mod support;
 
-use process::{Smarthost, maildir_upstream, write_config};
+use support::TestConfig;
+use support::process::Smarthost;
 
 #[test]
 fn an_empty_smarthost_log_falls_back_to_info() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &maildir_upstream(&dir.path().join("outbox")));
+    let path = TestConfig::new(dir.path()).write();
     // `Smarthost::start` itself waits for the info line "smarthost accepting mail".
     let daemon = Smarthost::serve(&path, dir.path())
         .envs(&[("SMARTHOST_LOG", "")])
@@ -21,7 +21,7 @@ fn an_empty_smarthost_log_falls_back_to_info() {
 #[test]
 fn an_invalid_smarthost_log_is_named_and_info_is_used() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &maildir_upstream(&dir.path().join("outbox")));
+    let path = TestConfig::new(dir.path()).write();
     let daemon = Smarthost::serve(&path, dir.path())
         .envs(&[("SMARTHOST_LOG", "verbose=on=2")])
         .start();
@@ -35,7 +35,7 @@ fn an_invalid_smarthost_log_is_named_and_info_is_used() {
 #[test]
 fn allow_open_relay_warns_at_every_start() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &maildir_upstream(&dir.path().join("outbox")));
+    let path = TestConfig::new(dir.path()).write();
     let env = [
         ("SMARTHOST__SERVER__TRUSTED_NETWORKS", "0.0.0.0/0"),
         ("SMARTHOST__SERVER__ALLOW_OPEN_RELAY", "true"),

@@ -3,11 +3,10 @@
 //! files are cut or quarantined (with a log line) and the undamaged messages still go
 //! out; a second relay cannot open a spool that one already holds.
 //!
-//! Every relay is a `smarthost serve` child ([`process::Daemon`]) delivering into a
+//! Every relay is a `smarthost serve` child ([`support::process::Daemon`]) delivering into a
 //! Maildir in a temp directory; it is killed when the test ends, whatever happens.
 
-#[path = "support/process.rs"]
-pub mod process;
+pub mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,14 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use process::{
-    CHILD_GUARD, Daemon, header, maildir_messages, maildir_upstream, smarthost, write_config,
-};
 use smarthost::message::{Envelope, Message, QueueId};
 use smarthost::ops::send::{SendRequest, send};
 use smarthost::proto::{Address, ReversePath};
 use smarthost::spool::Spool;
 use smarthost::spool::codec::{self, Record};
+use support::process::{Daemon, smarthost};
+use support::{CHILD_GUARD, TestConfig, header, list_maildir};
 
 /// Messages in the load, and how many of them must have been acknowledged before the
 /// relay is killed.
@@ -46,8 +44,8 @@ fn request(addr: std::net::SocketAddr, subject: String) -> SendRequest {
 /// How often each Subject occurs in the Maildir.
 fn subjects(maildir: &Path) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for message in maildir_messages(maildir) {
-        if let Some(subject) = header(&message, "Subject") {
+    for message in list_maildir(maildir) {
+        if let Some(subject) = header(&message.text(), "Subject") {
             *seen.entry(subject).or_insert(0) += 1;
         }
     }
@@ -58,7 +56,7 @@ fn subjects(maildir: &Path) -> HashMap<String, usize> {
 fn every_acknowledged_message_is_delivered_after_sigkill_mid_load() {
     let tmp = tempfile::tempdir().unwrap();
     let outbox = tmp.path().join("outbox");
-    let config = write_config(tmp.path(), &maildir_upstream(&outbox));
+    let config = TestConfig::new(tmp.path()).maildir(&outbox).write();
     let first = Daemon::start(&config, tmp.path());
     let addr = first.addr();
 
@@ -199,7 +197,7 @@ fn record_starts(bytes: &[u8]) -> Vec<usize> {
 /// the queue is empty. Returns the relay's log and the Subjects delivered.
 fn recover_and_deliver(dir: &Path, delivered: &[&str]) -> (String, HashMap<String, usize>) {
     let outbox = dir.join("outbox");
-    let config = write_config(dir, &maildir_upstream(&outbox));
+    let config = TestConfig::new(dir).maildir(&outbox).write();
     let relay = Daemon::start(&config, dir);
     relay.wait_until("the undamaged messages delivered", || {
         let seen = subjects(&outbox);
@@ -297,7 +295,7 @@ fn a_corrupt_length_field_does_not_cut_off_the_records_after_it() {
 fn a_second_relay_on_the_same_spool_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
     let outbox = tmp.path().join("outbox");
-    let config = write_config(tmp.path(), &maildir_upstream(&outbox));
+    let config = TestConfig::new(tmp.path()).maildir(&outbox).write();
     let file = config.display().to_string();
     let first = Daemon::start(&config, tmp.path());
 

@@ -1,5 +1,5 @@
-//! A scripted in-process SMTP server standing in for an upstream provider, plus the
-//! helpers the upstream tests share (a test CA in [`pki`], configuration files).
+//! A scripted in-process SMTP server standing in for an upstream provider, plus a test
+//! CA in [`pki`].
 //!
 //! The server listens on `127.0.0.1:0` and speaks plaintext, implicit TLS, or plaintext
 //! offering STARTTLS (real rustls). What it offers and answers is scripted with
@@ -7,12 +7,9 @@
 //! with whether it arrived under TLS and in which read (pipelining shows as several
 //! lines from one read), and the messages it accepted.
 
-#![allow(dead_code)]
-
 pub mod pki;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-
-use smarthost::config::{Config, ConfigSource};
 
 /// How the fake speaks TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,6 +382,11 @@ impl FakeUpstream {
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The upstream URL for a plaintext fake: `smtp://127.0.0.1:PORT?tls=none`.
+    pub fn plain_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}?tls=none", self.port())
     }
 
     /// While unhealthy, every new connection is greeted with `421` and closed.
@@ -938,18 +938,4 @@ async fn auth(conn: &mut Conn, session: &mut Session, line: &str) -> Option<Stri
         shared.auth_failures.fetch_add(1, Ordering::SeqCst);
         Some("535 5.7.8 Authentication credentials invalid".into())
     }
-}
-
-/// A configuration loaded the way `smarthost` loads it, from a TOML file.
-pub fn load_config(toml: &str) -> Config {
-    let mut file = tempfile::NamedTempFile::new().expect("config file");
-    file.write_all(toml.as_bytes()).expect("write config");
-    smarthost::config::load(&ConfigSource::File(file.path().to_owned()), &[])
-        .unwrap_or_else(|e| panic!("config does not load: {e}\n{toml}"))
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
 }

@@ -28,7 +28,7 @@ pub struct ServerCert {
 
 impl TestCa {
     /// A new CA; its certificate is in [`TestCa::ca_file`].
-    pub fn new() -> TestCa {
+    pub fn generate() -> TestCa {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params

@@ -13,7 +13,7 @@
 //! ```ignore
 //! mod fake_upstream;
 //! mod oauth_idp;
-//! let ca = TestCa::new();
+//! let ca = TestCa::generate();
 //! let idp = IdentityProvider::start(&ca).await;
 //! idp.add_client("relay", "s3cret");
 //! let upstream = FakeUpstream::builder(Mode::Implicit)
@@ -27,8 +27,6 @@
 //!
 //! HTTP is deliberately small: one request per connection (`Connection: close`), headers
 //! up to CRLFCRLF, then `Content-Length` bytes of form body; no chunked bodies (`411`).
-
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,7 +88,6 @@ impl Drop for IdentityProvider {
 }
 
 struct AccessToken {
-    client_id: String,
     expires: Instant,
     revoked: bool,
 }
@@ -685,13 +682,12 @@ fn check_client(
     }
 }
 
-fn issue_access_token(state: &mut State, client_id: &str) -> (String, u64) {
+fn issue_access_token(state: &mut State) -> (String, u64) {
     let token = state.new_token("at.");
     let lifetime = state.lifetime;
     state.access_tokens.insert(
         token.clone(),
         AccessToken {
-            client_id: client_id.to_owned(),
             expires: Instant::now() + lifetime,
             revoked: false,
         },
@@ -710,11 +706,10 @@ fn token(
     match param(params, "grant_type") {
         None => missing("grant_type"),
         Some("client_credentials") => {
-            let client_id = match check_client(state, client_id, client_secret, true) {
-                Ok(id) => id,
-                Err(response) => return response,
-            };
-            let (access_token, expires_in) = issue_access_token(state, &client_id);
+            if let Err(response) = check_client(state, client_id, client_secret, true) {
+                return response;
+            }
+            let (access_token, expires_in) = issue_access_token(state);
             Response::json(
                 200,
                 json!({
@@ -749,7 +744,7 @@ fn token(
             } else {
                 refresh_token.to_owned()
             };
-            let (access_token, expires_in) = issue_access_token(state, &client_id);
+            let (access_token, expires_in) = issue_access_token(state);
             Response::json(
                 200,
                 json!({
@@ -882,7 +877,7 @@ fn device_poll(
     state
         .refresh_tokens
         .insert(refresh_token.clone(), client_id.clone());
-    let (access_token, expires_in) = issue_access_token(state, &client_id);
+    let (access_token, expires_in) = issue_access_token(state);
     Response::json(
         200,
         json!({

@@ -17,11 +17,6 @@
 //!
 //! Every wait is bounded by [`CHILD_GUARD`]; hitting it fails the test with what was
 //! awaited and the child's output. The bound only protects against hangs.
-//!
-//! Test files include this module on its own, so that a test which only runs the binary
-//! does not compile the in-process harness:
-//! `#[path = "support/process.rs"] pub mod process;` (`pub` at the crate root keeps the
-//! helpers a file does not use from counting as dead code).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -31,12 +26,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Upper bound for one run of the binary and for any wait on a child (its log, its exit,
-/// a condition polled with [`wait_until`]); only a guard against hangs.
-pub const CHILD_GUARD: Duration = Duration::from_secs(30);
+use super::CHILD_GUARD;
 
 /// The log line `smarthost serve` writes once it accepts mail.
-pub const STARTED: &str = "smarthost accepting mail";
+const STARTED: &str = "smarthost accepting mail";
 
 /// The output of a finished child.
 pub struct Run {
@@ -410,68 +403,6 @@ fn listen_addr(line: &str) -> Option<SocketAddr> {
     let rest = &rest[rest.find('[')? + 1..];
     let list = &rest[..rest.find(']')?];
     list.split(", ").next()?.parse().ok()
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// Write `relay.toml` into `dir`: listening on 127.0.0.1:0, spool in `dir/spool`, then
-/// `rest` (whole TOML sections, at least one `[[upstream]]`).
-pub fn write_config(dir: &Path, rest: &str) -> PathBuf {
-    let path = dir.join("relay.toml");
-    let text = format!(
-        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"2s\"\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\n[spool]\ndir = \"{}\"\nmax_disk_usage = 100\n\n{rest}",
-        dir.join("spool").display()
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// A `maildir:` upstream table delivering into `dir`.
-pub fn maildir_upstream(dir: &Path) -> String {
-    format!(
-        "[[upstream]]\nname = \"outbox\"\nurl = \"maildir:{}\"\n",
-        dir.display()
-    )
-}
-
-/// The content of every file in `<maildir>/new/`.
-pub fn maildir_messages(maildir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(maildir.join("new")) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = entries.map(|e| e.expect("read new/").path()).collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|p| String::from_utf8_lossy(&std::fs::read(p).expect("read message")).into_owned())
-        .collect()
-}
-
-/// The value of the first `name:` header in `message`, continuation lines appended
-/// (folding whitespace kept).
-pub fn header(message: &str, name: &str) -> Option<String> {
-    let head = message.split("\r\n\r\n").next()?;
-    let mut found: Option<String> = None;
-    for line in head.split("\r\n") {
-        if let Some(value) = found.as_mut() {
-            if line.starts_with([' ', '\t']) {
-                value.push_str(line);
-                continue;
-            }
-            break;
-        }
-        if let Some((n, v)) = line.split_once(':')
-            && n.eq_ignore_ascii_case(name)
-        {
-            found = Some(v.trim().to_owned());
-        }
-    }
-    found
 }
 
 /// Poll `check` every 20 ms until it returns `Some`, for at most [`CHILD_GUARD`];
