@@ -3,12 +3,12 @@
 //! (which upstream, what failed, the fix) is in the relay's log under the message's
 //! queue id. An upstream's own reply is still relayed (tests/deliver_upstream.rs).
 
-#[path = "support/process.rs"]
-pub mod process;
+pub mod support;
 
 use std::time::Duration;
 
-use process::{Daemon, free_port, write_config};
+use support::TestConfig;
+use support::process::{Daemon, free_port};
 use smarthost::deliver::client::ClientError;
 use smarthost::ops::send::{SendError, SendRequest, send};
 
@@ -16,12 +16,11 @@ use smarthost::ops::send::{SendError, SendRequest, send};
 fn an_unreachable_upstream_is_a_generic_451_and_the_diagnosis_is_logged() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dead = free_port();
-    let config = write_config(
-        dir.path(),
-        &format!(
+    let config = TestConfig::new(dir.path())
+        .toml(&format!(
             "[delivery]\nmode = \"passthrough\"\n\n[[upstream]]\nname = \"dead\"\nurl = \"smtp://127.0.0.1:{dead}?tls=none\"\n"
-        ),
-    );
+        ))
+        .write();
     let relay = Daemon::start(&config, dir.path());
     let request = SendRequest {
         server: relay.addr().to_string(),
