@@ -7,10 +7,11 @@ pub mod support;
 
 use std::time::Duration;
 
-use support::TestConfig;
-use support::process::{Daemon, free_port};
 use smarthost::deliver::client::ClientError;
 use smarthost::ops::send::{SendError, SendRequest, send};
+use support::TestConfig;
+use support::free_port;
+use support::process::Daemon;
 
 #[test]
 fn an_unreachable_upstream_is_a_generic_451_and_the_diagnosis_is_logged() {
