@@ -5,6 +5,7 @@
 #   bench/smarthost.sh                 # every row, 20000 messages x 3 runs each
 #   bench/smarthost.sh -n 5000 -r 1    # a quick pass
 #   bench/smarthost.sh -R full         # one row (see ROWS below)
+#   bench/smarthost.sh -b PATH         # this smarthost binary instead of a fresh release build
 #
 # It installs what it needs (bench/setup.sh: postfix, opendkim, stunnel4, ...), builds
 # smarthost in release mode, and for each row runs bench/relay-vs-postfix.sh, which
@@ -28,18 +29,21 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 export BENCH_RUN="${BENCH_RUN:-$HERE/run}"
 
-N=20000 RUNS=3 WARMUP=1000 ONLY=""
-while getopts 'n:r:w:R:h' opt; do
+N=20000 RUNS=3 WARMUP=1000 ONLY="" BIN=""
+while getopts 'n:r:w:R:b:h' opt; do
   case $opt in
-    n) N=$OPTARG ;; r) RUNS=$OPTARG ;; w) WARMUP=$OPTARG ;; R) ONLY=$OPTARG ;;
+    n) N=$OPTARG ;; r) RUNS=$OPTARG ;; w) WARMUP=$OPTARG ;; R) ONLY=$OPTARG ;; b) BIN=$OPTARG ;;
     h) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) exit 2 ;;
   esac
 done
 
 "$HERE/setup.sh"
-(cd "$ROOT" && cargo build --release --locked)
-BIN="$ROOT/target/release/smarthost"
+if [[ -z $BIN ]]; then
+  (cd "$ROOT" && cargo build --release --locked)
+  BIN="$ROOT/target/release/smarthost"
+fi
+BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
 # The relay under test, configured by environment variables only (as in Docker).
 # The DKIM key is copied with mode 0600: smarthost refuses keys others can read.
@@ -50,7 +54,7 @@ relay_cmd() {
   cmd+=' SMARTHOST__SERVER__MAX_CONNECTIONS_PER_CLIENT=4096 SMARTHOST__SPOOL__DIR={RELAY_WORKDIR}/spool'
   cmd+=" SMARTHOST__DELIVERY__MODE=$mode"
   cmd+=' SMARTHOST__UPSTREAM__0__URL="smtp://{UPSTREAM_HOST}:{UPSTREAM_PORT}?tls={UPSTREAM_TLS}"'
-  cmd+=' SMARTHOST__UPSTREAM__0__CA_FILE={UPSTREAM_CA_FILE} SMARTHOST__UPSTREAM__0__MAX_CONNECTIONS=16'
+  cmd+=' SMARTHOST__UPSTREAM__0__CA_FILE={UPSTREAM_CA_FILE}'
   if [[ $sender == 1 ]]; then cmd+=' SMARTHOST__UPSTREAM__0__SENDER={REWRITE_FROM}'; fi
   if [[ $dkim == 1 ]]; then
     if [[ $algorithm == rsa-sha256 ]]; then

@@ -13,6 +13,8 @@ pub mod name {
     pub const DEFERRED: &str = "smarthost_messages_deferred_total";
     /// Bounces generated.
     pub const BOUNCED: &str = "smarthost_messages_bounced_total";
+    /// Messages whose `250` was held back because delivery was behind acceptance.
+    pub const ACCEPT_PACED: &str = "smarthost_accept_paced_total";
     /// Messages in the spool.
     pub const QUEUE: &str = "smarthost_queue_messages";
     /// Age of the oldest queued message.
@@ -42,6 +44,10 @@ pub fn describe() {
     describe_counter!(name::DELIVERED, "Recipients delivered, by upstream");
     describe_counter!(name::DEFERRED, "Recipients deferred, by upstream");
     describe_counter!(name::BOUNCED, "Bounces (RFC 3464) generated");
+    describe_counter!(
+        name::ACCEPT_PACED,
+        "Messages whose 250 was held back (at most 1 s) because delivery was behind acceptance"
+    );
     describe_gauge!(name::QUEUE, "Messages in the spool");
     describe_gauge!(
         name::QUEUE_OLDEST,

@@ -20,6 +20,8 @@ use super::{
 
 pub(super) struct Job {
     pub(super) bytes: Vec<u8>,
+    /// Whether the job is acknowledged only once its record is on stable storage.
+    pub(super) sync: bool,
     pub(super) op: IndexOp,
     pub(super) done: oneshot::Sender<std::io::Result<()>>,
 }
@@ -126,51 +128,25 @@ impl Committer {
                 starts.push(self.size + buf.len() as u64);
                 buf.extend_from_slice(&job.bytes);
             }
-            let result = self
-                .file
-                .write_all(&buf)
-                .and_then(|()| self.file.sync_data());
+            // Jobs that need no fsync are acknowledged once written; the others once
+            // `fdatasync` returns, and a batch of the first kind only needs none.
+            let (lazy, durable): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .zip(starts)
+                .partition(|(job, _)| !job.sync);
+            let mut result = self.file.write_all(&buf);
+            let written = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            self.acknowledge(lazy, written);
+            if result.is_ok() && !durable.is_empty() {
+                result = self.file.sync_data();
+            }
             match result {
                 Ok(()) => {
                     self.size += buf.len() as u64;
-                    let mut index = self.index.lock().expect("spool index");
-                    for (job, start) in batch.iter().zip(&starts) {
-                        match &job.op {
-                            IndexOp::Insert {
-                                id,
-                                envelope,
-                                received_at,
-                                state,
-                                content_at,
-                                len,
-                            } => {
-                                let location = Location {
-                                    segment: self.seq,
-                                    offset: start + *content_at as u64,
-                                    len: *len,
-                                };
-                                index.insert(
-                                    *id,
-                                    Entry {
-                                        envelope: envelope.clone(),
-                                        received_at: *received_at,
-                                        state: state.clone(),
-                                        location,
-                                    },
-                                );
-                            }
-                            IndexOp::Update { id, state } => {
-                                if let Some(entry) = index.messages.get_mut(id) {
-                                    entry.state = state.clone();
-                                }
-                            }
-                            IndexOp::Remove { id } => index.remove(*id),
-                        }
-                    }
-                    drop(index);
-                    for job in batch {
-                        let _ = job.done.send(Ok(()));
-                    }
+                    self.acknowledge(durable, Ok(()));
                 }
                 Err(e) => {
                     // Cut what may have been written of this batch, so the segment ends
@@ -178,17 +154,67 @@ impl Committer {
                     // does a fresh segment start (recovery would cut the torn tail).
                     // Rotating on every failure would leave an empty segment per batch
                     // while the disk stays full.
-                    error!(error = %e, segment = self.seq, "spool write failed; nothing of this batch was acknowledged");
+                    error!(error = %e, segment = self.seq, "spool write failed; no record of this batch that waits for fsync was acknowledged");
                     if self.file.set_len(self.size).is_err() {
                         needs_rotation = true;
                     }
-                    for job in batch {
-                        let _ = job
-                            .done
-                            .send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                    }
+                    self.acknowledge(durable, Err(e));
                 }
             }
+        }
+    }
+
+    /// Apply the index changes of `jobs` if `result` is `Ok`, then answer each job.
+    /// `jobs` carry where their record starts in the current segment.
+    fn acknowledge(&self, jobs: Vec<(Job, u64)>, result: std::io::Result<()>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = result {
+            for (job, _) in jobs {
+                let _ = job
+                    .done
+                    .send(Err(std::io::Error::new(e.kind(), e.to_string())));
+            }
+            return;
+        }
+        let mut index = self.index.lock().expect("spool index");
+        for (job, start) in &jobs {
+            match &job.op {
+                IndexOp::Insert {
+                    id,
+                    envelope,
+                    received_at,
+                    state,
+                    content_at,
+                    len,
+                } => {
+                    let location = Location {
+                        segment: self.seq,
+                        offset: start + *content_at as u64,
+                        len: *len,
+                    };
+                    index.insert(
+                        *id,
+                        Entry {
+                            envelope: envelope.clone(),
+                            received_at: *received_at,
+                            state: state.clone(),
+                            location,
+                        },
+                    );
+                }
+                IndexOp::Update { id, state } => {
+                    if let Some(entry) = index.messages.get_mut(id) {
+                        entry.state = state.clone();
+                    }
+                }
+                IndexOp::Remove { id } => index.remove(*id),
+            }
+        }
+        drop(index);
+        for (job, _) in jobs {
+            let _ = job.done.send(Ok(()));
         }
     }
 }

@@ -262,13 +262,20 @@ impl Spool {
             .cloned()
     }
 
-    async fn append(&self, bytes: Vec<u8>, op: IndexOp) -> Result<(), SpoolError> {
+    /// Append one record; with `sync`, return only once it is on stable storage, else
+    /// once it is written (it becomes durable with the next commit).
+    async fn append(&self, bytes: Vec<u8>, op: IndexOp, sync: bool) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
         {
             let jobs = self.jobs.lock().expect("spool jobs");
             let tx = jobs.as_ref().ok_or(SpoolError::Stopped)?;
-            tx.send(Job { bytes, op, done })
-                .map_err(|_| SpoolError::Stopped)?;
+            tx.send(Job {
+                bytes,
+                sync,
+                op,
+                done,
+            })
+            .map_err(|_| SpoolError::Stopped)?;
         }
         match wait.await {
             Ok(Ok(())) => Ok(()),
@@ -310,7 +317,7 @@ impl Spool {
             content_at,
             len: message.content.len() as u32,
         };
-        self.append(bytes, op).await
+        self.append(bytes, op, true).await
     }
 
     /// Record a new delivery state durably.
@@ -321,14 +328,34 @@ impl Spool {
                 state: state.clone(),
             }),
             IndexOp::Update { id, state },
+            true,
         )
         .await
     }
 
-    /// Finish a message (delivered, bounced, or deleted by the operator).
+    /// Remove a message for good (deleted by the operator): returns once the removal
+    /// is on stable storage.
     pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
-        self.append(encoded(&Record::Remove { id }), IndexOp::Remove { id })
-            .await
+        self.append(
+            encoded(&Record::Remove { id }),
+            IndexOp::Remove { id },
+            true,
+        )
+        .await
+    }
+
+    /// Remove a message whose every recipient is settled (delivered, or failed with its
+    /// bounce queued). Returns once the record is written, without waiting for its
+    /// `fdatasync`: it becomes durable with the next commit. A crash before that
+    /// delivers the message once more, which at-least-once delivery allows; in return a
+    /// delivery never waits for the disk.
+    pub async fn finish(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.append(
+            encoded(&Record::Remove { id }),
+            IndexOp::Remove { id },
+            false,
+        )
+        .await
     }
 
     /// The whole message: envelope and content read back from its segment. Blocking:

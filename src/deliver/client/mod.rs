@@ -141,6 +141,8 @@ pub struct SmtpClient<S> {
     final_reply_timeout: Duration,
     /// Whether the last [`SmtpClient::transaction`] got as far as sending `DATA`.
     reached_data: bool,
+    /// Whether the next [`SmtpClient::transaction`] starts with `RSET`.
+    reset_first: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
@@ -153,7 +155,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             timeout,
             final_reply_timeout: FINAL_REPLY_TIMEOUT,
             reached_data: false,
+            reset_first: false,
         }
+    }
+
+    /// Start the next [`SmtpClient::transaction`] with `RSET` (a pooled connection
+    /// between messages). With PIPELINING it goes out in the transaction's command
+    /// group, so it costs no round trip of its own.
+    pub fn reset_before_next(&mut self) {
+        self.reset_first = true;
     }
 
     /// Whether the last [`SmtpClient::transaction`] sent `DATA`. When it ended in an
@@ -303,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 
     /// The mail transaction: `MAIL FROM` (with `params`), one `RCPT TO` per recipient,
     /// and — if any recipient was accepted — `DATA` with the content. With `pipelining`
-    /// the MAIL and RCPT commands go out in one write (RFC 2920).
+    /// the MAIL, RCPT and DATA commands go out in one write (RFC 2920).
     ///
     /// Returns the reply per recipient, in order. A refused `MAIL FROM` or final reply
     /// counts for every recipient that was still in the running.
@@ -320,27 +330,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             .iter()
             .map(|r| format!("RCPT TO:<{r}>"))
             .collect();
-        let (mail_reply, rcpt_replies) = if pipelining {
-            let mut batch = format!("{mail}\r\n");
-            for line in &rcpt_lines {
-                batch.push_str(line);
-                batch.push_str("\r\n");
-            }
-            self.write(batch.as_bytes()).await?;
-            let mail_reply = self.read_response().await?;
-            let mut replies = Vec::with_capacity(rcpt_lines.len());
-            if mail_reply.code != 421 {
-                for _ in &rcpt_lines {
-                    let reply = self.read_response().await?;
-                    let closing = reply.code == 421;
-                    replies.push(reply);
-                    if closing {
-                        break;
-                    }
+        let reset_first = std::mem::take(&mut self.reset_first);
+        let (mail_reply, rcpt_replies, data_reply) = if pipelining {
+            self.pipelined_envelope(reset_first, &mail, &rcpt_lines)
+                .await?
+        } else {
+            if reset_first {
+                let reply = self.command("RSET").await?;
+                if reply.code == 421 {
+                    return Ok(recipients
+                        .iter()
+                        .map(|_| RcptReply::Refused(reply.clone()))
+                        .collect());
                 }
             }
-            (mail_reply, replies)
-        } else {
             let mail_reply = self.command(&mail).await?;
             let mut replies = Vec::new();
             if mail_reply.is_positive() {
@@ -353,7 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
                     }
                 }
             }
-            (mail_reply, replies)
+            (mail_reply, replies, None)
         };
         // 421: the server is closing the channel (RFC 5321 §3.8) and answers nothing
         // more; its reply, not a closed connection, is the outcome for everyone.
@@ -368,6 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
                 .collect());
         }
         if !mail_reply.is_positive() {
+            self.end_unwanted_data(data_reply.as_ref()).await?;
             self.reset().await;
             return Ok(recipients
                 .iter()
@@ -385,11 +389,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             })
             .collect();
         if !results.iter().any(|r| matches!(r, RcptReply::Accepted(_))) {
+            self.end_unwanted_data(data_reply.as_ref()).await?;
             self.reset().await;
             return Ok(results);
         }
         self.reached_data = true;
-        let go = self.command("DATA").await?;
+        let go = match data_reply {
+            Some(reply) => reply,
+            None => self.command("DATA").await?,
+        };
         let final_reply = if go.code == 354 {
             let mut wire = Vec::with_capacity(content.len() + content.len() / 50 + 8);
             encode_data(content, &mut wire);
@@ -417,6 +425,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             }
         }
         Ok(results)
+    }
+
+    /// With PIPELINING (RFC 2920), `RSET` (if `reset_first`), `MAIL FROM`, every
+    /// `RCPT TO` and `DATA` go out in one write, so a message costs two round trips (this
+    /// group, then the content) instead of one per command. Every reply is read; after a
+    /// `421` the server answers nothing more, so reading stops there (and `DATA`'s reply
+    /// is `None`; a `421` to `RSET` stands for the `MAIL` reply).
+    async fn pipelined_envelope(
+        &mut self,
+        reset_first: bool,
+        mail: &str,
+        rcpt_lines: &[String],
+    ) -> Result<(Response, Vec<Response>, Option<Response>), ClientError> {
+        let mut group = String::new();
+        if reset_first {
+            group.push_str("RSET\r\n");
+        }
+        group.push_str(mail);
+        group.push_str("\r\n");
+        for line in rcpt_lines {
+            group.push_str(line);
+            group.push_str("\r\n");
+        }
+        group.push_str("DATA\r\n");
+        self.write(group.as_bytes()).await?;
+        if reset_first {
+            // Any other answer to RSET leaves the server ready for MAIL all the same.
+            let reply = self.read_response().await?;
+            if reply.code == 421 {
+                return Ok((reply, Vec::new(), None));
+            }
+        }
+        let mail_reply = self.read_response().await?;
+        let mut replies = Vec::with_capacity(rcpt_lines.len());
+        if mail_reply.code == 421 {
+            return Ok((mail_reply, replies, None));
+        }
+        for _ in rcpt_lines {
+            let reply = self.read_response().await?;
+            let closing = reply.code == 421;
+            replies.push(reply);
+            if closing {
+                return Ok((mail_reply, replies, None));
+            }
+        }
+        let data_reply = self.read_response().await?;
+        Ok((mail_reply, replies, Some(data_reply)))
+    }
+
+    /// A pipelined `DATA` the server accepted although no recipient was: end that
+    /// message at once with an empty body (RFC 2920 §3.1), whatever the server says.
+    async fn end_unwanted_data(
+        &mut self,
+        data_reply: Option<&Response>,
+    ) -> Result<(), ClientError> {
+        if data_reply.is_some_and(|r| r.code == 354) {
+            self.write(b".\r\n").await?;
+            self.read_response_within(self.final_reply_timeout).await?;
+        }
+        Ok(())
     }
 
     /// `RSET`; true if the server is ready for the next transaction.

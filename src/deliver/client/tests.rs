@@ -67,13 +67,78 @@ async fn pipelined_transaction_with_a_refused_recipient() {
 
 #[tokio::test]
 async fn refused_sender_fails_every_recipient_and_resets() {
-    let (mut client, mut server) = scripted(b"451 4.3.0 busy\r\n503 no\r\n250 reset\r\n").await;
+    // MAIL, RCPT and DATA went out together: each gets its reply, then RSET.
+    let (mut client, mut server) =
+        scripted(b"451 4.3.0 busy\r\n503 no\r\n503 no\r\n250 reset\r\n").await;
     let result = client
         .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
         .await
         .unwrap();
     assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 451));
     assert!(written(&mut server).await.ends_with("RSET\r\n"));
+}
+
+#[tokio::test]
+async fn a_pipelined_data_accepted_without_recipients_is_ended_empty() {
+    // RFC 2920 §3.1: a server may answer 354 although every RCPT failed; the client
+    // ends that message at once with a lone dot, and sends none of the content.
+    let replies =
+        b"250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n554 no recipients\r\n250 reset\r\n";
+    let (mut client, mut server) = scripted(replies).await;
+    let result = client
+        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"secret body\r\n", true)
+        .await
+        .unwrap();
+    assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 550));
+    assert!(!client.reached_data());
+    let sent = written(&mut server).await;
+    assert_eq!(
+        sent,
+        "MAIL FROM:<s@x.y>\r\nRCPT TO:<a@x.y>\r\nDATA\r\n.\r\nRSET\r\n"
+    );
+}
+
+#[tokio::test]
+async fn the_rset_between_messages_goes_out_with_the_next_command_group() {
+    let replies = b"250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n";
+    let (mut client, mut server) = scripted(replies).await;
+    client.reset_before_next();
+    let result = client
+        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .await
+        .unwrap();
+    assert!(matches!(&result[0], RcptReply::Accepted(r) if r.text() == "2.0.0 queued"));
+    assert_eq!(
+        written(&mut server).await,
+        "RSET\r\nMAIL FROM:<s@x.y>\r\nRCPT TO:<a@x.y>\r\nDATA\r\nx\r\n.\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_421_to_the_rset_of_a_pooled_connection_ends_the_transaction() {
+    let (mut client, _server) = scripted(b"421 4.4.2 idle too long\r\n").await;
+    client.reset_before_next();
+    let result = client
+        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .await
+        .unwrap();
+    assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 421));
+    assert!(!client.reached_data());
+}
+
+#[tokio::test]
+async fn without_pipelining_each_command_waits_for_its_reply() {
+    let replies = b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n";
+    let (mut client, mut server) = scripted(replies).await;
+    let result = client
+        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", false)
+        .await
+        .unwrap();
+    assert!(matches!(&result[0], RcptReply::Accepted(r) if r.code == 250));
+    assert_eq!(
+        written(&mut server).await,
+        "MAIL FROM:<s@x.y>\r\nRCPT TO:<a@x.y>\r\nDATA\r\nx\r\n.\r\n"
+    );
 }
 
 #[tokio::test]

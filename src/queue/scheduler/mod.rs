@@ -25,6 +25,7 @@
 mod attempt;
 mod maintain;
 mod outcomes;
+mod pacing;
 mod retry;
 
 use std::cmp::Reverse;
@@ -65,16 +66,22 @@ pub struct Settings {
     pub max_disk_usage: u8,
 }
 
+/// Delivery workers per upstream connection (see [`Settings::from_config`]).
+const WORKERS_PER_CONNECTION: usize = 2;
+
 impl Settings {
-    /// From the configuration: one worker per upstream connection allowed.
+    /// From the configuration: two workers per upstream connection allowed, so that
+    /// while one worker holds a connection for its transaction the other prepares (signs)
+    /// the next message, and no connection waits for a signature.
     pub fn from_config(config: &Config) -> Settings {
         let connections: usize = config.upstream.iter().map(|u| u.max_connections).sum();
+        let workers = connections.saturating_mul(WORKERS_PER_CONNECTION);
         Settings {
             hostname: config.server.hostname.clone(),
             retry_base: config.delivery.retry_base,
             retry_max: config.delivery.retry_max,
             lifetime: config.delivery.max_queue_lifetime,
-            workers: connections.clamp(1, 256),
+            workers: workers.clamp(1, 512),
             memory_limit: config.spool.memory_limit,
             max_disk_usage: config.spool.max_disk_usage,
         }
@@ -115,6 +122,10 @@ struct Inner {
     /// Set while [`Inner::unrecorded`] holds outcomes: no delivery starts meanwhile.
     spool_failing: AtomicBool,
     unrecorded: Mutex<Unrecorded>,
+    /// Notified each time a worker takes a ready message (see [`pacing`]).
+    taken: Notify,
+    /// Ready messages above which new mail is paced.
+    pace_above: usize,
 }
 
 /// The queue-mode delivery engine.
@@ -141,6 +152,8 @@ impl Scheduler {
             recoveries: AtomicU64::new(0),
             spool_failing: AtomicBool::new(false),
             unrecorded: Mutex::new(Unrecorded::default()),
+            taken: Notify::new(),
+            pace_above: pacing::pace_above(workers),
         });
         let scheduler = Scheduler { inner };
         for (id, entry) in scheduler.inner.spool.entries() {
@@ -288,6 +301,8 @@ impl Scheduler {
     fn next(&self) -> Result<Ready, Option<Duration>> {
         let mut queue = self.inner.queue.lock().expect("queue lock");
         if let Some(ready) = queue.ready.pop_front() {
+            drop(queue);
+            self.inner.taken.notify_one();
             return Ok(ready);
         }
         let now = SystemTime::now();
@@ -410,6 +425,7 @@ impl Handoff for Scheduler {
             })?;
             let id = message.id;
             self.enqueue(id, Some(Arc::new(message)));
+            self.pace().await;
             Ok(())
         })
     }

@@ -38,7 +38,7 @@ impl Scheduler {
     /// Write `outcome` to the spool; a deferred message is scheduled once it is written.
     pub(super) async fn record(&self, id: QueueId, outcome: &Outcome) -> Result<(), SpoolError> {
         match outcome {
-            Outcome::Finished => self.inner.spool.remove(id).await,
+            Outcome::Finished => self.inner.spool.finish(id).await,
             Outcome::Deferred { state, next } => {
                 self.inner.spool.update(id, state.clone()).await?;
                 self.schedule(id, *next);
