@@ -149,7 +149,7 @@ probes = [line.split("\t") for line in open(sys.argv[1]) if line.strip()]
 delivered = {}
 for line in open(sys.argv[2], errors="replace"):
     if "delivered" in line:
-        m = re.search(r"queue_id=([0-9a-f]{16})", line)
+        m = re.search(r"queue_id=([0-9A-Fa-f]{16})", line)
         if m and m.group(1) not in delivered:
             ts = line.split()[0]
             delivered[m.group(1)] = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()

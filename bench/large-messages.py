@@ -241,10 +241,13 @@ async def main():
         stop.set()
         await sampler
         relay.terminate()
-        try:
-            relay.wait(20)
-        except subprocess.TimeoutExpired:
+        for _ in range(400):  # let the sink see the relay's connections close
+            if relay.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        if relay.poll() is None:
             relay.kill()
+        await asyncio.sleep(0.2)
         server.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1

@@ -2,10 +2,38 @@
 //! skipped for a cool-down, then one probe decides whether it is back. It recovers by
 //! itself; nobody has to re-enable an account by hand.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// Breakers closing again, shared by every upstream's breaker: a count, so a delivery
+/// can tell that one closed while it ran, and a signal for the mail waiting for them.
+#[derive(Debug, Default)]
+pub struct Recoveries {
+    count: AtomicU64,
+    signal: Notify,
+}
+
+impl Recoveries {
+    /// How many times an upstream became usable again so far. It grows before
+    /// [`Recoveries::changed`] wakes anyone.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// An upstream is usable again (a breaker closed, or the upstreams were replaced).
+    pub fn recovered(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.signal.notify_one();
+    }
+
+    /// Wait for the next recovery (one recovery that came while nobody waited counts).
+    pub async fn changed(&self) {
+        self.signal.notified().await;
+    }
+}
 
 /// The breaker's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +80,7 @@ pub struct Breaker {
     /// A probe that has not reported after this long is presumed lost.
     probe_timeout: Duration,
     /// Told when the breaker closes again, so mail waiting for the upstream goes now.
-    recovered: Option<Arc<Notify>>,
+    recovered: Option<Arc<Recoveries>>,
 }
 
 impl Breaker {
@@ -73,8 +101,8 @@ impl Breaker {
         }
     }
 
-    /// Notify `signal` whenever the breaker closes after having been open.
-    pub fn with_recovery_signal(mut self, signal: Arc<Notify>) -> Breaker {
+    /// Count in `signal` whenever the breaker closes after having been open.
+    pub fn with_recovery_signal(mut self, signal: Arc<Recoveries>) -> Breaker {
         self.recovered = Some(signal);
         self
     }
@@ -141,7 +169,7 @@ impl Breaker {
         );
         let recovered = !matches!(previous, BreakerState::Closed { .. });
         if recovered && let Some(signal) = &self.recovered {
-            signal.notify_one();
+            signal.recovered();
         }
         recovered
     }

@@ -21,7 +21,7 @@ pub mod upstream;
 
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Notify;
+use breaker::Recoveries;
 
 use tracing::{info, warn};
 
@@ -113,8 +113,8 @@ pub enum UpstreamKind {
 /// Delivers messages by walking the upstreams.
 pub struct Deliverer {
     routing: RwLock<Arc<Routing>>,
-    /// Notified when an upstream's circuit breaker closes again.
-    recovered: Arc<Notify>,
+    /// Counts and signals upstreams becoming usable again.
+    recovered: Arc<Recoveries>,
 }
 
 /// The upstreams and the transformer in force; replaced as a whole on reload, while a
@@ -131,7 +131,7 @@ impl Deliverer {
         config: &Config,
         transformer: Arc<Transformer>,
     ) -> Result<Deliverer, SetupError> {
-        let recovered = Arc::new(Notify::new());
+        let recovered = Arc::new(Recoveries::default());
         let targets = build_upstreams(config, &recovered)?;
         Ok(Deliverer {
             routing: RwLock::new(Arc::new(Routing {
@@ -163,13 +163,14 @@ impl Deliverer {
             }
         });
         // Fresh breakers: mail waiting for the old upstreams may go now.
-        self.recovered.notify_one();
+        self.recovered.recovered();
         Ok(())
     }
 
-    /// Notified whenever an upstream becomes usable again after its breaker was open.
-    pub fn recoveries(&self) -> Arc<Notify> {
-        self.recovered.clone()
+    /// Counts and signals each time an upstream becomes usable again after its breaker
+    /// was open (and each reload).
+    pub fn recoveries(&self) -> &Recoveries {
+        &self.recovered
     }
 
     fn current(&self) -> Arc<Routing> {
@@ -178,7 +179,10 @@ impl Deliverer {
 }
 
 /// Build every upstream of the configuration; their breakers notify `recovered`.
-fn build_upstreams(config: &Config, recovered: &Arc<Notify>) -> Result<Vec<Upstream>, SetupError> {
+fn build_upstreams(
+    config: &Config,
+    recovered: &Arc<Recoveries>,
+) -> Result<Vec<Upstream>, SetupError> {
     let mut targets = Vec::new();
     for up in &config.upstream {
         let name = up.display_name();

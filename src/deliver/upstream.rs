@@ -164,7 +164,7 @@ impl SmtpUpstream {
     }
 
     /// Notify `signal` when this upstream's breaker closes after having been open.
-    pub fn with_recovery_signal(mut self, signal: Arc<tokio::sync::Notify>) -> SmtpUpstream {
+    pub fn with_recovery_signal(mut self, signal: Arc<super::breaker::Recoveries>) -> SmtpUpstream {
         self.breaker = self.breaker.with_recovery_signal(signal);
         self
     }

@@ -2,7 +2,6 @@
 //! delivery (recording progress between transactions), settle each recipient, expire
 //! and bounce what failed, and record the outcome with its next attempt time.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +34,7 @@ impl Scheduler {
         let pending: Vec<usize> = (0..entry.state.rcpts.len())
             .filter(|i| entry.state.rcpts[*i] == RcptState::Pending)
             .collect();
-        let recoveries = self.inner.recoveries.load(Ordering::SeqCst);
+        let recoveries = self.inner.deliverer.recoveries().count();
         let progress = Recorder {
             spool: self.inner.spool.clone(),
             id,

@@ -65,7 +65,7 @@ impl Scheduler {
             }
             Request::Retry(id) if self.inner.spool.entry(id).is_some() => {
                 info!(queue_id = %id, "retry requested");
-                self.enqueue(id, None);
+                self.due_now([id]);
             }
             Request::RetryAll => {
                 let ids: Vec<QueueId> = self
@@ -81,9 +81,7 @@ impl Scheduler {
                     messages = ids.len(),
                     "retry of all waiting messages requested"
                 );
-                for id in ids {
-                    self.enqueue(id, None);
-                }
+                self.due_now(ids);
             }
             Request::Delete(id) if self.inner.spool.entry(id).is_some() => {
                 self.inner.queue.lock().expect("queue lock").due.remove(&id);

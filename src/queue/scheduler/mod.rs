@@ -104,6 +104,28 @@ struct Queue {
     /// Deferred because no upstream could be used (failed as a whole, or breakers
     /// open): released as soon as a breaker closes, whatever their own back-off says.
     parked: HashSet<QueueId>,
+    /// Whether a due message goes before the next new one (see [`Scheduler::next`]).
+    due_turn: bool,
+}
+
+impl Queue {
+    /// The earliest due message whose time has come (oldest first among equal times),
+    /// or how long until the next one is due.
+    fn pop_due(&mut self, now: SystemTime) -> Result<QueueId, Option<Duration>> {
+        while let Some(Reverse((at, id))) = self.waiting.peek().copied() {
+            if self.due.get(&id) != Some(&at) {
+                self.waiting.pop();
+                continue;
+            }
+            if at > now {
+                return Err(Some(at.duration_since(now).unwrap_or_default()));
+            }
+            self.waiting.pop();
+            self.due.remove(&id);
+            return Ok(id);
+        }
+        Err(None)
+    }
 }
 
 struct Inner {
@@ -116,9 +138,6 @@ struct Inner {
     busy: AtomicUsize,
     cached_bytes: AtomicU64,
     disk_full: AtomicBool,
-    /// Counts breaker recoveries, so a delivery that was under way when one happened
-    /// knows that its "no upstream" is already out of date.
-    recoveries: AtomicU64,
     /// Set while [`Inner::unrecorded`] holds outcomes: no delivery starts meanwhile.
     spool_failing: AtomicBool,
     unrecorded: Mutex<Unrecorded>,
@@ -149,7 +168,6 @@ impl Scheduler {
             busy: AtomicUsize::new(0),
             cached_bytes: AtomicU64::new(0),
             disk_full: AtomicBool::new(false),
-            recoveries: AtomicU64::new(0),
             spool_failing: AtomicBool::new(false),
             unrecorded: Mutex::new(Unrecorded::default()),
             taken: Notify::new(),
@@ -288,6 +306,25 @@ impl Scheduler {
         self.inner.wake.notify_one();
     }
 
+    /// Queue `id`, which found no usable upstream, for `at` (the next probe) and park it
+    /// until a breaker closes. If one closed since its attempt began (the recovery count
+    /// is no longer `seen`), it is due at once instead: the release may have come and
+    /// gone while it was being tried. Checked under the queue lock, which the release
+    /// also takes, so no recovery is missed.
+    fn park(&self, id: QueueId, at: SystemTime, seen: u64) {
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        let at = if self.inner.deliverer.recoveries().count() == seen {
+            queue.parked.insert(id);
+            at
+        } else {
+            SystemTime::now()
+        };
+        queue.due.insert(id, at);
+        queue.waiting.push(Reverse((at, id)));
+        drop(queue);
+        self.inner.wake.notify_one();
+    }
+
     /// Queue `id` for `at`.
     fn schedule(&self, id: QueueId, at: SystemTime) {
         let mut queue = self.inner.queue.lock().expect("queue lock");
@@ -297,28 +334,43 @@ impl Scheduler {
         self.inner.wake.notify_one();
     }
 
-    /// The next message to deliver, or how long to sleep.
+    /// Make `ids` due now, oldest first (queue ids grow with time), and wake every
+    /// worker: a retry request, or the mail that waited for an upstream that works again.
+    /// They take turns with new mail (see [`Scheduler::next`]).
+    fn due_now(&self, ids: impl IntoIterator<Item = QueueId>) {
+        let now = SystemTime::now();
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        for id in ids {
+            queue.parked.remove(&id);
+            queue.due.insert(id, now);
+            queue.waiting.push(Reverse((now, id)));
+        }
+        drop(queue);
+        self.inner.wake.notify_waiters();
+    }
+
+    /// The next message to deliver, or how long to sleep. New mail and mail that is due
+    /// (retries, and a backlog released when an upstream works again) take turns, so
+    /// neither starves the other: a backlog drains, oldest first, with at least half of
+    /// the deliveries while new mail keeps coming, and new mail waits behind at most one
+    /// due message per worker.
     fn next(&self) -> Result<Ready, Option<Duration>> {
         let mut queue = self.inner.queue.lock().expect("queue lock");
-        if let Some(ready) = queue.ready.pop_front() {
-            drop(queue);
-            self.inner.taken.notify_one();
-            return Ok(ready);
-        }
-        let now = SystemTime::now();
-        while let Some(Reverse((at, id))) = queue.waiting.peek().copied() {
-            if queue.due.get(&id) != Some(&at) {
-                queue.waiting.pop();
-                continue;
+        if queue.due_turn || queue.ready.is_empty() {
+            match queue.pop_due(SystemTime::now()) {
+                Ok(id) => {
+                    queue.due_turn = false;
+                    return Ok(Ready { id, message: None });
+                }
+                Err(wait) if queue.ready.is_empty() => return Err(wait),
+                Err(_) => {}
             }
-            if at > now {
-                return Err(Some(at.duration_since(now).unwrap_or_default()));
-            }
-            queue.waiting.pop();
-            queue.due.remove(&id);
-            return Ok(Ready { id, message: None });
         }
-        Err(None)
+        let ready = queue.ready.pop_front().expect("not empty: checked above");
+        queue.due_turn = true;
+        drop(queue);
+        self.inner.taken.notify_one();
+        Ok(ready)
     }
 
     async fn work(&self) {
@@ -373,17 +425,18 @@ impl Scheduler {
         let recoveries = self.inner.deliverer.recoveries();
         while !self.inner.stopping.load(Ordering::SeqCst) {
             tokio::select! {
-                _ = recoveries.notified() => {}
+                _ = recoveries.changed() => {}
                 // Only to notice `stopping`.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
             }
-            self.inner.recoveries.fetch_add(1, Ordering::SeqCst);
+            // A parked message without a due time is being tried right now; when that
+            // attempt ends it sees the new recovery count and is due at once (`park`).
             let released: Vec<QueueId> = {
                 let mut queue = self.inner.queue.lock().expect("queue lock");
                 let parked = std::mem::take(&mut queue.parked);
                 parked
                     .into_iter()
-                    .filter(|id| queue.due.contains_key(id) && !queue.in_flight.contains(id))
+                    .filter(|id| queue.due.contains_key(id))
                     .collect()
             };
             if !released.is_empty() {
@@ -392,9 +445,7 @@ impl Scheduler {
                     "an upstream works again: sending the mail that waited for it"
                 );
             }
-            for id in released {
-                self.enqueue(id, None);
-            }
+            self.due_now(released);
         }
     }
 }

@@ -22,6 +22,10 @@ pub(super) enum Outcome {
     Deferred {
         state: DeliveryState,
         next: SystemTime,
+        /// Waiting for an upstream (none could be used): the recovery count when the
+        /// attempt began. Parked until a breaker closes, or due at once if one closed
+        /// meanwhile.
+        upstream_since: Option<u64>,
     },
 }
 
@@ -39,9 +43,16 @@ impl Scheduler {
     pub(super) async fn record(&self, id: QueueId, outcome: &Outcome) -> Result<(), SpoolError> {
         match outcome {
             Outcome::Finished => self.inner.spool.finish(id).await,
-            Outcome::Deferred { state, next } => {
+            Outcome::Deferred {
+                state,
+                next,
+                upstream_since,
+            } => {
                 self.inner.spool.update(id, state.clone()).await?;
-                self.schedule(id, *next);
+                match upstream_since {
+                    Some(seen) => self.park(id, *next, *seen),
+                    None => self.schedule(id, *next),
+                }
                 Ok(())
             }
         }

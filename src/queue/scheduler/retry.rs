@@ -2,7 +2,6 @@
 //! failures, the sending budget's time when it was only held, and the next breaker
 //! probe (parked, released early when a breaker closes) when no upstream could be used.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -41,10 +40,7 @@ impl Scheduler {
     ) -> Outcome {
         let parked_until = report.breakers_open_until;
         let waits_for_upstream = report.waiting_for_upstream || parked_until.is_some();
-        let recovered_meanwhile = self.inner.recoveries.load(Ordering::SeqCst) != recoveries;
         let delay = match (report.held_until, parked_until) {
-            // A breaker closed while this attempt found none usable: try again now.
-            _ if waits_for_upstream && recovered_meanwhile => Duration::ZERO,
             (Some(until), _) if !report.attempted => until.duration_since(now).unwrap_or_default(),
             // Waiting for the upstream, not for its own turn: try at the next probe
             // (or at once when the breaker closes, see `release_parked`).
@@ -56,18 +52,16 @@ impl Scheduler {
         };
         let next = now + delay;
         state.next_attempt = next.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1;
-        let parked = if waits_for_upstream {
-            self.inner
-                .queue
-                .lock()
-                .expect("queue lock")
-                .parked
-                .insert(id);
+        let waiting = if waits_for_upstream {
             "until an upstream's circuit breaker closes"
         } else {
             "back-off"
         };
-        info!(queue_id = %id, attempts = state.attempts, retry_in = ?Duration::from_millis(delay.as_millis() as u64), waiting = parked, reason = %state.last_error, "deferred");
-        Outcome::Deferred { state, next }
+        info!(queue_id = %id, attempts = state.attempts, retry_in = ?Duration::from_millis(delay.as_millis() as u64), waiting, reason = %state.last_error, "deferred");
+        Outcome::Deferred {
+            state,
+            next,
+            upstream_since: waits_for_upstream.then_some(recoveries),
+        }
     }
 }
