@@ -19,6 +19,8 @@
 #   dkim-ed25519 queue mode, DKIM ed25519-sha256 (Postfix reference still signs rsa-sha256)
 #   tls          queue mode, implicit-TLS upstream (stunnel in front of smtp-sink)
 #   full         queue mode, From rewrite (sender) + DKIM rsa-sha256 + implicit TLS: smarthost's whole job
+#   full-ed25519 the whole job signing ed25519-sha256 (Postfix reference still signs rsa-sha256, so
+#                its content check fails by design)
 #   passthrough  the full job in passthrough mode
 #
 # Everything listens on 127.0.0.1 only; every run is bounded by its message count and
@@ -75,6 +77,7 @@ ROWS=(
   "dkim-ed25519|-u plain -k|queue|ed25519-sha256|0|1"
   "tls|-u tls|queue|rsa-sha256|0|0"
   "full|-u tls -k -f|queue|rsa-sha256|1|1"
+  "full-ed25519|-u tls -k -f|queue|ed25519-sha256|1|1"
   "passthrough|-u tls -k -f|passthrough|rsa-sha256|1|1"
 )
 

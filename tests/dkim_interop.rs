@@ -908,3 +908,69 @@ async fn eight_bit_parts_converted_for_a_7bit_upstream_verify() {
     }
     assert_verifies(&records, &messages).await;
 }
+
+/// The large-message path (issue 12): an 8 MiB message goes to an SMTP upstream with
+/// its content written a piece at a time. It arrives byte for byte (lines that start
+/// with a dot, long lines and line ends that fall on the piece boundaries included),
+/// and the signature made over the whole of it verifies with dkimpy.
+#[tokio::test]
+async fn a_large_message_arrives_byte_for_byte_and_verifies() {
+    use fake_upstream::{FakeUpstream, Mode};
+
+    let upstream = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .ext("SIZE 52428800")
+        .start()
+        .await;
+    let (relay, _keys) = relay_with_keys(&format!(
+        "[server]\nmax_message_size = 52428800\n\n[[upstream]]\nname = \"big\"\nurl = \"{}\"\ntimeout = \"10s\"\n",
+        upstream.plain_url()
+    ))
+    .await;
+    let records = dns_records(&relay.config().dkim);
+
+    let mut body = String::new();
+    let mut line = 0usize;
+    while body.len() < 8 * 1024 * 1024 {
+        match line % 7 {
+            0 => body.push_str(".a line that starts with a dot\r\n"),
+            1 => body.push_str(&"x".repeat(990)),
+            2 => body.push_str("..two dots\r\n"),
+            _ => body.push_str(&format!("line {line} of the large message\r\n")),
+        }
+        if line % 7 == 1 {
+            body.push_str("\r\n");
+        }
+        line += 1;
+    }
+    let content = format!(
+        "From: Shop <orders@{}>\r\nTo: user@example.net\r\nSubject: large\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <large@shop.test>\r\n\r\n{body}",
+        RSA.domain
+    );
+    submit(
+        &relay,
+        &format!("orders@{}", RSA.domain),
+        "",
+        &dot_terminated(&content),
+    )
+    .await;
+
+    let delivered = support::wait_for("the large message delivered", || async {
+        upstream.messages().into_iter().next()
+    })
+    .await;
+    let sent = &delivered.content;
+    let at = sent
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block")
+        + 4;
+    assert!(
+        sent[at..] == *body.as_bytes(),
+        "the body changed on the way ({} octets sent, {} received)",
+        body.len(),
+        sent.len() - at
+    );
+    assert_signed_by("large", sent, RSA);
+    assert_verifies(&records, &[("large".into(), sent.clone())]).await;
+}

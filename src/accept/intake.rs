@@ -1,6 +1,6 @@
 //! Intake: a message whose content is complete becomes a [`Message`] for the next stage:
 //! the transaction's checks (size, loops), a queue id, the header repairs
-//! ([`normalize`]), our `Received` header, the hand-off, and the reply the client gets.
+//! ([`normalize_into`]), our `Received` header, the hand-off, and the reply the client gets.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -13,8 +13,12 @@ use super::session::SessionContext;
 use crate::message::{ClientInfo, Message, QueueId};
 use crate::proto::{Enhanced, Reply};
 use crate::telemetry::name;
-use crate::transform::normalize::{Acceptance, normalize};
+use crate::transform::normalize::{Acceptance, normalize_into};
 use crate::transform::trace::received_header;
+
+/// Room for what normalising may add to a message (Date, Message-ID, a rewritten From),
+/// so the buffer is not grown (and copied) for it.
+const TRANSFORM_SLACK: usize = 1024;
 
 /// A message is complete: check it, hand it to the next stage, and produce the reply.
 pub(super) async fn complete(
@@ -56,33 +60,31 @@ pub(super) async fn complete(
         id,
         now,
     };
-    let content = match normalize(&content, &acceptance) {
-        Ok(content) => content,
-        Err(e) => {
-            info!(client = %peer, error = %e, "message refused: no usable sender address");
-            let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
-            metrics::counter!(name::REJECTED, "reason" => "no_address").increment(1);
-            return (next, Reply::new(550, Enhanced(5, 6, 0), text));
-        }
-    };
+    // Our Received header first, then the normalised message, in one buffer: the
+    // content is copied once, however large.
+    let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
+    let mut data = Vec::with_capacity(trace.len() + content.len() + TRANSFORM_SLACK);
+    data.extend_from_slice(trace.as_bytes());
+    if let Err(e) = normalize_into(&content, &acceptance, &mut data) {
+        info!(client = %peer, error = %e, "message refused: no usable sender address");
+        let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
+        metrics::counter!(name::REJECTED, "reason" => "no_address").increment(1);
+        return (next, Reply::new(550, Enhanced(5, 6, 0), text));
+    }
+    drop(content);
     // The repairs may add a little (Date, Message-ID, encoded words, one display name of
     // at most MAX_NAME_OCTETS); a message that no longer fits the limit we advertise is
     // refused now rather than handed on above it (RFC 1870: 552 5.3.4).
-    if content.len() as u64 > ctx.rules.max_message_size {
+    let normalised = data.len() - trace.len();
+    if normalised as u64 > ctx.rules.max_message_size {
         let text = format!(
-            "Message too big once its headers are repaired: {} octets exceed the limit of {}; nothing was kept",
-            content.len(),
+            "Message too big once its headers are repaired: {normalised} octets exceed the limit of {}; nothing was kept",
             ctx.rules.max_message_size
         );
-        info!(client = %peer, size = content.len(), "message refused: too big once normalised");
+        info!(client = %peer, size = normalised, "message refused: too big once normalised");
         metrics::counter!(name::REJECTED, "reason" => "size").increment(1);
         return (next, Reply::new(552, Enhanced(5, 3, 4), text));
     }
-    let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
-    let mut data = Vec::with_capacity(trace.len() + content.len());
-    data.extend_from_slice(trace.as_bytes());
-    data.extend_from_slice(&content);
-    drop(content);
     let size = data.len();
     let (sender, rcpts) = (envelope.sender.to_string(), envelope.recipients.len());
     let message = Message {

@@ -178,6 +178,34 @@ impl DataReader {
 /// Append `content` to `out` as `DATA` payload: every line ending becomes CRLF, lines
 /// starting with `.` get a second one, and the `.CRLF` terminator follows.
 pub fn encode_data(content: &[u8], out: &mut Vec<u8>) {
+    encode_lines(content, out);
+    out.extend_from_slice(b".\r\n");
+}
+
+/// `content` cut into pieces of about `size` octets (more only when a line is longer),
+/// each ending at a line end: what [`encode_lines`] turns into wire pieces one after
+/// another, so a large message is never encoded whole in memory. Encoded one after
+/// another, the pieces give exactly [`encode_data`]'s bytes (without the terminator).
+pub fn line_pieces(content: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = content;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = if rest.len() <= size {
+            rest.len()
+        } else {
+            memchr::memchr(b'\n', &rest[size..]).map_or(rest.len(), |p| size + p + 1)
+        };
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// Append `content` to `out` dot-stuffed with CRLF line endings, without the
+/// terminator; a last line without its ending gets one.
+pub fn encode_lines(content: &[u8], out: &mut Vec<u8>) {
     out.reserve(content.len() + content.len() / 64 + 5);
     let mut rest = content;
     let mut at_line_start = true;
@@ -204,12 +232,36 @@ pub fn encode_data(content: &[u8], out: &mut Vec<u8>) {
         }
         at_line_start = true;
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_encoded_piece_by_piece_is_the_same_as_encoded_whole() {
+        let content: &[u8] = b"Subject: x\r\n\r\n.dot\r\nline\nbare lf\rbare cr\r\n..two\r\nlast";
+        for size in [1, 2, 3, 5, 8, 13, 64, 1000] {
+            let mut pieces = Vec::new();
+            let cut: Vec<&[u8]> = line_pieces(content, size).collect();
+            assert_eq!(cut.concat(), content, "size {size}");
+            for piece in &cut[..cut.len() - 1] {
+                assert!(piece.ends_with(b"\n"), "size {size}: {piece:?}");
+            }
+            for piece in cut {
+                encode_lines(piece, &mut pieces);
+            }
+            pieces.extend_from_slice(b".\r\n");
+            let mut whole = Vec::new();
+            encode_data(content, &mut whole);
+            assert_eq!(
+                String::from_utf8_lossy(&pieces),
+                String::from_utf8_lossy(&whole),
+                "size {size}"
+            );
+        }
+        assert_eq!(line_pieces(b"", 8).count(), 0);
+    }
 
     /// Feed the whole input, one byte at a time and all at once; both must agree.
     fn read_dot(input: &[u8]) -> (Vec<u8>, Option<usize>) {

@@ -13,7 +13,7 @@ pub mod response;
 
 pub use address::{Address, AddressError, ReversePath};
 pub use command::{Body, Command, MailParams, SyntaxError, parse_command};
-pub use dot::{DataReader, Framing, encode_data};
+pub use dot::{DataReader, Framing, encode_data, encode_lines, line_pieces};
 pub use reply::{Enhanced, Reply};
 pub use response::{Capabilities, Response, ResponseError, parse_response};
 

@@ -79,9 +79,10 @@ impl DeliveryState {
     }
 }
 
-/// One journal record.
+/// One journal record. A decoded message borrows its content from the bytes it was
+/// read from: recovery only needs where the content is, never a copy of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+pub enum Record<'a> {
     /// A message: envelope, state and content.
     Message {
         /// Its id.
@@ -93,7 +94,7 @@ pub enum Record {
         /// Its state when written.
         state: DeliveryState,
         /// The content.
-        content: Vec<u8>,
+        content: &'a [u8],
     },
     /// A new state for a message written earlier.
     Update {
@@ -128,7 +129,7 @@ pub enum DecodeError {
 
 /// Append the encoding of `record` to `out`; returns the offset of the content within
 /// `out` (for Message records), so it can be read back without decoding the rest.
-pub fn encode(record: &Record, out: &mut Vec<u8>) -> Option<usize> {
+pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> Option<usize> {
     match record {
         Record::Message {
             id,
@@ -213,7 +214,7 @@ fn finish(out: &mut [u8], start: usize, kind: u8) {
 }
 
 /// Decode the record at the start of `buf`; returns it and its length in bytes.
-pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
+pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     if buf.len() < HEADER_LEN {
         return Err(if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
             DecodeError::Incomplete
@@ -265,7 +266,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
             }
             let state = r.state()?;
             let content_len = r.u32()? as usize;
-            let content = r.take(content_len)?.to_vec();
+            let content = r.take(content_len)?;
             let envelope = Envelope {
                 sender,
                 recipients,
@@ -372,7 +373,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn message() -> Record {
+    fn message() -> Record<'static> {
         Record::Message {
             id: QueueId::from_u64(42),
             received_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -386,7 +387,7 @@ mod tests {
                 eight_bit: false,
             },
             state: DeliveryState::new(2),
-            content: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            content: b"Subject: x\r\n\r\nbody\r\n",
         }
     }
 
@@ -409,7 +410,7 @@ mod tests {
                     eight_bit: true,
                 },
                 state: DeliveryState::new(0),
-                content: vec![],
+                content: &[],
             },
             Record::Update {
                 id: QueueId::from_u64(42),

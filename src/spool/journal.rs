@@ -122,19 +122,32 @@ impl Committer {
                 }
                 needs_rotation = false;
             }
-            let mut buf = Vec::with_capacity(bytes);
             let mut starts = Vec::with_capacity(batch.len());
+            let mut at = self.size;
             for job in &batch {
-                starts.push(self.size + buf.len() as u64);
-                buf.extend_from_slice(&job.bytes);
+                starts.push(at);
+                at += job.bytes.len() as u64;
             }
+            let batch_len = at - self.size;
+            // One write for the batch; a batch of one (a large message is always alone)
+            // is written as it is, without a copy.
+            let mut result = if let [job] = batch.as_slice() {
+                self.file.write_all(&job.bytes)
+            } else {
+                let joined = batch
+                    .iter()
+                    .fold(Vec::with_capacity(bytes), |mut all, job| {
+                        all.extend_from_slice(&job.bytes);
+                        all
+                    });
+                self.file.write_all(&joined)
+            };
             // Jobs that need no fsync are acknowledged once written; the others once
             // `fdatasync` returns, and a batch of the first kind only needs none.
             let (lazy, durable): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .zip(starts)
                 .partition(|(job, _)| !job.sync);
-            let mut result = self.file.write_all(&buf);
             let written = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -145,7 +158,7 @@ impl Committer {
             }
             match result {
                 Ok(()) => {
-                    self.size += buf.len() as u64;
+                    self.size += batch_len;
                     self.acknowledge(durable, Ok(()));
                 }
                 Err(e) => {

@@ -143,7 +143,7 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016x}.log"))
 }
 
-fn encoded(record: &Record) -> Vec<u8> {
+fn encoded(record: &Record<'_>) -> Vec<u8> {
     let mut bytes = Vec::new();
     codec::encode(record, &mut bytes);
     bytes

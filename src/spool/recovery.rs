@@ -68,7 +68,7 @@ pub(super) fn apply(
     seq: u64,
     record_at: usize,
     record_len: usize,
-    record: Record,
+    record: Record<'_>,
     index: &mut Index,
 ) {
     match record {

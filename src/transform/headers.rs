@@ -220,13 +220,20 @@ impl Parsed {
 
     /// Serialise back to bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Append the message with its fields as they are now to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         let size = self
             .fields
             .iter()
             .map(|f| f.name.len() + 1 + f.raw_value.len())
             .sum::<usize>()
             + self.body.len();
-        let mut out = Vec::with_capacity(size);
+        out.reserve(size + 2);
         for f in &self.fields {
             out.extend_from_slice(f.name.as_bytes());
             out.push(b':');
@@ -243,7 +250,6 @@ impl Parsed {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(&self.body);
-        out
     }
 }
 

@@ -56,6 +56,18 @@ fn envelope_address(sender: &crate::proto::Address) -> String {
 
 /// Apply the acceptance-time rewrites.
 pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, TransformError> {
+    let mut out = Vec::with_capacity(content.len());
+    normalize_into(content, ctx, &mut out)?;
+    Ok(out)
+}
+
+/// Apply the acceptance-time rewrites, appending the result to `out` (after the trace
+/// header already there): the content is copied once, however large.
+pub fn normalize_into(
+    content: &[u8],
+    ctx: &Acceptance<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), TransformError> {
     let mut msg = Parsed::parse(content);
     // A repaired header block (missing empty line, `Name :`, mbox line) is written
     // back even if no field changes: the signature must cover what is sent.
@@ -147,11 +159,12 @@ pub fn normalize(content: &[u8], ctx: &Acceptance<'_>) -> Result<Vec<u8>, Transf
         msg.push("Message-ID", &format!("<{}@{}>", ctx.id, ctx.hostname));
         changed = true;
     }
-    Ok(if changed {
-        msg.to_bytes()
+    if changed {
+        msg.write_to(out);
     } else {
-        content.to_vec()
-    })
+        out.extend_from_slice(content);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::config::Secret;
-use crate::proto::{Capabilities, Response, ResponseError, encode_data, parse_response};
+use crate::proto::{
+    Capabilities, Response, ResponseError, encode_lines, line_pieces, parse_response,
+};
 
 /// A byte stream the client can run on: TCP, or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -399,9 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             None => self.command("DATA").await?,
         };
         let final_reply = if go.code == 354 {
-            let mut wire = Vec::with_capacity(content.len() + content.len() / 50 + 8);
-            encode_data(content, &mut wire);
-            self.write(&wire).await?;
+            self.write_content(content).await?;
             match self.read_response_within(self.final_reply_timeout).await {
                 Err(ClientError::Timeout(after)) => {
                     return Err(ClientError::FinalReplyTimeout(after));
@@ -425,6 +425,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             }
         }
         Ok(results)
+    }
+
+    /// The message content as `DATA` payload, encoded and written a piece at a time:
+    /// however large the message, only one piece of its wire form is in memory. The
+    /// terminator goes with the last piece.
+    async fn write_content(&mut self, content: &[u8]) -> Result<(), ClientError> {
+        let mut wire = Vec::with_capacity(content.len().min(WRITE_CHUNK) + WRITE_CHUNK / 32);
+        let mut pieces = line_pieces(content, WRITE_CHUNK).peekable();
+        while let Some(piece) = pieces.next() {
+            wire.clear();
+            encode_lines(piece, &mut wire);
+            if pieces.peek().is_none() {
+                wire.extend_from_slice(b".\r\n");
+            }
+            self.write(&wire).await?;
+        }
+        if content.is_empty() {
+            self.write(b".\r\n").await?;
+        }
+        Ok(())
     }
 
     /// With PIPELINING (RFC 2920), `RSET` (if `reset_first`), `MAIL FROM`, every
