@@ -16,8 +16,9 @@
 #   5. the upstream returns: the sink starts; reported: seconds until the first message
 #      arrives, the drain rate (N / time until the sink has them all) and its ratio to
 #      step 1; meanwhile a probe message is submitted every second, and each probe's time
-#      from its `250` to the relay's `delivered` log line is reported (new mail gets
-#      through while the backlog drains).
+#      from its `250` to the relay's `delivered` log line is reported: for probes sent
+#      while the upstream was still down (they wait in the backlog, oldest first) and
+#      for probes sent once it drains (new mail gets through meanwhile).
 # The relay runs with its defaults (queue mode, plaintext upstream, no DKIM) and
 # SMARTHOST_LOG=info (the probes are found by queue id in its log).
 set -euo pipefail
@@ -143,9 +144,10 @@ log "drain: first delivery $(secs "$t0" "$t_first")s after the upstream returned
 
 # probe latency: from the 250 to the `delivered` log line
 sleep 2
-python3 - "$probes" "$WORK/relay.log" <<'EOF'
+python3 - "$probes" "$WORK/relay.log" "$t_first" <<'EOF'
 import datetime, re, sys
 probes = [line.split("\t") for line in open(sys.argv[1]) if line.strip()]
+first = int(sys.argv[3]) / 1e9  # the first delivery after the upstream returned
 delivered = {}
 for line in open(sys.argv[2], errors="replace"):
     if "delivered" in line:
@@ -153,10 +155,16 @@ for line in open(sys.argv[2], errors="replace"):
         if m and m.group(1) not in delivered:
             ts = line.split()[0]
             delivered[m.group(1)] = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-lat = sorted(delivered[q] - float(t) for q, t in probes if q in delivered)
 missing = sum(1 for q, _ in probes if q not in delivered)
-if lat:
-    print(f"probes during the drain: {len(probes)} sent, {len(lat)} delivered, latency median {lat[len(lat) // 2]:.2f}s, max {lat[-1]:.2f}s" + (f", {missing} not delivered" if missing else ""))
-else:
-    print(f"probes during the drain: {len(probes)} sent, none delivered")
+# Probes sent while the upstream was still down wait in the backlog like the rest;
+# the ones sent once it drains show whether new mail gets through.
+for label, group in (("while the upstream was down", [p for p in probes if float(p[1]) < first]),
+                     ("during the drain", [p for p in probes if float(p[1]) >= first])):
+    lat = sorted(delivered[q] - float(t) for q, t in group if q in delivered)
+    if lat:
+        print(f"probes sent {label}: {len(group)}, delivered {len(lat)}, latency median {lat[len(lat) // 2]:.2f}s, max {lat[-1]:.2f}s")
+    else:
+        print(f"probes sent {label}: {len(group)}, none delivered")
+if missing:
+    print(f"probes not delivered: {missing}")
 EOF

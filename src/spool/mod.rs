@@ -32,7 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tracing::info;
@@ -240,16 +240,15 @@ impl Spool {
         self.len() == 0
     }
 
-    /// A copy of every entry (for the scheduler at start, and `queue list`).
-    pub fn entries(&self) -> Vec<(QueueId, Entry)> {
+    /// When each message is due (its recorded next attempt), without copying the
+    /// entries: what the scheduler needs at start, however deep the queue.
+    pub fn due_times(&self) -> Vec<(QueueId, SystemTime)> {
         let index = self.index.lock().expect("spool index");
-        let mut out: Vec<_> = index
+        index
             .messages
             .iter()
-            .map(|(id, e)| (*id, e.clone()))
-            .collect();
-        out.sort_by_key(|(id, _)| *id);
-        out
+            .map(|(id, e)| (*id, UNIX_EPOCH + Duration::from_secs(e.state.next_attempt)))
+            .collect()
     }
 
     /// One entry.

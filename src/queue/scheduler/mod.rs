@@ -174,11 +174,12 @@ impl Scheduler {
             pace_above: pacing::pace_above(workers),
         });
         let scheduler = Scheduler { inner };
-        for (id, entry) in scheduler.inner.spool.entries() {
-            scheduler.schedule(
-                id,
-                UNIX_EPOCH + Duration::from_secs(entry.state.next_attempt),
-            );
+        {
+            let mut queue = scheduler.inner.queue.lock().expect("queue lock");
+            for (id, at) in scheduler.inner.spool.due_times() {
+                queue.due.insert(id, at);
+                queue.waiting.push(Reverse((at, id)));
+            }
         }
         let this = scheduler.clone();
         tokio::spawn(async move {
