@@ -6,27 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smarthost::ops::send::{SendRequest, send};
-use support::{TestConfig, wait_for, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut response = String::new();
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await?;
-        stream.read_to_string(&mut response).await
-    };
-    within(&format!("GET {path}"), exchange).await.unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use support::{TestConfig, http_get as get, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_after_a_delivery() {

@@ -14,7 +14,7 @@ use fake_upstream::pki::TestCa;
 use fake_upstream::{FakeUpstream, Mode};
 use oauth_idp::IdentityProvider;
 use support::process::Smarthost;
-use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for, within};
+use support::{HANG_GUARD, Relay, TestConfig, start_relay, wait_for};
 
 const CLIENT_ID: &str = "relay-app";
 const CLIENT_SECRET: &str = "client-secret-Zq8x";
@@ -59,22 +59,6 @@ fn refresh_token_flow(file: &Path) -> String {
         "flow = \"refresh_token\"\nrefresh_token_file = {:?}\n",
         file.display().to_string()
     )
-}
-
-/// `GET /metrics` from the relay's metrics endpoint.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut response = String::new();
-    within("GET /metrics", async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await?;
-        stream.read_to_string(&mut response).await
-    })
-    .await
-    .unwrap();
-    response
 }
 
 async fn submit(relay: &Relay, subject: &str) {
@@ -135,7 +119,9 @@ async fn client_credentials_keep_delivering_across_token_expiries() {
     );
     // The metrics say it too (the recorder is shared by the tests of this binary, hence
     // the distinct upstream name).
-    let metrics = scrape(relay.metrics_addr().expect("metrics listen")).await;
+    let metrics = support::http_get(relay.metrics_addr().expect("metrics listen"), "/metrics")
+        .await
+        .1;
     let refreshed = metrics
         .lines()
         .find(|l| {

@@ -13,24 +13,11 @@ pub mod support;
 use std::collections::HashSet;
 
 use fake_upstream::{FakeUpstream, Fault, Mode};
-use support::{STRICT_HEAD, SmtpClient, start_relay, wait_for, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{STRICT_HEAD, SmtpClient, http_get, start_relay, wait_for};
 
 /// More than the pacing limit (64 ready messages with two workers) plus the two the
 /// workers hold.
 const MESSAGES: usize = 70;
-
-async fn metrics(addr: std::net::SocketAddr) -> String {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.map(|_| response)
-    };
-    within("GET /metrics", exchange).await.unwrap()
-}
 
 fn counter(metrics: &str, name: &str) -> u64 {
     metrics
@@ -67,7 +54,10 @@ async fn mail_beyond_the_ready_limit_is_paced_and_all_of_it_delivered() {
     }
     client.expect("QUIT", 221).await;
 
-    let paced = counter(&metrics(http).await, "smarthost_accept_paced_total");
+    let paced = counter(
+        &http_get(http, "/metrics").await.1,
+        "smarthost_accept_paced_total",
+    );
     assert!(paced >= 1, "no message was paced");
     assert!(
         paced < MESSAGES as u64,

@@ -162,6 +162,9 @@ impl Committer {
                     self.acknowledge(durable, Ok(()));
                 }
                 Err(e) => {
+                    // Removals of finished messages in this batch were acknowledged
+                    // before the fsync; cutting them loses nothing but their record, so
+                    // such a message is delivered again after a restart (at-least-once).
                     // Cut what may have been written of this batch, so the segment ends
                     // on a whole record and can take the next batch; only if that fails
                     // does a fresh segment start (recovery would cut the torn tail).

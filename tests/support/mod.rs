@@ -211,6 +211,27 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
         .unwrap_or_else(|_| panic!("hang guard: {what} not within {HANG_GUARD:?}"))
 }
 
+/// `GET path` from the relay's HTTP endpoint at `addr` (metrics, health): the status
+/// code and the body. Bounded by [`HANG_GUARD`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut response = String::new();
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        stream.read_to_string(&mut response).await
+    };
+    within(&format!("GET {path}"), exchange).await.unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`];
 /// hitting the guard fails the test naming `what`.
 pub async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(

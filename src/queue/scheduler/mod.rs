@@ -109,6 +109,13 @@ struct Queue {
 }
 
 impl Queue {
+    /// `id` is due at `at` (replacing any earlier time: the heap entry for that one is
+    /// stale and skipped by [`Queue::pop_due`]).
+    fn set_due(&mut self, id: QueueId, at: SystemTime) {
+        self.due.insert(id, at);
+        self.waiting.push(Reverse((at, id)));
+    }
+
     /// The earliest due message whose time has come (oldest first among equal times),
     /// or how long until the next one is due.
     fn pop_due(&mut self, now: SystemTime) -> Result<QueueId, Option<Duration>> {
@@ -177,8 +184,7 @@ impl Scheduler {
         {
             let mut queue = scheduler.inner.queue.lock().expect("queue lock");
             for (id, at) in scheduler.inner.spool.due_times() {
-                queue.due.insert(id, at);
-                queue.waiting.push(Reverse((at, id)));
+                queue.set_due(id, at);
             }
         }
         let this = scheduler.clone();
@@ -320,18 +326,14 @@ impl Scheduler {
         } else {
             SystemTime::now()
         };
-        queue.due.insert(id, at);
-        queue.waiting.push(Reverse((at, id)));
+        queue.set_due(id, at);
         drop(queue);
         self.inner.wake.notify_one();
     }
 
     /// Queue `id` for `at`.
     fn schedule(&self, id: QueueId, at: SystemTime) {
-        let mut queue = self.inner.queue.lock().expect("queue lock");
-        queue.due.insert(id, at);
-        queue.waiting.push(Reverse((at, id)));
-        drop(queue);
+        self.inner.queue.lock().expect("queue lock").set_due(id, at);
         self.inner.wake.notify_one();
     }
 
@@ -343,8 +345,7 @@ impl Scheduler {
         let mut queue = self.inner.queue.lock().expect("queue lock");
         for id in ids {
             queue.parked.remove(&id);
-            queue.due.insert(id, now);
-            queue.waiting.push(Reverse((now, id)));
+            queue.set_due(id, now);
         }
         drop(queue);
         self.inner.wake.notify_waiters();
