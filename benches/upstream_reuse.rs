@@ -93,6 +93,7 @@ fn message(size: usize) -> Message {
             eight_bit: false,
         },
         content,
+        body: None,
         received_at: SystemTime::now(),
     }
 }

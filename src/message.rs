@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -85,6 +86,19 @@ pub struct Envelope {
     pub eight_bit: bool,
 }
 
+/// The part of a large message's content that is kept in a file of the spool instead of
+/// in memory: everything after the first part of its body. It is received into the file
+/// as it arrives and sent from it, so a message's size does not decide the relay's memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpooledBody {
+    /// The file (in the spool's `body/` directory).
+    pub path: PathBuf,
+    /// Its length in octets.
+    pub len: u64,
+    /// Whether it has 8-bit octets.
+    pub eight_bit: bool,
+}
+
 /// An accepted message on its way to delivery.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -92,10 +106,25 @@ pub struct Message {
     pub id: QueueId,
     /// Its envelope.
     pub envelope: Envelope,
-    /// The content with CRLF line endings, our `Received` header first.
+    /// The content with CRLF line endings, our `Received` header first: all of it, or for
+    /// a large message the header block and the start of the body, the rest in `body`.
     pub content: Vec<u8>,
+    /// The rest of a large message's content, in a spool file.
+    pub body: Option<SpooledBody>,
     /// When it was accepted.
     pub received_at: SystemTime,
+}
+
+impl Message {
+    /// The size of the whole content in octets.
+    pub fn size(&self) -> u64 {
+        self.content.len() as u64 + self.body.as_ref().map_or(0, |b| b.len)
+    }
+
+    /// Whether the content has 8-bit octets anywhere.
+    pub fn has_eight_bit(&self) -> bool {
+        !self.content.is_ascii() || self.body.as_ref().is_some_and(|b| b.eight_bit)
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +162,15 @@ pub type HandoffFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandoffError
 
 /// Where accepted messages go. `Ok` means the message is safe: durable, or delivered.
 pub trait Handoff: Send + Sync + 'static {
-    /// Take responsibility for `message`.
+    /// Take responsibility for `message`. A message with a [`SpooledBody`] in
+    /// [`Handoff::body_dir`] becomes the next stage's, file included, when this returns
+    /// `Ok`; otherwise the caller removes the file.
     fn submit(&self, message: Message) -> HandoffFuture<'_>;
+
+    /// Where the content of a large message goes while it is received, if this stage
+    /// takes messages whose content is partly in a file (a [`SpooledBody`]). Without
+    /// one, content is held in memory whole.
+    fn body_dir(&self) -> Option<&Path> {
+        None
+    }
 }

@@ -192,6 +192,7 @@ fn message(n: usize) -> Arc<Message> {
             eight_bit: false,
         },
         content: b"From: <app@example.com>\r\nSubject: split\r\n\r\nbody\r\n".to_vec(),
+        body: None,
         received_at: SystemTime::now(),
     })
 }

@@ -293,6 +293,7 @@ async fn a_delete_requested_while_stopped_wins_over_a_message_due_at_start() {
                     eight_bit: false,
                 },
                 content: format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes(),
+                body: None,
                 received_at: SystemTime::now(),
             };
             spool.put(&message).await.unwrap();

@@ -151,6 +151,7 @@ fn message(subject: &str) -> Message {
             "From: <app@example.com>\r\nTo: <user@example.net>\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
         )
         .into_bytes(),
+        body: None,
         received_at: SystemTime::now(),
     }
 }

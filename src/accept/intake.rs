@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::HandoffError;
 use super::phase::{Completion, Phase};
 use super::session::SessionContext;
-use crate::message::{ClientInfo, Message, QueueId};
+use crate::message::{ClientInfo, Message, QueueId, SpooledBody};
 use crate::proto::{Enhanced, Reply};
 use crate::telemetry::name;
 use crate::transform::normalize::{Acceptance, normalize_into};
@@ -32,8 +32,12 @@ pub(super) async fn complete(
         .cloned()
         .expect("a transaction implies a greeting");
     let (next, completion) = phase.end_of_content();
-    let (envelope, content) = match completion {
-        Completion::Accept { envelope, content } => (envelope, content),
+    let (envelope, mut content, mut spill) = match completion {
+        Completion::Accept {
+            envelope,
+            content,
+            spill,
+        } => (envelope, content, spill),
         Completion::Reject(reply) => {
             info!(client = %peer, reply = %reply, "message rejected");
             let reason = match reply.code {
@@ -43,6 +47,15 @@ pub(super) async fn complete(
             };
             metrics::counter!(name::REJECTED, "reason" => reason).increment(1);
             return (next, reply);
+        }
+    };
+    // A large message's body is in a file by now; `content` keeps its header block.
+    let body = match spill.finish(&mut content).await {
+        Ok(body) => body,
+        Err(e) => {
+            metrics::counter!(name::REJECTED, "reason" => "no_storage").increment(1);
+            warn!(client = %peer, error = %e, "message not accepted: cannot write its content to the spool");
+            return (next, Reply::insufficient_storage());
         }
     };
     let id = QueueId::generate();
@@ -66,6 +79,7 @@ pub(super) async fn complete(
     let mut data = Vec::with_capacity(trace.len() + content.len() + TRANSFORM_SLACK);
     data.extend_from_slice(trace.as_bytes());
     if let Err(e) = normalize_into(&content, &acceptance, &mut data) {
+        discard(body.as_ref());
         info!(client = %peer, error = %e, "message refused: no usable sender address");
         let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
         metrics::counter!(name::REJECTED, "reason" => "no_address").increment(1);
@@ -75,8 +89,9 @@ pub(super) async fn complete(
     // The repairs may add a little (Date, Message-ID, encoded words, one display name of
     // at most MAX_NAME_OCTETS); a message that no longer fits the limit we advertise is
     // refused now rather than handed on above it (RFC 1870: 552 5.3.4).
-    let normalised = data.len() - trace.len();
-    if normalised as u64 > ctx.rules.max_message_size {
+    let normalised = (data.len() - trace.len()) as u64 + body.as_ref().map_or(0, |b| b.len);
+    if normalised > ctx.rules.max_message_size {
+        discard(body.as_ref());
         let text = format!(
             "Message too big once its headers are repaired: {normalised} octets exceed the limit of {}; nothing was kept",
             ctx.rules.max_message_size
@@ -85,15 +100,20 @@ pub(super) async fn complete(
         metrics::counter!(name::REJECTED, "reason" => "size").increment(1);
         return (next, Reply::new(552, Enhanced(5, 3, 4), text));
     }
-    let size = data.len();
     let (sender, rcpts) = (envelope.sender.to_string(), envelope.recipients.len());
     let message = Message {
         id,
         envelope,
         content: data,
+        body: body.clone(),
         received_at: now,
     };
-    let reply = match ctx.handoff.submit(message).await {
+    let size = message.size();
+    let submitted = ctx.handoff.submit(message).await;
+    if submitted.is_err() {
+        discard(body.as_ref());
+    }
+    let reply = match submitted {
         Ok(()) => {
             metrics::counter!(name::RECEIVED).increment(1);
             info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, "message accepted");
@@ -116,4 +136,11 @@ pub(super) async fn complete(
         }
     };
     (next, reply)
+}
+
+/// The body file of a message that was not accepted.
+fn discard(body: Option<&SpooledBody>) {
+    if let Some(body) = body {
+        let _ = std::fs::remove_file(&body.path);
+    }
 }

@@ -10,6 +10,7 @@ mod intake;
 mod limits;
 pub mod phase;
 mod session;
+pub mod spill;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};

@@ -5,6 +5,7 @@
 //! tells the session driver what to do (send a reply, read message data, start TLS).
 //! Every rule here is tested without sockets.
 
+use super::spill::Spill;
 use crate::message::Envelope;
 use crate::proto::{
     Address, Body, Command, DataReader, Enhanced, Framing, MailParams, Reply, ReversePath,
@@ -46,8 +47,11 @@ pub struct Transaction {
 pub struct Incoming {
     /// Framing and normalisation state.
     pub reader: DataReader,
-    /// Normalised content so far.
+    /// Normalised content so far (for a large message: its header block and the part
+    /// of the body not yet in `spill`'s file).
     pub content: Vec<u8>,
+    /// Where the body of a large message goes.
+    pub spill: Spill,
 }
 
 /// What the session waits for.
@@ -108,8 +112,10 @@ pub enum Completion {
     Accept {
         /// The envelope.
         envelope: Envelope,
-        /// The normalised content.
+        /// The normalised content (for a large message, what is not yet in `spill`).
         content: Vec<u8>,
+        /// The rest of a large message's content.
+        spill: Spill,
     },
     /// Refuse it with this reply.
     Reject(Reply),
@@ -364,6 +370,7 @@ impl Phase {
                 let incoming = Incoming {
                     reader: DataReader::new(Framing::Dot, rules.max_message_size),
                     content: Vec::new(),
+                    spill: Spill::default(),
                 };
                 let go = Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
                 (Phase::Receiving { helo, tx, incoming }, Step::ReadData(go))
@@ -389,6 +396,7 @@ impl Phase {
                 let incoming = Incoming {
                     reader: DataReader::new(Framing::Counted, rules.max_message_size),
                     content: Vec::new(),
+                    spill: Spill::default(),
                 };
                 (
                     Phase::Receiving { helo, tx, incoming },
@@ -475,6 +483,7 @@ impl Phase {
             Completion::Accept {
                 envelope,
                 content: incoming.content,
+                spill: incoming.spill,
             },
         )
     }

@@ -4,6 +4,7 @@
 //! becomes, and the reply it gets, is the [`intake`]'s.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -244,6 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_data(
         &mut self,
         phase: &mut Phase,
+        body_dir: Option<&Path>,
         shutdown: &mut watch::Receiver<RunState>,
     ) -> Result<(), End> {
         loop {
@@ -258,6 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if done {
                     return Ok(());
                 }
+                incoming.spill.absorb(&mut incoming.content, body_dir).await;
             }
             self.read_more(shutdown, false, Instant::now() + self.timeout)
                 .await?;
@@ -268,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_chunk(
         &mut self,
         phase: &mut Phase,
-        mut size: u64,
+        (mut size, body_dir): (u64, Option<&Path>),
         shutdown: &mut watch::Receiver<RunState>,
     ) -> Result<(), End> {
         loop {
@@ -278,6 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     incoming
                         .reader
                         .feed(&self.rbuf[self.rpos..self.rpos + n], &mut incoming.content);
+                    incoming.spill.absorb(&mut incoming.content, body_dir).await;
                 }
                 self.consume(n);
                 size -= n as u64;
@@ -483,7 +487,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .phase
             .as_mut()
             .expect("the phase is back after every step");
-        if let Err(end) = self.conn.read_data(phase, &mut self.shutdown).await {
+        let body_dir = self.ctx.handoff.body_dir();
+        if let Err(end) = self
+            .conn
+            .read_data(phase, body_dir, &mut self.shutdown)
+            .await
+        {
             return Flow::Ended(end);
         }
         self.complete().await;
@@ -496,7 +505,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .phase
             .as_mut()
             .expect("the phase is back after every step");
-        if let Err(end) = self.conn.read_chunk(phase, size, &mut self.shutdown).await {
+        let body_dir = self.ctx.handoff.body_dir();
+        if let Err(end) = self
+            .conn
+            .read_chunk(phase, (size, body_dir), &mut self.shutdown)
+            .await
+        {
             return Flow::Ended(end);
         }
         if let Some(reply) = self.phase().chunk_without_transaction() {

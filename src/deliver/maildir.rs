@@ -59,6 +59,9 @@ impl Maildir {
             }
             file.write_all(head.as_bytes())?;
             file.write_all(&message.content)?;
+            if let Some(body) = &message.body {
+                std::io::copy(&mut File::open(&body.path)?, &mut file)?;
+            }
             file.sync_all()?;
             fs::rename(&tmp, &new)?;
             File::open(self.root.join("new"))?.sync_all()
@@ -92,6 +95,7 @@ mod tests {
                 eight_bit: false,
             },
             content: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+            body: None,
             received_at: std::time::SystemTime::now(),
         };
         let path = maildir.deliver(&message).unwrap();

@@ -199,6 +199,10 @@ pub enum Failure {
     /// again). About this relay, not the upstream nor the message.
     #[error("stopped before the next transaction: {0}")]
     Unrecorded(String),
+    /// The message's own content could not be read (its spool body file): nothing
+    /// about the upstream; the message is tried again later.
+    #[error("{0}")]
+    Content(String),
     /// The OAuth token file could not be read.
     #[error("cannot read oauth_token_file: {0}")]
     TokenFile(std::io::Error),
@@ -244,6 +248,7 @@ impl Failure {
                 Failure::SessionRefused { stage, response }
             }
             ClientError::Refused { command, response } => Failure::Refused { command, response },
+            ClientError::Content(detail) => Failure::Content(detail),
         }
     }
 
@@ -254,7 +259,8 @@ impl Failure {
             Failure::Refused { .. }
             | Failure::Unsuitable(_)
             | Failure::Busy(_)
-            | Failure::Unrecorded(_) => Scope::Message,
+            | Failure::Unrecorded(_)
+            | Failure::Content(_) => Scope::Message,
             _ => Scope::Upstream,
         }
     }
@@ -341,7 +347,7 @@ impl Failure {
                 "the provider requires the From address to be the account: set sender = \"<account address>\" on this upstream".into()
             }
             Failure::Greeting(_) | Failure::Closed { .. } | Failure::Protocol { .. } | Failure::Io { .. } => return None,
-            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) | Failure::Unrecorded(_) => return None,
+            Failure::Refused { .. } | Failure::Unsuitable(_) | Failure::Busy(_) | Failure::TokenFile(_) | Failure::Unrecorded(_) | Failure::Content(_) => return None,
         };
         Some(text)
     }
@@ -355,7 +361,7 @@ pub enum Unsuitable {
     #[error("message of {size} octets exceeds the upstream's SIZE limit of {limit}")]
     TooBig {
         /// The message.
-        size: usize,
+        size: u64,
         /// The upstream's limit.
         limit: u64,
     },

@@ -358,7 +358,12 @@ impl SmtpUpstream {
             let result = lease
                 .session
                 .client
-                .transaction(&mail_from, &rcpts, &message.content, pipelining)
+                .transaction(
+                    &mail_from,
+                    &rcpts,
+                    (&message.content, message.body.as_ref()),
+                    pipelining,
+                )
                 .await;
             if let Some(why) = finished_at_start(&result, &lease.session)
                 && (plan.on_connection > 0 || lease.reused)
@@ -455,7 +460,7 @@ fn mail_from(session: &Session, message: &Message) -> String {
         ReversePath::Mailbox(a) => format!("<{a}>"),
     };
     if session.caps.has("SIZE") {
-        mail_from.push_str(&format!(" SIZE={}", message.content.len()));
+        mail_from.push_str(&format!(" SIZE={}", message.size()));
     }
     if needs_8bit(message) {
         mail_from.push_str(" BODY=8BITMIME");
@@ -624,17 +629,17 @@ fn breaker(delivery: &DeliveryConfig, timeout: Duration) -> Breaker {
 /// client declared does not matter: 7-bit content goes without `BODY=8BITMIME`
 /// (RFC 6152 §3), to any upstream.
 fn needs_8bit(message: &Message) -> bool {
-    !message.content.is_ascii()
+    message.has_eight_bit()
 }
 
 /// Can this server take this message? (SIZE, 8BITMIME, SMTPUTF8)
 fn suitability(session: &Session, message: &Message) -> Result<(), Failure> {
     let caps = &session.caps;
     if let Some(limit) = caps.size_limit()
-        && message.content.len() as u64 > limit
+        && message.size() > limit
     {
         return Err(Failure::Unsuitable(Unsuitable::TooBig {
-            size: message.content.len(),
+            size: message.size(),
             limit,
         }));
     }

@@ -250,7 +250,7 @@ async fn send_test(
         .transaction(
             &format!("<{from}>"),
             &request.to,
-            &content,
+            (&content, None),
             session.caps.has("PIPELINING"),
         )
         .await;
@@ -317,6 +317,7 @@ fn step_of(failure: &Failure) -> &'static str {
         | Failure::Unsuitable(_)
         | Failure::Busy(_)
         | Failure::Unrecorded(_)
+        | Failure::Content(_)
         | Failure::FinalReplyTimeout { .. } => Stage::Transaction,
     };
     match stage {

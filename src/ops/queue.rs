@@ -79,7 +79,7 @@ pub fn list(spool_dir: &Path) -> Result<String, QueueError> {
             out,
             "{id}  age {}  {} bytes  attempts {}  next {}  {} -> {}{}",
             humantime::format_duration(Duration::from_secs(age.as_secs())),
-            e.location.len,
+            e.size(),
             e.state.attempts,
             when(e.state.next_attempt),
             sender(e),
@@ -123,7 +123,10 @@ pub fn show(spool_dir: &Path, id: &str) -> Result<String, QueueError> {
     if !e.state.last_error.is_empty() {
         let _ = writeln!(out, "last error:  {}", e.state.last_error);
     }
-    let _ = writeln!(out, "size:        {} bytes", e.location.len);
+    let _ = writeln!(out, "size:        {} bytes", e.size());
+    if let Some(body) = &e.body {
+        let _ = writeln!(out, "body file:   {}", body.path.display());
+    }
     let content = read_content(spool_dir, e)?;
     let header_end = memchr::memmem::find(&content, b"\r\n\r\n").map_or(content.len(), |i| i + 2);
     let _ = writeln!(out, "headers:");

@@ -120,7 +120,12 @@ pub async fn send(req: &SendRequest) -> Result<Response, SendError> {
         mail_from.push_str(" SMTPUTF8");
     }
     let replies = client
-        .transaction(&mail_from, &req.to, &content, caps.has("PIPELINING"))
+        .transaction(
+            &mail_from,
+            &req.to,
+            (&content, None),
+            caps.has("PIPELINING"),
+        )
         .await?;
     let mut response = None;
     for (to, reply) in req.to.iter().zip(replies) {

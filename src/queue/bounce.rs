@@ -110,6 +110,7 @@ pub fn bounce(
             eight_bit,
         },
         content,
+        body: None,
         received_at: now,
     })
 }
@@ -156,6 +157,7 @@ mod tests {
                 eight_bit: false,
             },
             content: b"From: <app@example.com>\r\nSubject: invoice\r\n\r\nsecret body\r\n".to_vec(),
+            body: None,
             received_at: SystemTime::UNIX_EPOCH,
         }
     }

@@ -6,6 +6,10 @@
 //!
 //! The CRC covers the kind and the payload, so a torn write (a crash in the middle of
 //! an append) or a flipped bit is detected and the record is never used half.
+//!
+//! Kinds: 1 a message, 2 a new delivery state, 3 a removal, 4 a message whose content
+//! continues in a body file (a large message; the record names the file, its length
+//! and whether it has 8-bit octets, then holds the content's first part).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +83,17 @@ impl DeliveryState {
     }
 }
 
+/// The rest of a large message's content: a file in the spool's `body/` directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyFile<'a> {
+    /// The file's name.
+    pub name: &'a str,
+    /// Its length.
+    pub len: u64,
+    /// Whether it has 8-bit octets.
+    pub eight_bit: bool,
+}
+
 /// One journal record. A decoded message borrows its content from the bytes it was
 /// read from: recovery only needs where the content is, never a copy of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,8 +108,10 @@ pub enum Record<'a> {
         envelope: Envelope,
         /// Its state when written.
         state: DeliveryState,
-        /// The content.
+        /// The content (its first part if `body` is set).
         content: &'a [u8],
+        /// Where the rest of the content is, for a large message.
+        body: Option<BodyFile<'a>>,
     },
     /// A new state for a message written earlier.
     Update {
@@ -137,12 +154,13 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> Option<usize> {
             envelope,
             state,
             content,
+            body,
         } => Some(encode_message(
             *id,
             *received_at,
             envelope,
             state,
-            content,
+            (content, body.as_ref()),
             out,
         )),
         Record::Update { id, state } => {
@@ -169,7 +187,7 @@ pub fn encode_message(
     received_at: SystemTime,
     envelope: &Envelope,
     state: &DeliveryState,
-    content: &[u8],
+    (content, body): (&[u8], Option<&BodyFile<'_>>),
     out: &mut Vec<u8>,
 ) -> usize {
     let start = begin(out);
@@ -186,10 +204,15 @@ pub fn encode_message(
         put_str(out, &r.to_string());
     }
     put_state(out, state);
+    if let Some(body) = body {
+        put_str(out, body.name);
+        put_u64(out, body.len);
+        out.push(u8::from(body.eight_bit));
+    }
     put_u32(out, content.len() as u32);
     let content_at = out.len() - start;
     out.extend_from_slice(content);
-    finish(out, start, 1);
+    finish(out, start, if body.is_some() { 4 } else { 1 });
     content_at
 }
 
@@ -245,7 +268,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
         pos: 0,
     };
     let record = match kind {
-        1 => {
+        1 | 4 => {
             let id = QueueId::from_u64(r.u64()?);
             let received_at = UNIX_EPOCH + Duration::from_secs(r.u64()?);
             let flags = r.u8()?;
@@ -265,6 +288,15 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
                 );
             }
             let state = r.state()?;
+            let body = if kind == 4 {
+                Some(BodyFile {
+                    name: r.text()?,
+                    len: r.u64()?,
+                    eight_bit: r.u8()? != 0,
+                })
+            } else {
+                None
+            };
             let content_len = r.u32()? as usize;
             let content = r.take(content_len)?;
             let envelope = Envelope {
@@ -279,6 +311,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
                 envelope,
                 state,
                 content,
+                body,
             }
         }
         2 => Record::Update {
@@ -346,8 +379,11 @@ impl<'a> Reader<'a> {
         ))
     }
     fn str(&mut self) -> Result<String, DecodeError> {
+        self.text().map(str::to_owned)
+    }
+    fn text(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.u32()? as usize;
-        String::from_utf8(self.take(len)?.to_vec())
+        std::str::from_utf8(self.take(len)?)
             .map_err(|_| DecodeError::Malformed("text is not UTF-8"))
     }
     fn state(&mut self) -> Result<DeliveryState, DecodeError> {
@@ -388,6 +424,7 @@ mod tests {
             },
             state: DeliveryState::new(2),
             content: b"Subject: x\r\n\r\nbody\r\n",
+            body: None,
         }
     }
 
@@ -411,6 +448,24 @@ mod tests {
                 },
                 state: DeliveryState::new(0),
                 content: &[],
+                body: None,
+            },
+            Record::Message {
+                id: QueueId::from_u64(8),
+                received_at: UNIX_EPOCH,
+                envelope: Envelope {
+                    sender: ReversePath::Null,
+                    recipients: vec![Address::parse("b@example.net").unwrap()],
+                    smtputf8: false,
+                    eight_bit: true,
+                },
+                state: DeliveryState::new(1),
+                content: b"Subject: big\r\n\r\n",
+                body: Some(BodyFile {
+                    name: "000000000000002a",
+                    len: 30 << 20,
+                    eight_bit: true,
+                }),
             },
             Record::Update {
                 id: QueueId::from_u64(42),

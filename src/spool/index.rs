@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
 use super::{DeliveryState, Entry};
-use crate::message::{Envelope, QueueId};
+use crate::message::{Envelope, QueueId, SpooledBody};
 
 #[derive(Debug, Default)]
 pub(super) struct SegmentInfo {
@@ -56,6 +56,7 @@ pub(super) enum IndexOp {
         state: DeliveryState,
         content_at: usize,
         len: u32,
+        body: Option<SpooledBody>,
     },
     Update {
         id: QueueId,

@@ -204,6 +204,7 @@ impl Committer {
                     state,
                     content_at,
                     len,
+                    body,
                 } => {
                     let location = Location {
                         segment: self.seq,
@@ -217,6 +218,7 @@ impl Committer {
                             received_at: *received_at,
                             state: state.clone(),
                             location,
+                            body: body.clone(),
                         },
                     );
                 }

@@ -16,6 +16,7 @@
 //! ```text
 //! <dir>/LOCK              held while a relay runs
 //! <dir>/seg-<seq>.log     journal segments (see codec.rs for the record format)
+//! <dir>/body/<name>       the rest of a large message's content, named by its record
 //! <dir>/quarantine/       corrupt bytes cut out during recovery
 //! <dir>/ctl/              requests from `smarthost queue` to the running relay
 //! ```
@@ -37,8 +38,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tracing::info;
 
-use crate::message::{Envelope, Message, QueueId};
-use codec::Record;
+use crate::message::{Envelope, Message, QueueId, SpooledBody};
+use codec::{BodyFile, Record};
 pub use codec::{DeliveryState, RcptState};
 use index::{Index, IndexOp};
 use journal::{Committer, Job};
@@ -122,11 +123,21 @@ pub struct Entry {
     pub state: DeliveryState,
     /// Where its content is.
     pub location: Location,
+    /// The rest of its content, for a large message.
+    pub body: Option<SpooledBody>,
+}
+
+impl Entry {
+    /// The size of its whole content.
+    pub fn size(&self) -> u64 {
+        u64::from(self.location.len) + self.body.as_ref().map_or(0, |b| b.len)
+    }
 }
 
 /// The durable queue.
 pub struct Spool {
     dir: PathBuf,
+    body_dir: PathBuf,
     index: Arc<Mutex<Index>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
@@ -141,6 +152,33 @@ impl std::fmt::Debug for Spool {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016x}.log"))
+}
+
+/// Where the body files are.
+fn body_dir(dir: &Path) -> PathBuf {
+    dir.join("body")
+}
+
+/// A body file's name, as its record keeps it.
+fn body_name(body: &SpooledBody) -> &str {
+    body.path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
+/// Body files not named by any record and untouched this long belong to no message
+/// (a session cut off while it sent content, or a crash before the record was written).
+const ORPHAN_BODY_AGE: Duration = Duration::from_secs(15 * 60);
+
+fn remove_body(body: &SpooledBody) {
+    match fs::remove_file(&body.path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %body.path.display(), error = %e, "cannot remove the body file of a finished message; it is removed at the next start")
+        }
+    }
 }
 
 fn encoded(record: &Record<'_>) -> Vec<u8> {
@@ -159,6 +197,7 @@ impl Spool {
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::create_dir_all(dir.join("ctl")).map_err(io_err(dir))?;
+        fs::create_dir_all(body_dir(dir)).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
@@ -186,6 +225,7 @@ impl Spool {
             .map_err(io_err(dir))?;
         let spool = Spool {
             dir: dir.to_owned(),
+            body_dir: body_dir(dir),
             index,
             jobs: Mutex::new(Some(tx)),
             readers: Mutex::new(HashMap::new()),
@@ -217,6 +257,12 @@ impl Spool {
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the rest of a large message's content is written while it is received: a
+    /// file there becomes a message's [`SpooledBody`] when it is put in the spool.
+    pub fn body_dir(&self) -> &Path {
+        &self.body_dir
     }
 
     /// Messages in the queue.
@@ -300,12 +346,24 @@ impl Spool {
         state: DeliveryState,
     ) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(message.content.len() + 256);
+        let body = message.body.as_ref().map(|b| BodyFile {
+            name: body_name(b),
+            len: b.len,
+            eight_bit: b.eight_bit,
+        });
+        debug_assert!(
+            message
+                .body
+                .as_ref()
+                .is_none_or(|b| b.path.parent() == Some(self.body_dir())),
+            "a body file outside the spool"
+        );
         let content_at = codec::encode_message(
             message.id,
             message.received_at,
             &message.envelope,
             &state,
-            &message.content,
+            (&message.content, body.as_ref()),
             &mut bytes,
         );
         let op = IndexOp::Insert {
@@ -315,6 +373,7 @@ impl Spool {
             state,
             content_at,
             len: message.content.len() as u32,
+            body: message.body.clone(),
         };
         self.append(bytes, op, true).await
     }
@@ -335,12 +394,17 @@ impl Spool {
     /// Remove a message for good (deleted by the operator): returns once the removal
     /// is on stable storage.
     pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let body = self.entry(id).and_then(|e| e.body);
         self.append(
             encoded(&Record::Remove { id }),
             IndexOp::Remove { id },
             true,
         )
-        .await
+        .await?;
+        if let Some(body) = body {
+            remove_body(&body);
+        }
+        Ok(())
     }
 
     /// Remove a message whose every recipient is settled (delivered, or failed with its
@@ -348,13 +412,22 @@ impl Spool {
     /// `fdatasync`: it becomes durable with the next commit. A crash before that
     /// delivers the message once more, which at-least-once delivery allows; in return a
     /// delivery never waits for the disk.
+    ///
+    /// A large message's removal waits for its `fdatasync`: its body file is deleted
+    /// next, and a record still naming a deleted file after a crash would be a message
+    /// that cannot be sent.
     pub async fn finish(&self, id: QueueId) -> Result<(), SpoolError> {
+        let body = self.entry(id).and_then(|e| e.body);
         self.append(
             encoded(&Record::Remove { id }),
             IndexOp::Remove { id },
-            false,
+            body.is_some(),
         )
-        .await
+        .await?;
+        if let Some(body) = body {
+            remove_body(&body);
+        }
+        Ok(())
     }
 
     /// The whole message: envelope and content read back from its segment. Blocking:
@@ -370,6 +443,7 @@ impl Spool {
             id,
             envelope: entry.envelope,
             content,
+            body: entry.body,
             received_at: entry.received_at,
         })
     }
@@ -383,6 +457,14 @@ impl Spool {
         let file = Arc::new(File::open(&path).map_err(io_err(&path))?);
         readers.insert(segment, file.clone());
         Ok(file)
+    }
+
+    /// Delete body files that no message names and that nobody has written to for
+    /// [`ORPHAN_BODY_AGE`] (content of a session that ended before its message was
+    /// accepted). Blocking: call it off the reactor. Returns how many were deleted.
+    pub fn sweep_bodies(&self) -> usize {
+        let referenced = recovery::referenced_bodies(&self.index.lock().expect("spool index"));
+        recovery::sweep_bodies(&self.dir, referenced, ORPHAN_BODY_AGE)
     }
 
     /// Delete segments that hold no queued message any more, oldest first, and copy
@@ -462,8 +544,90 @@ mod tests {
                 eight_bit: false,
             },
             content: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+            body: None,
             received_at: SystemTime::now(),
         }
+    }
+
+    /// A large message: its head in the record, its body in a file of the spool.
+    fn large(spool: &Spool, n: u8) -> (Message, Vec<u8>) {
+        let mut m = message(n);
+        m.content = format!("Subject: {n}\r\n\r\n").into_bytes();
+        let body = format!("large body {n}\r\n").repeat(1000).into_bytes();
+        let path = spool
+            .body_dir()
+            .join(format!("{:016x}", QueueId::generate().as_u64()));
+        fs::write(&path, &body).unwrap();
+        m.body = Some(SpooledBody {
+            path,
+            len: body.len() as u64,
+            eight_bit: false,
+        });
+        (m, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_messages_keep_their_body_file_until_they_are_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let (a, a_body) = large(&spool, 1);
+        let (b, _) = large(&spool, 2);
+        spool.put(&a).await.unwrap();
+        spool.put(&b).await.unwrap();
+        let orphan = spool.body_dir().join("00000000000000ff");
+        fs::write(&orphan, b"content of a session that ended").unwrap();
+        drop(spool);
+
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        assert!(
+            !orphan.exists(),
+            "a file no message names is removed at start"
+        );
+        let loaded = spool.load(a.id).unwrap();
+        assert_eq!(loaded.content, a.content);
+        assert_eq!(loaded.body, a.body);
+        assert_eq!(spool.entry(a.id).unwrap().size(), a.size());
+        assert_eq!(fs::read(&loaded.body.unwrap().path).unwrap(), a_body);
+
+        // Copied forward by compaction, it still names its file.
+        spool.maintain(Duration::ZERO).await.unwrap();
+        assert_eq!(spool.load(a.id).unwrap().body, a.body);
+
+        spool.finish(a.id).await.unwrap();
+        assert!(!a.body.as_ref().unwrap().path.exists());
+        spool.remove(b.id).await.unwrap();
+        assert!(!b.body.as_ref().unwrap().path.exists());
+        drop(spool);
+        assert!(Spool::open(dir.path()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_body_file_is_lost_is_dropped_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (a, _) = large(&spool, 1);
+        let b = message(2);
+        spool.put(&a).await.unwrap();
+        spool.put(&b).await.unwrap();
+        drop(spool);
+        fs::remove_file(&a.body.as_ref().unwrap().path).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.entry(a.id).is_none());
+        assert!(spool.entry(b.id).is_some());
+    }
+
+    #[tokio::test]
+    async fn recent_unnamed_body_files_are_left_to_their_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let receiving = spool.body_dir().join("0000000000000001");
+        fs::write(&receiving, b"still arriving").unwrap();
+        assert_eq!(spool.sweep_bodies(), 0);
+        assert!(receiving.exists());
+        assert_eq!(
+            recovery::sweep_bodies(dir.path(), Default::default(), Duration::ZERO),
+            1
+        );
     }
 
     #[tokio::test]

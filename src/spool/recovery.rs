@@ -1,15 +1,18 @@
 //! Recovery: reading the segments back into the index at start, cutting torn tails and
 //! moving corrupt regions to `quarantine/` with a log line, never a crash.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
 use super::codec::{self, DecodeError, Record};
 use super::index::Index;
-use super::{Entry, Location, SpoolError, io_err, segment_path};
+use super::{Entry, Location, SpoolError, body_dir, io_err, segment_path};
+use crate::message::SpooledBody;
 
 pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
     let mut seqs = Vec::new();
@@ -30,14 +33,19 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
 
 /// Replay one segment's bytes into `index`. Returns the length of the valid prefix
 /// and the corrupt regions found (offset, bytes).
-pub(super) fn replay(seq: u64, bytes: &[u8], index: &mut Index) -> (usize, Vec<(usize, Vec<u8>)>) {
+pub(super) fn replay(
+    dir: &Path,
+    seq: u64,
+    bytes: &[u8],
+    index: &mut Index,
+) -> (usize, Vec<(usize, Vec<u8>)>) {
     let mut pos = 0;
     let mut valid_end = 0;
     let mut corrupt = Vec::new();
     while pos < bytes.len() {
         match codec::decode(&bytes[pos..]) {
             Ok((record, len)) => {
-                apply(seq, pos, len, record, index);
+                apply(dir, (seq, pos, len), record, index);
                 pos += len;
                 valid_end = pos;
             }
@@ -64,10 +72,10 @@ pub(super) fn replay(seq: u64, bytes: &[u8], index: &mut Index) -> (usize, Vec<(
     (valid_end, corrupt)
 }
 
+/// Apply one record, found at `(segment, offset, length)`, to the index.
 pub(super) fn apply(
-    seq: u64,
-    record_at: usize,
-    record_len: usize,
+    dir: &Path,
+    (seq, record_at, record_len): (u64, usize, usize),
     record: Record<'_>,
     index: &mut Index,
 ) {
@@ -78,6 +86,7 @@ pub(super) fn apply(
             envelope,
             state,
             content,
+            body,
         } => {
             // The content is the last field of a message record.
             let offset = (record_at + record_len - content.len()) as u64;
@@ -93,6 +102,11 @@ pub(super) fn apply(
                     received_at,
                     state,
                     location,
+                    body: body.map(|b| SpooledBody {
+                        path: body_dir(dir).join(b.name),
+                        len: b.len,
+                        eight_bit: b.eight_bit,
+                    }),
                 },
             );
         }
@@ -118,7 +132,7 @@ pub(super) fn recover(dir: &Path, repair: bool) -> Result<(Index, Option<u64>), 
             Err(e) => return Err(io_err(&path)(e)),
         };
         index.segments.entry(seq).or_default().closed_at = Some(Instant::now());
-        let (valid_end, corrupt) = replay(seq, &bytes, &mut index);
+        let (valid_end, corrupt) = replay(dir, seq, &bytes, &mut index);
         if !repair {
             continue;
         }
@@ -140,5 +154,63 @@ pub(super) fn recover(dir: &Path, repair: bool) -> Result<(Index, Option<u64>), 
             warn!(segment = %path.display(), bytes = bytes.len() - valid_end, "cut a torn record at the end of a spool segment (a write interrupted by a crash, never acknowledged)");
         }
     }
+    if repair {
+        drop_missing_bodies(&mut index);
+        sweep_bodies(dir, referenced_bodies(&index), Duration::ZERO);
+    }
     Ok((index, seqs.last().copied()))
+}
+
+/// A message whose body file is gone cannot be sent: say so, and forget it (the file
+/// is only deleted after the message's removal is durable, so this takes a lost or
+/// damaged file system).
+fn drop_missing_bodies(index: &mut Index) {
+    let missing: Vec<_> = index
+        .messages
+        .iter()
+        .filter_map(|(id, e)| {
+            let body = e.body.as_ref()?;
+            (!body.path.exists()).then(|| (*id, body.path.clone()))
+        })
+        .collect();
+    for (id, path) in missing {
+        error!(queue_id = %id, file = %path.display(), "a queued message's body file is missing; the message cannot be delivered and is dropped (restore the file from a backup and restart to keep it)");
+        index.remove(id);
+    }
+}
+
+/// The names of the body files that queued messages use.
+pub(super) fn referenced_bodies(index: &Index) -> HashSet<OsString> {
+    index
+        .messages
+        .values()
+        .filter_map(|e| e.body.as_ref()?.path.file_name().map(OsString::from))
+        .collect()
+}
+
+/// Delete the body files not in `referenced` that were last written more than `age`
+/// ago. Returns how many were deleted.
+pub(super) fn sweep_bodies(dir: &Path, referenced: HashSet<OsString>, age: Duration) -> usize {
+    let Ok(files) = fs::read_dir(body_dir(dir)) else {
+        return 0;
+    };
+    let mut deleted = 0;
+    for file in files.flatten() {
+        if referenced.contains(&file.file_name()) {
+            continue;
+        }
+        let idle = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if idle >= age && fs::remove_file(file.path()).is_ok() {
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        warn!(dir = %body_dir(dir).display(), files = deleted, "removed body files that belong to no queued message (content of sessions that ended before their message was accepted)");
+    }
+    deleted
 }

@@ -36,6 +36,32 @@ pub const SIGNED_HEADERS: [&str; 10] = [
     "Content-Type",
 ];
 
+/// A streamed signature in progress, for either kind of key.
+enum Stream<'a> {
+    Rsa(mail_auth::dkim::DkimSigningStream<'a, RsaKey<Sha256>>),
+    Ed25519(mail_auth::dkim::DkimSigningStream<'a, Ed25519Key>),
+}
+
+impl Stream<'_> {
+    fn write(&mut self, chunk: &[u8]) {
+        match self {
+            Stream::Rsa(s) => s.write(chunk),
+            Stream::Ed25519(s) => s.write(chunk),
+        }
+    }
+}
+
+/// Why a streamed signature failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The body could not be read.
+    #[error("reading the message body: {0}")]
+    Read(std::io::Error),
+    /// mail-auth refused.
+    #[error("{0}")]
+    Signing(String),
+}
+
 /// A DKIM key that cannot be used, with the reason and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DkimError {
@@ -231,6 +257,37 @@ impl DkimKey {
             Signer::Ed25519(s) => s.sign(message),
         };
         signature.map(|s| s.to_header()).map_err(|e| e.to_string())
+    }
+
+    /// The `DKIM-Signature` header for a message whose content is `head` followed by
+    /// what `body` reads: the body is hashed a piece at a time as it is read, never
+    /// held whole.
+    pub fn sign_streamed(
+        &self,
+        head: &[u8],
+        body: &mut impl std::io::Read,
+    ) -> Result<String, SignError> {
+        let mut stream = match &self.signer {
+            Signer::Rsa(s) => Stream::Rsa(s.sign_streaming()),
+            Signer::Ed25519(s) => Stream::Ed25519(s.sign_streaming()),
+        };
+        stream.write(head);
+        let mut buf = vec![0; 256 * 1024];
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => stream.write(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SignError::Read(e)),
+            }
+        }
+        let signature = match stream {
+            Stream::Rsa(s) => s.finish(),
+            Stream::Ed25519(s) => s.finish(),
+        };
+        signature
+            .map(|s| s.to_header())
+            .map_err(|e| SignError::Signing(e.to_string()))
     }
 
     /// Where the record goes: `selector._domainkey.domain`.

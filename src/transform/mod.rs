@@ -140,6 +140,21 @@ impl Transformer {
         sender: Option<&str>,
         seven_bit: bool,
     ) -> Result<std::borrow::Cow<'a, [u8]>, TransformError> {
+        self.for_upstream_with(content, None, sender, seven_bit)
+    }
+
+    /// [`Transformer::for_upstream_as`] for a message whose content is `content`
+    /// followed by `body`, a spool file (a large message): the rewrites concern the
+    /// header block in `content`, the signature covers the body as it is read from the
+    /// file, and the body itself is sent as it is. With `seven_bit`, `body` must be
+    /// 7-bit (the caller reads an 8-bit one in to convert it).
+    pub fn for_upstream_with<'a>(
+        &self,
+        content: &'a [u8],
+        body: Option<&crate::message::SpooledBody>,
+        sender: Option<&str>,
+        seven_bit: bool,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, TransformError> {
         use std::borrow::Cow;
         let content: Cow<'a, [u8]> = if seven_bit {
             seven_bit::to_seven_bit(content)?
@@ -159,12 +174,19 @@ impl Transformer {
             return Ok(content);
         };
         let started = std::time::Instant::now();
-        let header = key
-            .sign(&content)
-            .map_err(|reason| TransformError::Signing {
-                domain: key.domain.clone(),
-                reason,
-            })?;
+        let signing_failed = |reason: String| TransformError::Signing {
+            domain: key.domain.clone(),
+            reason,
+        };
+        let header = match body {
+            None => key.sign(&content).map_err(signing_failed)?,
+            Some(body) => {
+                let mut file = std::fs::File::open(&body.path)
+                    .map_err(|e| signing_failed(format!("opening {}: {e}", body.path.display())))?;
+                key.sign_streamed(&content, &mut file)
+                    .map_err(|e| signing_failed(e.to_string()))?
+            }
+        };
         metrics::histogram!(crate::telemetry::name::DKIM_DURATION)
             .record(started.elapsed().as_secs_f64());
         let mut signed = Vec::with_capacity(header.len() + content.len());

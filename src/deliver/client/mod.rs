@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::config::Secret;
+use crate::message::SpooledBody;
 use crate::proto::{
     Capabilities, Response, ResponseError, encode_lines, line_pieces, parse_response,
 };
@@ -48,6 +49,10 @@ pub enum ClientError {
     /// they would be taken as TLS data (RFC 3207 §5 forbids this).
     #[error("the server sent data after agreeing to STARTTLS")]
     DataAfterStartTls,
+    /// The message's content could not be read (its spool body file) while it was being
+    /// sent: the transaction is cut off, and the connection with it.
+    #[error("{0}")]
+    Content(String),
     /// The server refused a command.
     #[error("the server refused {command}: {response}")]
     Refused {
@@ -323,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         &mut self,
         mail_from: &str,
         recipients: &[String],
-        content: &[u8],
+        content: (&[u8], Option<&SpooledBody>),
         pipelining: bool,
     ) -> Result<Vec<RcptReply>, ClientError> {
         self.reached_data = false;
@@ -429,22 +434,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 
     /// The message content as `DATA` payload, encoded and written a piece at a time:
     /// however large the message, only one piece of its wire form is in memory. The
-    /// terminator goes with the last piece.
-    async fn write_content(&mut self, content: &[u8]) -> Result<(), ClientError> {
+    /// terminator goes with the last piece. A large message's body is read from its
+    /// spool file as it is sent.
+    async fn write_content(
+        &mut self,
+        (content, body): (&[u8], Option<&SpooledBody>),
+    ) -> Result<(), ClientError> {
         let mut wire = Vec::with_capacity(content.len().min(WRITE_CHUNK) + WRITE_CHUNK / 32);
         let mut pieces = line_pieces(content, WRITE_CHUNK).peekable();
         while let Some(piece) = pieces.next() {
             wire.clear();
             encode_lines(piece, &mut wire);
-            if pieces.peek().is_none() {
+            if pieces.peek().is_none() && body.is_none() {
                 wire.extend_from_slice(b".\r\n");
             }
             self.write(&wire).await?;
         }
-        if content.is_empty() {
-            self.write(b".\r\n").await?;
+        match body {
+            Some(body) => self.write_body(body, &mut wire).await,
+            None if content.is_empty() => self.write(b".\r\n").await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The body file of a large message as `DATA` payload, then the terminator. The
+    /// content before it ends with a line break, so the file starts at a line start;
+    /// each piece read is encoded up to its last line end, the rest carried over.
+    async fn write_body(
+        &mut self,
+        body: &SpooledBody,
+        wire: &mut Vec<u8>,
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncReadExt;
+        let unreadable = |e: std::io::Error| {
+            ClientError::Content(format!(
+                "cannot read the message body file {}: {e}",
+                body.path.display()
+            ))
+        };
+        let mut file = tokio::fs::File::open(&body.path)
+            .await
+            .map_err(unreadable)?;
+        let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK * 2);
+        loop {
+            let before = pending.len();
+            pending.resize(before + WRITE_CHUNK, 0);
+            let n = file
+                .read(&mut pending[before..])
+                .await
+                .map_err(unreadable)?;
+            pending.truncate(before + n);
+            let whole_lines = if n == 0 {
+                pending.len()
+            } else {
+                memchr::memrchr(b'\n', &pending).map_or(0, |p| p + 1)
+            };
+            wire.clear();
+            encode_lines(&pending[..whole_lines], wire);
+            if n == 0 {
+                wire.extend_from_slice(b".\r\n");
+            }
+            if !wire.is_empty() {
+                self.write(wire).await?;
+            }
+            pending.drain(..whole_lines);
+            if n == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// With PIPELINING (RFC 2920), `RSET` (if `reset_first`), `MAIL FROM`, every

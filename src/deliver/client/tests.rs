@@ -51,7 +51,12 @@ async fn pipelined_transaction_with_a_refused_recipient() {
     let (mut client, mut server) = scripted(replies).await;
     let rcpts = vec!["a@x.y".to_owned(), "b@x.y".to_owned()];
     let result = client
-        .transaction("<s@x.y>", &rcpts, b"Subject: t\r\n\r\n.dot\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &rcpts,
+            (&b"Subject: t\r\n\r\n.dot\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap();
     assert!(
@@ -71,7 +76,12 @@ async fn refused_sender_fails_every_recipient_and_resets() {
     let (mut client, mut server) =
         scripted(b"451 4.3.0 busy\r\n503 no\r\n503 no\r\n250 reset\r\n").await;
     let result = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"x\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap();
     assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 451));
@@ -86,7 +96,12 @@ async fn a_pipelined_data_accepted_without_recipients_is_ended_empty() {
         b"250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n554 no recipients\r\n250 reset\r\n";
     let (mut client, mut server) = scripted(replies).await;
     let result = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"secret body\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"secret body\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap();
     assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 550));
@@ -104,7 +119,12 @@ async fn the_rset_between_messages_goes_out_with_the_next_command_group() {
     let (mut client, mut server) = scripted(replies).await;
     client.reset_before_next();
     let result = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"x\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap();
     assert!(matches!(&result[0], RcptReply::Accepted(r) if r.text() == "2.0.0 queued"));
@@ -119,7 +139,12 @@ async fn a_421_to_the_rset_of_a_pooled_connection_ends_the_transaction() {
     let (mut client, _server) = scripted(b"421 4.4.2 idle too long\r\n").await;
     client.reset_before_next();
     let result = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"x\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap();
     assert!(matches!(&result[0], RcptReply::Refused(r) if r.code == 421));
@@ -131,7 +156,12 @@ async fn without_pipelining_each_command_waits_for_its_reply() {
     let replies = b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n";
     let (mut client, mut server) = scripted(replies).await;
     let result = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", false)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"x\r\n"[..], None),
+            false,
+        )
         .await
         .unwrap();
     assert!(matches!(&result[0], RcptReply::Accepted(r) if r.code == 250));
@@ -146,7 +176,7 @@ async fn a_421_ends_the_transaction_with_its_reply() {
     let (mut client, _server) = scripted(b"421 4.7.0 closing\r\n").await;
     let rcpts = vec!["a@x.y".to_owned(), "b@x.y".to_owned()];
     let result = client
-        .transaction("<s@x.y>", &rcpts, b"x\r\n", true)
+        .transaction("<s@x.y>", &rcpts, (&b"x\r\n"[..], None), true)
         .await
         .unwrap();
     assert_eq!(result.len(), 2);
@@ -165,7 +195,7 @@ async fn a_server_that_stops_reading_fails_the_data_write_after_the_timeout() {
     let content = vec![b'x'; 1024 * 1024];
     let started = tokio::time::Instant::now();
     let err = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], &content, true)
+        .transaction("<s@x.y>", &["a@x.y".to_owned()], (&content[..], None), true)
         .await
         .unwrap_err();
     assert!(
@@ -198,7 +228,7 @@ async fn a_slow_reader_that_keeps_reading_is_not_a_stall() {
     });
     let content = vec![b'x'; 2 * 1024 * 1024];
     let replies = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], &content, true)
+        .transaction("<s@x.y>", &["a@x.y".to_owned()], (&content[..], None), true)
         .await
         .unwrap();
     assert!(matches!(&replies[0], RcptReply::Accepted(r) if r.code == 250));
@@ -224,7 +254,12 @@ async fn the_final_reply_is_awaited_longer_than_the_others() {
         server_end
     });
     let replies = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"x\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap();
     assert!(matches!(&replies[0], RcptReply::Accepted(r) if r.code == 250));
@@ -236,7 +271,12 @@ async fn the_final_reply_is_awaited_longer_than_the_others() {
         client
     };
     let err = client
-        .transaction("<s@x.y>", &["a@x.y".to_owned()], b"x\r\n", true)
+        .transaction(
+            "<s@x.y>",
+            &["a@x.y".to_owned()],
+            (&b"x\r\n"[..], None),
+            true,
+        )
         .await
         .unwrap_err();
     assert!(

@@ -215,14 +215,26 @@ pub(super) async fn prepare(
 ) -> Result<Arc<Message>, PrepareError> {
     let (transformer, original) = (transformer.clone(), message.clone());
     tokio::task::spawn_blocking(move || {
+        // An 8-bit body in a spool file is read in to be converted; any other stays
+        // in its file and is sent from there.
+        let whole;
+        let (content, body) = match &original.body {
+            Some(body) if seven_bit && body.eight_bit => {
+                whole = read_whole(&original).map_err(PrepareError::Failed)?;
+                (&whole[..], None)
+            }
+            body => (&original.content[..], body.as_ref()),
+        };
         let content = match transformer
-            .for_upstream_as(&original.content, sender.as_deref(), seven_bit)
+            .for_upstream_with(content, body, sender.as_deref(), seven_bit)
             .map_err(|e| match e {
                 TransformError::NotConvertible(e) => PrepareError::NotConvertible(e.to_string()),
                 other => PrepareError::Failed(other.to_string()),
             })? {
             // Nothing to rewrite or sign: the upstream gets the message as it is.
-            std::borrow::Cow::Borrowed(_) if sender.is_none() => return Ok(original),
+            std::borrow::Cow::Borrowed(_) if sender.is_none() && body == original.body.as_ref() => {
+                return Ok(original);
+            }
             content => content.into_owned(),
         };
         let mut envelope = original.envelope.clone();
@@ -235,11 +247,24 @@ pub(super) async fn prepare(
             id: original.id,
             envelope,
             content,
+            body: body.cloned(),
             received_at: original.received_at,
         }))
     })
     .await
     .map_err(|e| PrepareError::Failed(format!("transformation task failed: {e}")))?
+}
+
+/// A large message's whole content in memory: its head and its body file.
+fn read_whole(message: &Message) -> Result<Vec<u8>, String> {
+    let mut whole = message.content.clone();
+    if let Some(body) = &message.body {
+        let mut file = std::fs::File::open(&body.path)
+            .map_err(|e| format!("opening the body file {}: {e}", body.path.display()))?;
+        std::io::Read::read_to_end(&mut file, &mut whole)
+            .map_err(|e| format!("reading the body file {}: {e}", body.path.display()))?;
+    }
+    Ok(whole)
 }
 
 /// Whether `target` is known to lack 8BITMIME (from its last EHLO).

@@ -197,7 +197,7 @@ impl Walk {
             recorded: vec![false; status.len()],
             status,
             prepared: HashMap::new(),
-            eight_bit: !message.content.is_ascii(),
+            eight_bit: message.has_eight_bit(),
             last_transient: None,
             unsuitable: Vec::new(),
             attempted: false,

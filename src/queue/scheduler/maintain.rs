@@ -1,5 +1,6 @@
 //! The scheduler's housekeeping, every second: the `queue` command's requests (retry,
-//! delete), queue gauges, the disk-usage guard and spool segment clean-up.
+//! delete), queue gauges, the disk-usage guard, spool segment clean-up and, every
+//! minute, body files left by sessions that ended before their message was accepted.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -44,6 +45,10 @@ impl Scheduler {
             }
             if let Err(e) = self.inner.spool.maintain(Duration::from_secs(600)).await {
                 error!(error = %e, "spool maintenance failed");
+            }
+            if ticks % 60 == 30 {
+                let spool = self.inner.spool.clone();
+                let _ = tokio::task::spawn_blocking(move || spool.sweep_bodies()).await;
             }
             ticks += 1;
             tokio::time::sleep(Duration::from_secs(1)).await;

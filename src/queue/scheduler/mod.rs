@@ -453,6 +453,10 @@ impl Scheduler {
 }
 
 impl Handoff for Scheduler {
+    fn body_dir(&self) -> Option<&std::path::Path> {
+        Some(self.inner.spool.body_dir())
+    }
+
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
         Box::pin(async move {
             if self.inner.disk_full.load(Ordering::SeqCst) {

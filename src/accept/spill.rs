@@ -1,0 +1,306 @@
+//! Content beyond memory: the body of a large message goes to a file in the spool's
+//! `body/` directory as it arrives, and only its header block stays in memory (the
+//! transform needs it; the body passes through untouched). So a session holds about
+//! [`SPILL_AT`] of content at most, however large its message.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::message::{QueueId, SpooledBody};
+
+/// A message whose content reaches this size, and whose header block has ended, has
+/// its body written to a file from then on.
+pub const SPILL_AT: usize = 1024 * 1024;
+/// Body content is written to the file in pieces of at least this size.
+const SPILL_CHUNK: usize = 256 * 1024;
+
+/// Where the content of one message beyond its header block goes.
+#[derive(Debug, Default)]
+pub struct Spill {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// All content is in memory; the header block's end was looked for up to `scanned`.
+    InMemory { scanned: usize },
+    /// The body goes to `file`; the content buffer holds the header block (`head`
+    /// octets) and body octets not written yet.
+    Writing {
+        file: Box<tokio::fs::File>,
+        path: PathBuf,
+        head: usize,
+        written: u64,
+        eight_bit: bool,
+    },
+    /// Writing failed: the rest of the content is dropped, and the message is refused
+    /// at its end.
+    Failed { error: std::io::Error },
+    /// The file became a message's [`SpooledBody`].
+    Taken,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State::InMemory { scanned: 0 }
+    }
+}
+
+/// Where the header block of `content` ends (after its empty line), if it has; the
+/// first `scanned` octets are known to hold no end but the last three.
+fn head_end(content: &[u8], scanned: usize) -> Option<usize> {
+    if content.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    let from = scanned.saturating_sub(3);
+    memchr::memmem::find(&content[from..], b"\r\n\r\n").map(|p| from + p + 4)
+}
+
+impl Spill {
+    /// After more content arrived in `content`: start writing the body to a file in
+    /// `dir` once the message is large enough, and move what has arrived of it there.
+    /// Without `dir` (a hand-off that takes whole messages only) nothing happens.
+    pub async fn absorb(&mut self, content: &mut Vec<u8>, dir: Option<&Path>) {
+        match &mut self.state {
+            State::InMemory { scanned } => {
+                let Some(dir) = dir else { return };
+                if content.len() < SPILL_AT {
+                    return;
+                }
+                // A header block longer than SPILL_AT stays in memory with what follows
+                // it until it ends: the transform must see it whole.
+                let Some(head) = head_end(content, *scanned) else {
+                    *scanned = content.len();
+                    return;
+                };
+                let path = dir.join(format!("{:016x}", QueueId::generate().as_u64()));
+                match tokio::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&path)
+                    .await
+                {
+                    Ok(file) => {
+                        self.state = State::Writing {
+                            file: Box::new(file),
+                            path,
+                            head,
+                            written: 0,
+                            eight_bit: false,
+                        };
+                        self.write_body(content).await;
+                    }
+                    Err(error) => self.fail(error, content),
+                }
+            }
+            State::Writing { head, .. } => {
+                if content.len() - *head >= SPILL_CHUNK {
+                    self.write_body(content).await;
+                }
+            }
+            State::Failed { .. } => content.clear(),
+            State::Taken => {}
+        }
+    }
+
+    async fn write_body(&mut self, content: &mut Vec<u8>) {
+        let State::Writing {
+            file,
+            head,
+            written,
+            eight_bit,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        let body = &content[*head..];
+        *eight_bit |= !body.is_ascii();
+        match file.write_all(body).await {
+            Ok(()) => {
+                *written += body.len() as u64;
+                content.truncate(*head);
+            }
+            Err(error) => self.fail(error, content),
+        }
+    }
+
+    fn fail(&mut self, error: std::io::Error, content: &mut Vec<u8>) {
+        if let Some(path) = self.path() {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::warn!(error = %error, "cannot write message content to the spool; the message will be refused");
+        content.clear();
+        self.state = State::Failed { error };
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match &self.state {
+            State::Writing { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The content ended: write what is left of the body and make the file durable.
+    /// Returns the body (`None` for a message held in memory whole), or why it could
+    /// not be kept. `content` is left holding the header block.
+    pub async fn finish(
+        &mut self,
+        content: &mut Vec<u8>,
+    ) -> Result<Option<SpooledBody>, std::io::Error> {
+        match std::mem::take(&mut self.state) {
+            State::InMemory { .. } | State::Taken => Ok(None),
+            State::Failed { error, .. } => Err(error),
+            writing @ State::Writing { .. } => {
+                self.state = writing;
+                self.write_body(content).await;
+                let (file, path, written, eight_bit) =
+                    match std::mem::replace(&mut self.state, State::Taken) {
+                        State::Writing {
+                            file,
+                            path,
+                            written,
+                            eight_bit,
+                            ..
+                        } => (file, path, written, eight_bit),
+                        State::Failed { error } => return Err(error),
+                        _ => unreachable!("writing ends written or failed"),
+                    };
+                let durable = async {
+                    let mut file = file;
+                    file.flush().await?;
+                    file.sync_data().await?;
+                    let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+                    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+                        .await
+                        .map_err(std::io::Error::other)?
+                };
+                match durable.await {
+                    Ok(()) => Ok(Some(SpooledBody {
+                        path,
+                        len: written,
+                        eight_bit,
+                    })),
+                    Err(error) => {
+                        let _ = std::fs::remove_file(&path);
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Spill {
+    /// Content of a message that was not accepted is not kept.
+    fn drop(&mut self) {
+        if let Some(path) = self.path() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body_lines: usize) -> Vec<u8> {
+        let mut m = b"From: a@example.com\r\nSubject: big\r\n\r\n".to_vec();
+        for i in 0..body_lines {
+            m.extend_from_slice(
+                format!("line {i} of a long body, some text to fill it\r\n").as_bytes(),
+            );
+        }
+        m
+    }
+
+    async fn feed(spill: &mut Spill, whole: &[u8], dir: &Path) -> Vec<u8> {
+        let mut content = Vec::new();
+        for piece in whole.chunks(10_000) {
+            content.extend_from_slice(piece);
+            spill.absorb(&mut content, Some(dir)).await;
+            assert!(content.len() < SPILL_AT + SPILL_CHUNK + 10_000);
+        }
+        content
+    }
+
+    #[tokio::test]
+    async fn a_large_body_goes_to_a_file_and_the_header_block_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = message(100_000);
+        let mut spill = Spill::default();
+        let mut content = feed(&mut spill, &whole, dir.path()).await;
+        let body = spill.finish(&mut content).await.unwrap().unwrap();
+        let head = head_end(&whole, 0).unwrap();
+        assert_eq!(content, &whole[..head]);
+        assert_eq!(body.len as usize, whole.len() - head);
+        assert!(!body.eight_bit);
+        let mut back = content.clone();
+        back.extend(std::fs::read(&body.path).unwrap());
+        assert_eq!(back, whole);
+        drop(spill);
+        assert!(body.path.exists(), "a taken file is the message's");
+    }
+
+    #[tokio::test]
+    async fn small_messages_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = message(100);
+        let mut spill = Spill::default();
+        let mut content = feed(&mut spill, &whole, dir.path()).await;
+        assert_eq!(spill.finish(&mut content).await.unwrap(), None);
+        assert_eq!(content, whole);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn content_of_a_message_not_accepted_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut whole = message(100_000);
+        whole.extend_from_slice("8-bit: é\r\n".as_bytes());
+        let mut spill = Spill::default();
+        feed(&mut spill, &whole, dir.path()).await;
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(spill);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn eight_bit_bodies_are_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut whole = message(100_000);
+        whole.extend_from_slice("8-bit: é\r\n".as_bytes());
+        let mut spill = Spill::default();
+        let mut content = feed(&mut spill, &whole, dir.path()).await;
+        assert!(spill.finish(&mut content).await.unwrap().unwrap().eight_bit);
+    }
+
+    #[tokio::test]
+    async fn a_header_block_without_end_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut whole = Vec::new();
+        for i in 0..40_000 {
+            whole.extend_from_slice(format!("X-Filler-{i}: some header text\r\n").as_bytes());
+        }
+        let mut spill = Spill::default();
+        let mut content = Vec::new();
+        content.extend_from_slice(&whole);
+        spill.absorb(&mut content, Some(dir.path())).await;
+        assert_eq!(spill.finish(&mut content).await.unwrap(), None);
+        assert_eq!(content, whole);
+    }
+
+    #[tokio::test]
+    async fn a_write_failure_is_reported_at_the_end() {
+        let missing = Path::new("/nonexistent/smarthost-body-dir");
+        let whole = message(100_000);
+        let mut spill = Spill::default();
+        let mut content = Vec::new();
+        for piece in whole.chunks(10_000) {
+            content.extend_from_slice(piece);
+            spill.absorb(&mut content, Some(missing)).await;
+        }
+        assert!(spill.finish(&mut content).await.is_err());
+    }
+}

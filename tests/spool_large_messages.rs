@@ -1,0 +1,235 @@
+//! Large messages without large memory (issue 12): the body of a message past the
+//! spill size goes to a file in `<spool>/body/` while it arrives, the journal record
+//! keeps only its header block, delivery reads the body from the file, and the file
+//! goes when the message is finished. Every wait has its own deadline.
+
+pub mod fake_upstream;
+pub mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fake_upstream::{FakeUpstream, Fault, Mode};
+use support::{Relay, STRICT_HEAD, TestConfig, start_relay, wait_for};
+use tokio::io::AsyncWriteExt;
+
+/// A body of about `size` octets with lines that start with a dot, long lines and
+/// short ones; CRLF line ends.
+fn body(size: usize) -> String {
+    let mut body = String::new();
+    let mut line = 0usize;
+    while body.len() < size {
+        match line % 5 {
+            0 => body.push_str(".a line that starts with a dot\r\n"),
+            1 => body.push_str(&format!("{}\r\n", "y".repeat(900))),
+            _ => body.push_str(&format!("line {line} of the large message\r\n")),
+        }
+        line += 1;
+    }
+    body
+}
+
+/// `content` as DATA payload: dot-stuffed, with the terminator.
+fn data(content: &str) -> Vec<u8> {
+    let mut wire = String::new();
+    for line in content.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            wire.push('.');
+        }
+        wire.push_str(line);
+    }
+    wire.push_str(".\r\n");
+    wire.into_bytes()
+}
+
+fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn body_dir(relay: &Relay) -> PathBuf {
+    relay.config().spool.dir.join("body")
+}
+
+/// Bytes in the journal segments.
+fn journal_bytes(relay: &Relay) -> u64 {
+    files(&relay.config().spool.dir)
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "log"))
+        .map(|(_, len)| len)
+        .sum()
+}
+
+/// What follows our `Received` header in delivered content.
+fn after_received(content: &[u8]) -> &[u8] {
+    let text = std::str::from_utf8(content).expect("ASCII content");
+    let at = text.find(STRICT_HEAD).expect("the submitted header block");
+    &content[at..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_waits_in_a_file_and_arrives_byte_for_byte() {
+    let upstream = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .ext("SIZE 52428800")
+        .start()
+        .await;
+    // The upstream takes its time with the end of data: the message is in the spool
+    // meanwhile, to be looked at.
+    upstream.set_fault(Some(Fault::SlowEndOfData(Duration::from_secs(3))));
+    let relay = start_relay(&format!(
+        "[server]\nmax_message_size = 52428800\n\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\ntimeout = \"20s\"\n",
+        upstream.plain_url()
+    ))
+    .await;
+    let body = body(6 * 1024 * 1024);
+    let content = format!("{STRICT_HEAD}Subject: large\r\n\r\n{body}");
+    let mut client = relay.client().await;
+    client.expect("MAIL FROM:<app@example.com>", 250).await;
+    client.expect("RCPT TO:<user@example.net>", 250).await;
+    client.expect("DATA", 354).await;
+    client.send(data(&content)).await;
+    client.expect_reply(250).await;
+
+    let spooled = files(&body_dir(&relay));
+    assert_eq!(spooled.len(), 1, "one body file: {spooled:?}");
+    assert_eq!(
+        spooled[0].1,
+        body.len() as u64,
+        "the file holds the body, the record the header block"
+    );
+    assert!(
+        journal_bytes(&relay) < 64 * 1024,
+        "the journal does not hold the body: {} octets",
+        journal_bytes(&relay)
+    );
+
+    let delivered = wait_for("the large message delivered", || async {
+        upstream.messages().into_iter().next()
+    })
+    .await;
+    assert!(
+        after_received(&delivered.content) == content.as_bytes(),
+        "the content changed on the way ({} octets sent, {} received)",
+        content.len(),
+        delivered.content.len()
+    );
+    wait_for("the body file removed once delivered", || async {
+        files(&body_dir(&relay)).is_empty().then_some(())
+    })
+    .await;
+    client.expect("QUIT", 221).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_of_a_session_cut_off_in_the_middle_is_not_kept() {
+    let relay = start_relay("[server]\nmax_message_size = 52428800\n").await;
+    let mut client = relay.client().await;
+    client.expect("MAIL FROM:<app@example.com>", 250).await;
+    client.expect("RCPT TO:<user@example.net>", 250).await;
+    client.expect("DATA", 354).await;
+    let content = format!("{STRICT_HEAD}Subject: cut\r\n\r\n{}", body(3 * 1024 * 1024));
+    let mut stream = client.into_stream();
+    stream.write_all(content.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    wait_for("the body going to a file", || async {
+        (!files(&body_dir(&relay)).is_empty()).then_some(())
+    })
+    .await;
+    drop(stream);
+    wait_for("the file of the unfinished message removed", || async {
+        files(&body_dir(&relay)).is_empty().then_some(())
+    })
+    .await;
+    assert!(relay.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_sent_with_bdat_is_kept_the_same_way() {
+    let mut relay = start_relay("[server]\nmax_message_size = 52428800\n").await;
+    let content = format!(
+        "{STRICT_HEAD}Subject: chunks\r\n\r\n{}",
+        body(4 * 1024 * 1024)
+    );
+    let mut client = relay.client().await;
+    client.expect("MAIL FROM:<app@example.com>", 250).await;
+    client.expect("RCPT TO:<user@example.net>", 250).await;
+    let chunks: Vec<&[u8]> = content.as_bytes().chunks(1024 * 1024 + 7).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        client
+            .send(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes())
+            .await;
+        client.send(chunk).await;
+        client.expect_reply(250).await;
+    }
+    client.expect("QUIT", 221).await;
+    relay.wait_for_messages(1).await;
+    wait_for("the body file removed once delivered", || async {
+        files(&body_dir(&relay)).is_empty().then_some(())
+    })
+    .await;
+    let delivered = relay.finish(1).await;
+    assert!(
+        after_received(&delivered[0].bytes) == content.as_bytes(),
+        "the content changed on the way"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_large_message_survives_a_restart() {
+    let shared = tempfile::tempdir().unwrap();
+    let spool = shared.path().join("spool");
+    let outbox = shared.path().join("outbox");
+    let spool_section = format!(
+        "[server]\nmax_message_size = 52428800\n\n[spool]\ndir = \"{}\"\n",
+        spool.display()
+    );
+    let down = format!(
+        "{spool_section}\n[delivery]\nretry_base = \"1s\"\nretry_max = \"2s\"\n\n[[upstream]]\nname = \"down\"\nurl = \"smtp://127.0.0.1:{}?tls=none\"\ntimeout = \"2s\"\n",
+        support::free_port()
+    );
+    let content = format!(
+        "{STRICT_HEAD}Subject: restart\r\n\r\n{}",
+        body(3 * 1024 * 1024)
+    );
+    {
+        let dir = tempfile::tempdir_in(shared.path()).unwrap();
+        let mut relay = Relay::start(TestConfig::new(dir.path()).toml(&down), dir).await;
+        let mut client = relay.client().await;
+        let wire = data(&content);
+        // send_message adds the terminator itself.
+        let reply = client
+            .send_message(
+                "app@example.com",
+                &["user@example.net"],
+                &wire[..wire.len() - 3],
+            )
+            .await;
+        assert_eq!(reply.code, 250, "{}", reply.text());
+        client.expect("QUIT", 221).await;
+        relay.shutdown().await;
+    }
+    assert_eq!(files(&spool.join("body")).len(), 1);
+
+    let dir = tempfile::tempdir_in(shared.path()).unwrap();
+    let config = TestConfig::new(dir.path())
+        .toml(&spool_section)
+        .maildir(&outbox);
+    let mut relay = Relay::start(config, dir).await;
+    relay.wait_for_messages(1).await;
+    wait_for("the body file removed once delivered", || async {
+        files(&spool.join("body")).is_empty().then_some(())
+    })
+    .await;
+    let delivered = relay.finish(1).await;
+    assert!(
+        after_received(&delivered[0].bytes) == content.as_bytes(),
+        "the content changed across the restart"
+    );
+}
