@@ -99,6 +99,60 @@ pub struct SpooledBody {
     pub eight_bit: bool,
 }
 
+/// Memory for message content (`spool.memory_limit`): what sessions hold of the messages
+/// they receive, and what the queue keeps of accepted messages for their first delivery.
+/// A session that finds it used up writes its message's body to the spool at once, or,
+/// if it cannot, refuses the message with `452 4.3.1`; the queue reads content back from
+/// disk instead.
+#[derive(Debug)]
+pub struct ContentMemory {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl ContentMemory {
+    /// `limit` octets in all.
+    pub fn new(limit: u64) -> ContentMemory {
+        ContentMemory {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Take `bytes` if that stays within the limit.
+    pub fn try_take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    /// Take `bytes` whatever the limit (content already in memory that must stay).
+    pub fn force_take(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    /// Give back `bytes` taken before.
+    pub fn give_back(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    /// Octets in use.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
 /// An accepted message on its way to delivery.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -130,6 +184,20 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_memory_is_taken_within_its_limit() {
+        let memory = ContentMemory::new(100);
+        assert!(memory.try_take(60));
+        assert!(!memory.try_take(41));
+        assert!(memory.try_take(40));
+        memory.give_back(50);
+        assert_eq!(memory.used(), 50);
+        memory.force_take(80);
+        assert!(!memory.try_take(1));
+        memory.give_back(1000);
+        assert_eq!(memory.used(), 0);
+    }
 
     #[test]
     fn ids_are_unique_increasing_and_round_trip() {
@@ -171,6 +239,11 @@ pub trait Handoff: Send + Sync + 'static {
     /// takes messages whose content is partly in a file (a [`SpooledBody`]). Without
     /// one, content is held in memory whole.
     fn body_dir(&self) -> Option<&Path> {
+        None
+    }
+
+    /// The memory for message content that sessions take from, if this stage bounds it.
+    fn content_memory(&self) -> Option<&std::sync::Arc<ContentMemory>> {
         None
     }
 }

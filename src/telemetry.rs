@@ -15,6 +15,11 @@ pub mod name {
     pub const BOUNCED: &str = "smarthost_messages_bounced_total";
     /// Messages whose `250` was held back because delivery was behind acceptance.
     pub const ACCEPT_PACED: &str = "smarthost_accept_paced_total";
+    /// Messages whose body went to the spool while it arrived, by `reason` (`size`: a
+    /// large message; `memory`: `spool.memory_limit` was in use).
+    pub const SPOOLED_BODIES: &str = "smarthost_spooled_bodies_total";
+    /// Message content held in memory now (what `spool.memory_limit` bounds).
+    pub const CONTENT_MEMORY: &str = "smarthost_content_memory_bytes";
     /// Messages in the spool.
     pub const QUEUE: &str = "smarthost_queue_messages";
     /// Age of the oldest queued message.
@@ -47,6 +52,15 @@ pub fn describe() {
     describe_counter!(
         name::ACCEPT_PACED,
         "Messages whose 250 was held back (at most 1 s) because delivery was behind acceptance"
+    );
+    describe_counter!(
+        name::SPOOLED_BODIES,
+        "Messages whose body went to the spool while it arrived, by reason (size, memory)"
+    );
+    describe_gauge!(
+        name::CONTENT_MEMORY,
+        Unit::Bytes,
+        "Message content held in memory now (bounded by spool.memory_limit)"
     );
     describe_gauge!(name::QUEUE, "Messages in the spool");
     describe_gauge!(

@@ -233,3 +233,132 @@ async fn a_queued_large_message_survives_a_restart() {
         "the content changed across the restart"
     );
 }
+
+/// Memory for message content is `spool.memory_limit` in all: clients sending more than
+/// that at once have their bodies written to the spool earlier, and all of them arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_messages_beyond_the_memory_limit_go_to_the_spool_and_arrive() {
+    let mut relay =
+        start_relay("[server]\nmax_message_size = 52428800\n\n[spool]\nmemory_limit = 1048576\n")
+            .await;
+    let addr = relay.addr();
+    let sends: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                let content = format!(
+                    "{STRICT_HEAD}Subject: concurrent {i}\r\n\r\n{}",
+                    body(900 * 1024 + i * 1000)
+                );
+                let mut client = support::SmtpClient::connect(addr).await;
+                client.greeting().await;
+                client.expect("EHLO client.test", 250).await;
+                let wire = data(&content);
+                let reply = client
+                    .send_message(
+                        "app@example.com",
+                        &["user@example.net"],
+                        &wire[..wire.len() - 3],
+                    )
+                    .await;
+                assert_eq!(reply.code, 250, "client {i}: {}", reply.text());
+                client.expect("QUIT", 221).await;
+                content
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for send in sends {
+        sent.push(support::within("a client's message", send).await.unwrap());
+    }
+    relay.wait_for_messages(6).await;
+    let metrics_addr = relay.metrics_addr().expect("metrics listen");
+    let (_, metrics) = support::http_get(metrics_addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("smarthost_spooled_bodies_total{reason=\"memory\"}")),
+        "bodies below the usual size went to the spool for want of memory:\n{metrics}"
+    );
+    wait_for("every body file removed once delivered", || async {
+        files(&body_dir(&relay)).is_empty().then_some(())
+    })
+    .await;
+    let delivered = relay.finish(6).await;
+    for content in &sent {
+        assert!(
+            delivered
+                .iter()
+                .any(|d| after_received(&d.bytes) == content.as_bytes()),
+            "a message changed on the way or is missing"
+        );
+    }
+}
+
+/// A message that can neither stay in memory nor go to the spool (its header block alone
+/// is larger than `spool.memory_limit`) is refused with `452 4.3.1` at its end; the
+/// session goes on, and the memory is free for the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_fits_nowhere_gets_452_and_the_session_goes_on() {
+    let mut relay =
+        start_relay("[server]\nmax_message_size = 52428800\n\n[spool]\nmemory_limit = 1048576\n")
+            .await;
+    let mut headers = String::new();
+    for i in 0..40_000 {
+        headers.push_str(&format!("X-Filler-{i}: a header block that never ends\r\n"));
+    }
+    let huge = format!("{STRICT_HEAD}{headers}Subject: huge\r\n\r\nbody\r\n");
+    let mut client = relay.client().await;
+    client.expect("MAIL FROM:<app@example.com>", 250).await;
+    client.expect("RCPT TO:<user@example.net>", 250).await;
+    client.expect("DATA", 354).await;
+    client.send(data(&huge)).await;
+    client.expect_reply_esc(452, "4.3.1").await;
+
+    let small = format!("{STRICT_HEAD}Subject: small\r\n\r\nbody\r\n");
+    let reply = client
+        .send_message("app@example.com", &["user@example.net"], small.as_bytes())
+        .await;
+    assert_eq!(reply.code, 250, "{}", reply.text());
+    client.expect("QUIT", 221).await;
+    let delivered = relay.finish(1).await;
+    assert_eq!(after_received(&delivered[0].bytes), small.as_bytes());
+}
+
+/// Passthrough mode streams too: the body goes to `<spool>/body/` while it arrives and
+/// is sent from there while the client waits; nothing stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_mode_streams_a_large_message_and_keeps_nothing() {
+    let upstream = FakeUpstream::builder(Mode::Plain)
+        .ext("PIPELINING")
+        .ext("SIZE 52428800")
+        .start()
+        .await;
+    let relay = start_relay(&format!(
+        "[server]\nmax_message_size = 52428800\n\n[delivery]\nmode = \"passthrough\"\n\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\ntimeout = \"20s\"\n",
+        upstream.plain_url()
+    ))
+    .await;
+    let content = format!(
+        "{STRICT_HEAD}Subject: passthrough\r\n\r\n{}",
+        body(4 * 1024 * 1024)
+    );
+    let mut client = relay.client().await;
+    let wire = data(&content);
+    let reply = client
+        .send_message(
+            "app@example.com",
+            &["user@example.net"],
+            &wire[..wire.len() - 3],
+        )
+        .await;
+    assert_eq!(reply.code, 250, "{}", reply.text());
+    let delivered = upstream.messages();
+    assert_eq!(delivered.len(), 1, "delivered before the 250");
+    assert!(after_received(&delivered[0].content) == content.as_bytes());
+    assert!(
+        body_dir(&relay).exists(),
+        "the body went through the spool's body directory"
+    );
+    assert!(files(&body_dir(&relay)).is_empty(), "and nothing is left");
+    client.expect("QUIT", 221).await;
+}

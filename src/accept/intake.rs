@@ -52,6 +52,11 @@ pub(super) async fn complete(
     // A large message's body is in a file by now; `content` keeps its header block.
     let body = match spill.finish(&mut content).await {
         Ok(body) => body,
+        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+            metrics::counter!(name::REJECTED, "reason" => "no_memory").increment(1);
+            warn!(client = %peer, "message not accepted: the memory for message content (spool.memory_limit) was in use while it arrived, and it could not go to the spool");
+            return (next, Reply::insufficient_storage());
+        }
         Err(e) => {
             metrics::counter!(name::REJECTED, "reason" => "no_storage").increment(1);
             warn!(client = %peer, error = %e, "message not accepted: cannot write its content to the spool");

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use super::intake;
 use super::phase::{Phase, Rules, Step};
 use super::{Handoff, RunState};
+use crate::message::ContentMemory;
 use crate::proto::{Enhanced, MAX_COMMAND_LINE, Reply, parse_command};
 
 /// Protocol errors a client may make before we hang up (RFC 5321 §4.3.2 lets a server
@@ -111,6 +112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
         }
     }
 }
+
+/// Where content beyond memory goes and the memory content is taken from (see
+/// [`super::spill`]).
+type Spooling<'a> = (Option<&'a Path>, Option<&'a Arc<ContentMemory>>);
 
 /// Buffered reading and writing with timeouts and the shutdown signal.
 struct Connection<S> {
@@ -245,7 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_data(
         &mut self,
         phase: &mut Phase,
-        body_dir: Option<&Path>,
+        (body_dir, memory): Spooling<'_>,
         shutdown: &mut watch::Receiver<RunState>,
     ) -> Result<(), End> {
         loop {
@@ -260,7 +265,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if done {
                     return Ok(());
                 }
-                incoming.spill.absorb(&mut incoming.content, body_dir).await;
+                incoming
+                    .spill
+                    .absorb(&mut incoming.content, body_dir, memory)
+                    .await;
             }
             self.read_more(shutdown, false, Instant::now() + self.timeout)
                 .await?;
@@ -271,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_chunk(
         &mut self,
         phase: &mut Phase,
-        (mut size, body_dir): (u64, Option<&Path>),
+        (mut size, (body_dir, memory)): (u64, Spooling<'_>),
         shutdown: &mut watch::Receiver<RunState>,
     ) -> Result<(), End> {
         loop {
@@ -281,7 +289,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     incoming
                         .reader
                         .feed(&self.rbuf[self.rpos..self.rpos + n], &mut incoming.content);
-                    incoming.spill.absorb(&mut incoming.content, body_dir).await;
+                    incoming
+                        .spill
+                        .absorb(&mut incoming.content, body_dir, memory)
+                        .await;
                 }
                 self.consume(n);
                 size -= n as u64;
@@ -487,10 +498,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .phase
             .as_mut()
             .expect("the phase is back after every step");
-        let body_dir = self.ctx.handoff.body_dir();
+        let spooling = (
+            self.ctx.handoff.body_dir(),
+            self.ctx.handoff.content_memory(),
+        );
         if let Err(end) = self
             .conn
-            .read_data(phase, body_dir, &mut self.shutdown)
+            .read_data(phase, spooling, &mut self.shutdown)
             .await
         {
             return Flow::Ended(end);
@@ -505,10 +519,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .phase
             .as_mut()
             .expect("the phase is back after every step");
-        let body_dir = self.ctx.handoff.body_dir();
+        let spooling = (
+            self.ctx.handoff.body_dir(),
+            self.ctx.handoff.content_memory(),
+        );
         if let Err(end) = self
             .conn
-            .read_chunk(phase, (size, body_dir), &mut self.shutdown)
+            .read_chunk(phase, (size, spooling), &mut self.shutdown)
             .await
         {
             return Flow::Ended(end);

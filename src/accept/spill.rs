@@ -2,12 +2,19 @@
 //! `body/` directory as it arrives, and only its header block stays in memory (the
 //! transform needs it; the body passes through untouched). So a session holds about
 //! [`SPILL_AT`] of content at most, however large its message.
+//!
+//! What a session holds is taken from the relay's [`ContentMemory`]
+//! (`spool.memory_limit`). When that is used up, the body goes to the file at once,
+//! whatever its size; a message that cannot be written there (its header block is
+//! still arriving, or the hand-off takes whole messages only) is dropped as it arrives
+//! and refused at its end with `452 4.3.1`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::message::{QueueId, SpooledBody};
+use crate::message::{ContentMemory, QueueId, SpooledBody};
 
 /// A message whose content reaches this size, and whose header block has ended, has
 /// its body written to a file from then on.
@@ -19,6 +26,17 @@ const SPILL_CHUNK: usize = 256 * 1024;
 #[derive(Debug, Default)]
 pub struct Spill {
     state: State,
+    /// The memory the content in memory is taken from, and how much of it is taken.
+    memory: Option<Arc<ContentMemory>>,
+    taken: u64,
+}
+
+/// Why a message could not be kept.
+pub fn out_of_memory() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::OutOfMemory,
+        "the memory for message content (spool.memory_limit) is in use and the message cannot go to the spool",
+    )
 }
 
 #[derive(Debug)]
@@ -61,27 +79,92 @@ impl Spill {
     /// After more content arrived in `content`: start writing the body to a file in
     /// `dir` once the message is large enough, and move what has arrived of it there.
     /// Without `dir` (a hand-off that takes whole messages only) nothing happens.
-    pub async fn absorb(&mut self, content: &mut Vec<u8>, dir: Option<&Path>) {
+    ///
+    /// `memory` is what the content held in memory is taken from: when it has no room
+    /// for more, the body goes to the file now, or the message is dropped.
+    pub async fn absorb(
+        &mut self,
+        content: &mut Vec<u8>,
+        dir: Option<&Path>,
+        memory: Option<&Arc<ContentMemory>>,
+    ) {
+        if self.memory.is_none() {
+            self.memory = memory.cloned();
+        }
+        let short = !self.cover(content.len());
+        self.move_on(content, dir, short).await;
+        self.settle(content.len());
+    }
+
+    /// Take memory for `len` octets in all; false if there is no room.
+    fn cover(&mut self, len: usize) -> bool {
+        let len = len as u64;
+        let Some(memory) = &self.memory else {
+            return true;
+        };
+        if len <= self.taken {
+            return true;
+        }
+        if memory.try_take(len - self.taken) {
+            self.taken = len;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// After the content shrank or must stay as it is: hold memory for exactly `len`.
+    fn settle(&mut self, len: usize) {
+        let len = len as u64;
+        if let Some(memory) = &self.memory {
+            if self.taken > len {
+                memory.give_back(self.taken - len);
+            } else {
+                memory.force_take(len - self.taken);
+            }
+            self.taken = len;
+        }
+    }
+
+    async fn move_on(&mut self, content: &mut Vec<u8>, dir: Option<&Path>, short: bool) {
         match &mut self.state {
             State::InMemory { scanned } => {
-                let Some(dir) = dir else { return };
-                if content.len() < SPILL_AT {
+                let Some(dir) = dir else {
+                    if short {
+                        self.fail(out_of_memory(), content);
+                    }
+                    return;
+                };
+                if content.len() < SPILL_AT && !short {
                     return;
                 }
                 // A header block longer than SPILL_AT stays in memory with what follows
                 // it until it ends: the transform must see it whole.
                 let Some(head) = head_end(content, *scanned) else {
                     *scanned = content.len();
+                    if short {
+                        self.fail(out_of_memory(), content);
+                    }
                     return;
                 };
                 let path = dir.join(format!("{:016x}", QueueId::generate().as_u64()));
-                match tokio::fs::OpenOptions::new()
-                    .create_new(true)
-                    .write(true)
-                    .open(&path)
-                    .await
-                {
+                // The directory may not exist yet (passthrough mode opens the spool
+                // only when it needs it).
+                let opened = match tokio::fs::create_dir_all(dir).await {
+                    Ok(()) => {
+                        tokio::fs::OpenOptions::new()
+                            .create_new(true)
+                            .write(true)
+                            .open(&path)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match opened {
                     Ok(file) => {
+                        let reason = if short { "memory" } else { "size" };
+                        metrics::counter!(crate::telemetry::name::SPOOLED_BODIES, "reason" => reason)
+                            .increment(1);
                         self.state = State::Writing {
                             file: Box::new(file),
                             path,
@@ -95,7 +178,7 @@ impl Spill {
                 }
             }
             State::Writing { head, .. } => {
-                if content.len() - *head >= SPILL_CHUNK {
+                if content.len() - *head >= SPILL_CHUNK || short {
                     self.write_body(content).await;
                 }
             }
@@ -130,7 +213,14 @@ impl Spill {
         if let Some(path) = self.path() {
             let _ = std::fs::remove_file(path);
         }
-        tracing::warn!(error = %error, "cannot write message content to the spool; the message will be refused");
+        if error.kind() == std::io::ErrorKind::OutOfMemory {
+            tracing::warn!(
+                limit = self.memory.as_ref().map(|m| m.limit()),
+                "the memory for message content (spool.memory_limit) is in use: a message that cannot go to the spool is dropped as it arrives and refused with 452 4.3.1"
+            );
+        } else {
+            tracing::warn!(error = %error, "cannot write message content to the spool; the message will be refused");
+        }
         content.clear();
         self.state = State::Failed { error };
     }
@@ -149,6 +239,12 @@ impl Spill {
         &mut self,
         content: &mut Vec<u8>,
     ) -> Result<Option<SpooledBody>, std::io::Error> {
+        let result = self.end(content).await;
+        self.settle(content.len());
+        result
+    }
+
+    async fn end(&mut self, content: &mut Vec<u8>) -> Result<Option<SpooledBody>, std::io::Error> {
         match std::mem::take(&mut self.state) {
             State::InMemory { .. } | State::Taken => Ok(None),
             State::Failed { error, .. } => Err(error),
@@ -193,10 +289,14 @@ impl Spill {
 }
 
 impl Drop for Spill {
-    /// Content of a message that was not accepted is not kept.
+    /// Content of a message that was not accepted is not kept; the memory the session
+    /// held for it is given back.
     fn drop(&mut self) {
         if let Some(path) = self.path() {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(memory) = &self.memory {
+            memory.give_back(self.taken);
         }
     }
 }
@@ -219,7 +319,7 @@ mod tests {
         let mut content = Vec::new();
         for piece in whole.chunks(10_000) {
             content.extend_from_slice(piece);
-            spill.absorb(&mut content, Some(dir)).await;
+            spill.absorb(&mut content, Some(dir), None).await;
             assert!(content.len() < SPILL_AT + SPILL_CHUNK + 10_000);
         }
         content
@@ -286,20 +386,67 @@ mod tests {
         let mut spill = Spill::default();
         let mut content = Vec::new();
         content.extend_from_slice(&whole);
-        spill.absorb(&mut content, Some(dir.path())).await;
+        spill.absorb(&mut content, Some(dir.path()), None).await;
         assert_eq!(spill.finish(&mut content).await.unwrap(), None);
         assert_eq!(content, whole);
     }
 
     #[tokio::test]
+    async fn without_room_in_memory_the_body_goes_to_the_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(ContentMemory::new(64 * 1024));
+        let whole = message(5_000);
+        let mut spill = Spill::default();
+        let mut content = Vec::new();
+        for piece in whole.chunks(10_000) {
+            content.extend_from_slice(piece);
+            spill
+                .absorb(&mut content, Some(dir.path()), Some(&memory))
+                .await;
+            assert!(memory.used() <= 64 * 1024, "{}", memory.used());
+        }
+        let body = spill.finish(&mut content).await.unwrap().unwrap();
+        assert!(whole.len() < SPILL_AT, "a message below the usual size");
+        assert_eq!(content.len() as u64 + body.len, whole.len() as u64);
+        assert_eq!(memory.used(), content.len() as u64);
+        drop(spill);
+        assert_eq!(
+            memory.used(),
+            0,
+            "given back when the session is done with it"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_room_and_without_a_spool_the_message_is_refused() {
+        let memory = Arc::new(ContentMemory::new(64 * 1024));
+        let other_session = 60 * 1024;
+        assert!(memory.try_take(other_session));
+        let whole = message(5_000);
+        let mut spill = Spill::default();
+        let mut content = Vec::new();
+        for piece in whole.chunks(10_000) {
+            content.extend_from_slice(piece);
+            spill.absorb(&mut content, None, Some(&memory)).await;
+        }
+        let error = spill.finish(&mut content).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::OutOfMemory);
+        drop(spill);
+        assert_eq!(memory.used(), other_session);
+    }
+
+    #[tokio::test]
     async fn a_write_failure_is_reported_at_the_end() {
-        let missing = Path::new("/nonexistent/smarthost-body-dir");
+        // A directory that cannot be made: its parent is a file.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let missing = file.path().join("body");
+        let missing = missing.as_path();
         let whole = message(100_000);
         let mut spill = Spill::default();
         let mut content = Vec::new();
         for piece in whole.chunks(10_000) {
             content.extend_from_slice(piece);
-            spill.absorb(&mut content, Some(missing)).await;
+            spill.absorb(&mut content, Some(missing), None).await;
         }
         assert!(spill.finish(&mut content).await.is_err());
     }

@@ -303,8 +303,19 @@ fn spool(spool: &SpoolConfig) -> Result<(), Invalid> {
             "must be a percentage from 1 to 100".into(),
         ));
     }
+    if spool.memory_limit < MIN_MEMORY_LIMIT {
+        return Err((
+            "spool.memory_limit".into(),
+            format!(
+                "must be at least {MIN_MEMORY_LIMIT} (1 MiB): a message's header block and the first part of its body are held in memory while it is received"
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// The smallest `spool.memory_limit`.
+const MIN_MEMORY_LIMIT: u64 = 1024 * 1024;
 
 /// `[delivery]`.
 fn delivery(delivery: &DeliveryConfig) -> Result<(), Invalid> {

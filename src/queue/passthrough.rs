@@ -32,6 +32,9 @@ use crate::message::{Handoff, HandoffFuture, Message};
 pub struct Passthrough {
     deliverer: Arc<Deliverer>,
     dir: std::path::PathBuf,
+    /// `<dir>/body`: where large messages' bodies go while they are received (created
+    /// when the first one arrives).
+    body_dir: std::path::PathBuf,
     settings: Settings,
     leftovers: tokio::sync::OnceCell<Scheduler>,
 }
@@ -47,6 +50,7 @@ impl Passthrough {
     ) -> Passthrough {
         let this = Passthrough {
             deliverer,
+            body_dir: dir.join("body"),
             dir,
             settings,
             leftovers: tokio::sync::OnceCell::new(),
@@ -85,6 +89,14 @@ impl Passthrough {
 }
 
 impl Handoff for Passthrough {
+    fn body_dir(&self) -> Option<&std::path::Path> {
+        Some(&self.body_dir)
+    }
+
+    fn content_memory(&self) -> Option<&Arc<crate::message::ContentMemory>> {
+        Some(&self.settings.memory)
+    }
+
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
         Box::pin(async move {
             let message = Arc::new(message);
@@ -94,6 +106,10 @@ impl Handoff for Passthrough {
                 .iter()
                 .any(|(_, s)| matches!(s, RcptOutcome::Delivered { .. }));
             if report.all_delivered() || !some_delivered {
+                // Nothing goes to the queue: a body file has served its purpose.
+                if let Some(body) = &message.body {
+                    let _ = std::fs::remove_file(&body.path);
+                }
                 return passthrough_result(message.id, &report);
             }
             let adopted = match self.leftovers().await {
@@ -104,6 +120,9 @@ impl Handoff for Passthrough {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     tracing::error!(queue_id = %message.id, error = %e, "passthrough: cannot spool the recipients that are not delivered yet; answering as without a spool (a deferred recipient makes the client retry, and the delivered ones may get a second copy)");
+                    if let Some(body) = &message.body {
+                        let _ = std::fs::remove_file(&body.path);
+                    }
                     passthrough_result(message.id, &report)
                 }
             }

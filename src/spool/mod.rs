@@ -576,6 +576,14 @@ mod tests {
         spool.put(&b).await.unwrap();
         let orphan = spool.body_dir().join("00000000000000ff");
         fs::write(&orphan, b"content of a session that ended").unwrap();
+        File::options()
+            .write(true)
+            .open(&orphan)
+            .unwrap()
+            .set_modified(SystemTime::now() - ORPHAN_BODY_AGE * 2)
+            .unwrap();
+        let receiving = spool.body_dir().join("0000000000000100");
+        fs::write(&receiving, b"content of a session still sending").unwrap();
         drop(spool);
 
         let spool = Arc::new(Spool::open(dir.path()).unwrap());

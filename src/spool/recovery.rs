@@ -156,7 +156,9 @@ pub(super) fn recover(dir: &Path, repair: bool) -> Result<(Index, Option<u64>), 
     }
     if repair {
         drop_missing_bodies(&mut index);
-        sweep_bodies(dir, referenced_bodies(&index), Duration::ZERO);
+        // Only old files: in passthrough mode the spool is opened while sessions may be
+        // writing bodies of messages not accepted yet.
+        sweep_bodies(dir, referenced_bodies(&index), super::ORPHAN_BODY_AGE);
     }
     Ok((index, seqs.last().copied()))
 }

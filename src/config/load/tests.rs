@@ -202,6 +202,11 @@ fn errors_name_the_key_the_origin_and_the_valid_values() {
             "environment variable SMARTHOST__LOG__FORMAT: `log.format`: unknown value \"yaml\"; valid values are \"text\", \"json\"",
         ),
         ("[server\n", &[], "FILE: not valid TOML"),
+        (
+            "[spool]\nmemory_limit = 65536\n[[upstream]]\nurl = \"maildir:x\"\n",
+            &[],
+            "FILE: `spool.memory_limit`: must be at least 1048576 (1 MiB)",
+        ),
     ];
     for (text, vars, want) in cases {
         let got = error(text, vars);

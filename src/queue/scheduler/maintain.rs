@@ -25,6 +25,7 @@ impl Scheduler {
             {
                 use crate::telemetry::name;
                 metrics::gauge!(name::QUEUE).set(self.inner.spool.len() as f64);
+                metrics::gauge!(name::CONTENT_MEMORY).set(self.inner.settings.memory.used() as f64);
                 let oldest = self
                     .inner
                     .spool

@@ -30,7 +30,7 @@ mod retry;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,8 +41,8 @@ use super::bounce::bounce;
 use crate::config::Config;
 use crate::deliver::Deliverer;
 use crate::deliver::failover::Report;
+use crate::message::{ContentMemory, Message, QueueId};
 use crate::message::{Handoff, HandoffError, HandoffFuture};
-use crate::message::{Message, QueueId};
 use crate::spool::ctl;
 use crate::spool::{DeliveryState, RcptState, Spool, SpoolError};
 use outcomes::Unrecorded;
@@ -60,8 +60,9 @@ pub struct Settings {
     pub lifetime: Duration,
     /// Deliveries at the same time.
     pub workers: usize,
-    /// Content bytes kept in memory for queued messages.
-    pub memory_limit: u64,
+    /// Memory for message content (`spool.memory_limit`), shared with the sessions:
+    /// accepted content is kept for its first delivery only while there is room.
+    pub memory: Arc<ContentMemory>,
     /// Refuse new mail above this disk usage (percent).
     pub max_disk_usage: u8,
 }
@@ -82,7 +83,7 @@ impl Settings {
             retry_max: config.delivery.retry_max,
             lifetime: config.delivery.max_queue_lifetime,
             workers: workers.clamp(1, 512),
-            memory_limit: config.spool.memory_limit,
+            memory: Arc::new(ContentMemory::new(config.spool.memory_limit)),
             max_disk_usage: config.spool.max_disk_usage,
         }
     }
@@ -143,7 +144,6 @@ struct Inner {
     wake: Notify,
     stopping: AtomicBool,
     busy: AtomicUsize,
-    cached_bytes: AtomicU64,
     disk_full: AtomicBool,
     /// Set while [`Inner::unrecorded`] holds outcomes: no delivery starts meanwhile.
     spool_failing: AtomicBool,
@@ -173,7 +173,6 @@ impl Scheduler {
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
-            cached_bytes: AtomicU64::new(0),
             disk_full: AtomicBool::new(false),
             spool_failing: AtomicBool::new(false),
             unrecorded: Mutex::new(Unrecorded::default()),
@@ -295,16 +294,8 @@ impl Scheduler {
 
     /// Queue `id` for delivery now; with its content if memory allows.
     fn enqueue(&self, id: QueueId, message: Option<Arc<Message>>) {
-        let message = message.filter(|m| {
-            let len = m.content.len() as u64;
-            let held = self.inner.cached_bytes.fetch_add(len, Ordering::SeqCst);
-            if held + len > self.inner.settings.memory_limit {
-                self.inner.cached_bytes.fetch_sub(len, Ordering::SeqCst);
-                false
-            } else {
-                true
-            }
-        });
+        let message =
+            message.filter(|m| self.inner.settings.memory.try_take(m.content.len() as u64));
         let mut queue = self.inner.queue.lock().expect("queue lock");
         queue.due.remove(&id);
         queue.parked.remove(&id);
@@ -406,7 +397,7 @@ impl Scheduler {
                         .expect("queue lock")
                         .in_flight
                         .remove(&id);
-                    self.inner.cached_bytes.fetch_sub(cached, Ordering::SeqCst);
+                    self.inner.settings.memory.give_back(cached);
                     self.inner.busy.fetch_sub(1, Ordering::SeqCst);
                 }
                 Err(wait) => {
@@ -455,6 +446,10 @@ impl Scheduler {
 impl Handoff for Scheduler {
     fn body_dir(&self) -> Option<&std::path::Path> {
         Some(self.inner.spool.body_dir())
+    }
+
+    fn content_memory(&self) -> Option<&Arc<ContentMemory>> {
+        Some(&self.inner.settings.memory)
     }
 
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
