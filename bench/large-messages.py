@@ -47,6 +47,27 @@ def rss_kib(pid):
     return None
 
 
+def memory_split(pid):
+    """Anonymous and file-backed resident memory in MiB, from /proc/PID/smaps_rollup."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].endswith(":"):
+                    fields[parts[0][:-1]] = int(parts[1])
+    except OSError:
+        return "n/a"
+    return f"anonymous {fields.get('Anonymous', 0) / 1024:.0f} MiB, file {fields.get('Rss', 0) / 1024 - fields.get('Anonymous', 0) / 1024:.0f} MiB"
+
+
+def threads(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 def make_body(index, size):
     """A 7-bit body of about `size` octets: base64 of pseudo-random bytes, 76-char lines."""
     seed = hashlib.sha256(f"large-{index}".encode()).digest()
@@ -232,7 +253,7 @@ async def main():
                 f"peak RSS {peak / 1024:.0f} MiB; RSS {a.settle:g}s after the last delivery "
                 f"{after / 1024:.0f} MiB; below 64 MiB "
                 + (f"{below_64:.1f}s after" if below_64 is not None else "never")
-                + " the last delivery"
+                + f" the last delivery ({memory_split(relay.pid)}, {threads(relay.pid)} threads)"
             )
         intact = sum(1 for mid, digest in expected.items() if sink.bodies.get(mid) == digest)
         print(f"bodies intact: {intact} of {len(expected)}")

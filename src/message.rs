@@ -104,10 +104,17 @@ pub struct SpooledBody {
 /// A session that finds it used up writes its message's body to the spool at once, or,
 /// if it cannot, refuses the message with `452 4.3.1`; the queue reads content back from
 /// disk instead.
+///
+/// A header block has to be in memory whole (the transform reads it), and one larger
+/// than what is left may still be legitimate (issue 9's 24 MiB display name); one
+/// session at a time may go over the limit for it, so the bound is the limit plus one
+/// message.
 #[derive(Debug)]
 pub struct ContentMemory {
     limit: u64,
     used: AtomicU64,
+    /// A session holds the one pass to go over the limit.
+    over_limit: std::sync::atomic::AtomicBool,
 }
 
 impl ContentMemory {
@@ -116,6 +123,7 @@ impl ContentMemory {
         ContentMemory {
             limit,
             used: AtomicU64::new(0),
+            over_limit: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -140,6 +148,18 @@ impl ContentMemory {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 Some(used.saturating_sub(bytes))
             });
+    }
+
+    /// Take the one pass to go over the limit, if no session holds it.
+    pub fn take_over_limit_pass(&self) -> bool {
+        self.over_limit
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Give the pass back.
+    pub fn give_back_over_limit_pass(&self) {
+        self.over_limit.store(false, Ordering::SeqCst);
     }
 
     /// Octets in use.
@@ -197,6 +217,10 @@ mod tests {
         assert!(!memory.try_take(1));
         memory.give_back(1000);
         assert_eq!(memory.used(), 0);
+        assert!(memory.take_over_limit_pass());
+        assert!(!memory.take_over_limit_pass(), "one session at a time");
+        memory.give_back_over_limit_pass();
+        assert!(memory.take_over_limit_pass());
     }
 
     #[test]

@@ -294,11 +294,12 @@ async fn concurrent_messages_beyond_the_memory_limit_go_to_the_spool_and_arrive(
     }
 }
 
-/// A message that can neither stay in memory nor go to the spool (its header block alone
-/// is larger than `spool.memory_limit`) is refused with `452 4.3.1` at its end; the
-/// session goes on, and the memory is free for the next message.
+/// A header block has to be in memory whole. One larger than what is left of
+/// `spool.memory_limit` may go over it, one session at a time; a second one meanwhile
+/// can neither stay in memory nor go to the spool and is refused with `452 4.3.1` at its
+/// end. Both sessions go on, and the memory is free again for the next message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_that_fits_nowhere_gets_452_and_the_session_goes_on() {
+async fn a_second_huge_header_block_at_once_gets_452_and_the_sessions_go_on() {
     let mut relay =
         start_relay("[server]\nmax_message_size = 52428800\n\n[spool]\nmemory_limit = 1048576\n")
             .await;
@@ -306,22 +307,53 @@ async fn a_message_that_fits_nowhere_gets_452_and_the_session_goes_on() {
     for i in 0..40_000 {
         headers.push_str(&format!("X-Filler-{i}: a header block that never ends\r\n"));
     }
-    let huge = format!("{STRICT_HEAD}{headers}Subject: huge\r\n\r\nbody\r\n");
-    let mut client = relay.client().await;
-    client.expect("MAIL FROM:<app@example.com>", 250).await;
-    client.expect("RCPT TO:<user@example.net>", 250).await;
-    client.expect("DATA", 354).await;
-    client.send(data(&huge)).await;
-    client.expect_reply_esc(452, "4.3.1").await;
+    let huge = |subject: &str| format!("{STRICT_HEAD}{headers}Subject: {subject}\r\n\r\nbody\r\n");
+    let first = huge("first");
+    let (first_part, first_rest) = first.split_at(first.len() - 100);
+
+    let mut over = relay.client().await;
+    over.expect("MAIL FROM:<app@example.com>", 250).await;
+    over.expect("RCPT TO:<user@example.net>", 250).await;
+    over.expect("DATA", 354).await;
+    over.send(first_part.as_bytes()).await;
+    let metrics_addr = relay.metrics_addr().expect("metrics listen");
+    wait_for("the first header block held in memory", || async {
+        let (_, metrics) = support::http_get(metrics_addr, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("smarthost_content_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|held| *held > 1048576.0)
+    })
+    .await;
+
+    let mut refused = relay.client().await;
+    refused.expect("MAIL FROM:<app@example.com>", 250).await;
+    refused.expect("RCPT TO:<user@example.net>", 250).await;
+    refused.expect("DATA", 354).await;
+    refused.send(data(&huge("second"))).await;
+    refused.expect_reply_esc(452, "4.3.1").await;
+
+    // The rest of the first message has no line that starts with a dot.
+    over.send(format!("{first_rest}.\r\n").as_bytes()).await;
+    over.expect_reply(250).await;
+    over.expect("QUIT", 221).await;
 
     let small = format!("{STRICT_HEAD}Subject: small\r\n\r\nbody\r\n");
-    let reply = client
+    let reply = refused
         .send_message("app@example.com", &["user@example.net"], small.as_bytes())
         .await;
     assert_eq!(reply.code, 250, "{}", reply.text());
-    client.expect("QUIT", 221).await;
-    let delivered = relay.finish(1).await;
-    assert_eq!(after_received(&delivered[0].bytes), small.as_bytes());
+    refused.expect("QUIT", 221).await;
+    let delivered = relay.finish(2).await;
+    for content in [&first, &small] {
+        assert!(
+            delivered
+                .iter()
+                .any(|d| after_received(&d.bytes) == content.as_bytes()),
+            "a message changed on the way or is missing"
+        );
+    }
 }
 
 /// Passthrough mode streams too: the body goes to `<spool>/body/` while it arrives and

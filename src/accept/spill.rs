@@ -5,9 +5,10 @@
 //!
 //! What a session holds is taken from the relay's [`ContentMemory`]
 //! (`spool.memory_limit`). When that is used up, the body goes to the file at once,
-//! whatever its size; a message that cannot be written there (its header block is
-//! still arriving, or the hand-off takes whole messages only) is dropped as it arrives
-//! and refused at its end with `452 4.3.1`.
+//! whatever its size; content that cannot be written there (a header block still
+//! arriving, or a hand-off that takes whole messages only) goes over the limit if no
+//! other session does, and otherwise the message is dropped as it arrives and refused
+//! at its end with `452 4.3.1`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct Spill {
     /// The memory the content in memory is taken from, and how much of it is taken.
     memory: Option<Arc<ContentMemory>>,
     taken: u64,
+    /// This session holds the pass to go over the limit (a header block larger than
+    /// what is left).
+    over_limit: bool,
 }
 
 /// Why a message could not be kept.
@@ -105,11 +109,28 @@ impl Spill {
         if len <= self.taken {
             return true;
         }
-        if memory.try_take(len - self.taken) {
+        if self.over_limit || memory.try_take(len - self.taken) {
+            if self.over_limit {
+                memory.force_take(len - self.taken);
+            }
             self.taken = len;
             true
         } else {
             false
+        }
+    }
+
+    /// No room for a header block that has not ended (or content that cannot go to a
+    /// file): go over the limit if no other session does, else drop the message.
+    fn over_limit_or_fail(&mut self, content: &mut Vec<u8>) {
+        if self
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.take_over_limit_pass())
+        {
+            self.over_limit = true;
+        } else {
+            self.fail(out_of_memory(), content);
         }
     }
 
@@ -131,7 +152,7 @@ impl Spill {
             State::InMemory { scanned } => {
                 let Some(dir) = dir else {
                     if short {
-                        self.fail(out_of_memory(), content);
+                        self.over_limit_or_fail(content);
                     }
                     return;
                 };
@@ -143,7 +164,7 @@ impl Spill {
                 let Some(head) = head_end(content, *scanned) else {
                     *scanned = content.len();
                     if short {
-                        self.fail(out_of_memory(), content);
+                        self.over_limit_or_fail(content);
                     }
                     return;
                 };
@@ -297,6 +318,9 @@ impl Drop for Spill {
         }
         if let Some(memory) = &self.memory {
             memory.give_back(self.taken);
+            if self.over_limit {
+                memory.give_back_over_limit_pass();
+            }
         }
     }
 }
@@ -422,6 +446,10 @@ mod tests {
         let memory = Arc::new(ContentMemory::new(64 * 1024));
         let other_session = 60 * 1024;
         assert!(memory.try_take(other_session));
+        assert!(
+            memory.take_over_limit_pass(),
+            "another session is over the limit"
+        );
         let whole = message(5_000);
         let mut spill = Spill::default();
         let mut content = Vec::new();
@@ -433,6 +461,35 @@ mod tests {
         assert_eq!(error.kind(), std::io::ErrorKind::OutOfMemory);
         drop(spill);
         assert_eq!(memory.used(), other_session);
+    }
+
+    #[tokio::test]
+    async fn one_session_at_a_time_may_go_over_the_limit() {
+        let memory = Arc::new(ContentMemory::new(64 * 1024));
+        let whole = message(5_000);
+        let mut first = Spill::default();
+        let mut content = Vec::new();
+        for piece in whole.chunks(10_000) {
+            content.extend_from_slice(piece);
+            first.absorb(&mut content, None, Some(&memory)).await;
+        }
+        assert_eq!(first.finish(&mut content).await.unwrap(), None);
+        assert_eq!(content, whole, "kept whole, over the limit");
+        assert_eq!(memory.used(), whole.len() as u64);
+
+        let mut second = Spill::default();
+        let mut other = Vec::new();
+        for piece in whole.chunks(10_000) {
+            other.extend_from_slice(piece);
+            second.absorb(&mut other, None, Some(&memory)).await;
+        }
+        assert!(
+            second.finish(&mut other).await.is_err(),
+            "the pass is taken"
+        );
+        drop((first, second));
+        assert_eq!(memory.used(), 0);
+        assert!(memory.take_over_limit_pass(), "given back");
     }
 
     #[tokio::test]
