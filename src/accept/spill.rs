@@ -225,6 +225,9 @@ impl Spill {
             Ok(()) => {
                 *written += body.len() as u64;
                 content.truncate(*head);
+                // The buffer grew to SPILL_AT before the body went to the file; from now
+                // on it holds the header block and one piece of body.
+                content.shrink_to(*head + 2 * SPILL_CHUNK);
             }
             Err(error) => self.fail(error, content),
         }
