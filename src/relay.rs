@@ -108,7 +108,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         }
         None => None,
     };
-    let listener = Listener::bind(&config.server, handoff, tls).await?;
+    let listener = Listener::bind(&config, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let control = listener.control();
     let (state, state_rx) = watch::channel(RunState::Running);
@@ -161,7 +161,7 @@ impl RelayHandle {
         };
         self.deliverer
             .replace(&config, Arc::new(Transformer::new(keys)))?;
-        self.control.update(&config.server, tls);
+        self.control.update(&config, tls);
         let mut running = self.running.lock().expect("running config");
         let old = running.clone();
         let mut notes = Vec::new();
