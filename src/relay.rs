@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
+use crate::accept::{BindError, Handoff, IntakeRewrites, Listener, ListenerControl, RunState};
 use crate::config::{Config, DeliveryMode};
 use crate::deliver::{Deliverer, SetupError};
 use crate::ops::metrics;
@@ -108,7 +108,8 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         }
         None => None,
     };
-    let listener = Listener::bind(&config.server, handoff, tls).await?;
+    let rewrites = IntakeRewrites::from_config(&config);
+    let listener = Listener::bind(&config.server, rewrites, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let control = listener.control();
     let (state, state_rx) = watch::channel(RunState::Running);
@@ -149,8 +150,9 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
 
 impl RelayHandle {
     /// Apply a new configuration without dropping sessions or deliveries under way:
-    /// upstreams, DKIM keys, trusted networks, limits, host name and the inbound
-    /// certificate change for new connections and deliveries. If anything in `config`
+    /// upstreams, DKIM keys, trusted networks, limits, host name, the inbound
+    /// certificate, header rules and `[transform]` change for new connections and
+    /// deliveries. If anything in `config`
     /// cannot be set up, nothing changes and the error says why. Returns notes about
     /// changed keys that only a restart applies.
     pub async fn reload(&self, config: Config) -> Result<Vec<String>, StartError> {
@@ -161,7 +163,8 @@ impl RelayHandle {
         };
         self.deliverer
             .replace(&config, Arc::new(Transformer::new(keys)))?;
-        self.control.update(&config.server, tls);
+        self.control
+            .update(&config.server, IntakeRewrites::from_config(&config), tls);
         let mut running = self.running.lock().expect("running config");
         let old = running.clone();
         let mut notes = Vec::new();

@@ -27,6 +27,7 @@ pub use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
 use crate::telemetry::name;
+pub use intake::IntakeRewrites;
 use limits::ClientCounter;
 use phase::Rules;
 use session::SessionContext;
@@ -79,9 +80,15 @@ pub struct ListenerControl {
 }
 
 impl ListenerControl {
-    /// New connections from now on use these trusted networks, limits, host name and
-    /// STARTTLS certificate. Listen addresses and `max_connections` need a restart.
-    pub fn update(&self, server: &ServerConfig, tls: Option<TlsAcceptor>) {
+    /// New connections from now on use these trusted networks, limits, host name,
+    /// STARTTLS certificate and intake rewrites (header rules, `hide_client`). Listen
+    /// addresses and `max_connections` need a restart.
+    pub fn update(
+        &self,
+        server: &ServerConfig,
+        rewrites: IntakeRewrites,
+        tls: Option<TlsAcceptor>,
+    ) {
         let handoff = self
             .live
             .read()
@@ -89,7 +96,7 @@ impl ListenerControl {
             .ctx
             .handoff
             .clone();
-        let live = Live::new(server, context(server, handoff, tls));
+        let live = Live::new(server, context(server, rewrites, handoff, tls));
         *self.live.write().expect("listener settings") = Arc::new(live);
         self.per_client.set_limit(server.max_connections_per_client);
     }
@@ -97,6 +104,7 @@ impl ListenerControl {
 
 fn context(
     server: &ServerConfig,
+    rewrites: IntakeRewrites,
     handoff: Arc<dyn Handoff>,
     tls: Option<TlsAcceptor>,
 ) -> SessionContext {
@@ -110,6 +118,7 @@ fn context(
         command_timeout: server.command_timeout,
         tls,
         handoff,
+        rewrites: Arc::new(rewrites),
     }
 }
 
@@ -126,9 +135,10 @@ pub struct BindError {
 
 impl Listener {
     /// Bind every address of `server.listen`. Fails before anything is accepted if one
-    /// cannot be bound.
+    /// cannot be bound. Sessions apply `rewrites` to every message they accept.
     pub async fn bind(
         server: &ServerConfig,
+        rewrites: IntakeRewrites,
         handoff: Arc<dyn Handoff>,
         tls: Option<TlsAcceptor>,
     ) -> Result<Listener, BindError> {
@@ -151,7 +161,7 @@ impl Listener {
             })?;
             sockets.push(socket);
         }
-        let live = Live::new(server, context(server, handoff, tls));
+        let live = Live::new(server, context(server, rewrites, handoff, tls));
         Ok(Listener {
             sockets,
             live: Arc::new(RwLock::new(Arc::new(live))),
