@@ -7,7 +7,8 @@
 //!  client ─SMTP─▶ accept ──▶ Handoff ─┬─ queue mode:  queue ─▶ spool (fsync) ─▶ scheduler ─┐
 //!                 (session,           │                                                  ├─▶ deliver ─▶ upstreams
 //!                  normalize,         └─ passthrough: queue::Passthrough ────────────────┘   (failover, sender policy,
-//!                  Received)              (leftovers go to the spool)                         7-bit, DKIM, pool, TLS, OAuth)
+//!                  header rules,          (leftovers go to the spool)                         7-bit, DKIM, pool, TLS, OAuth)
+//!                  Received)
 //! ```
 //!
 //! | module | owns |
@@ -15,7 +16,7 @@
 //! | [`proto`] | sans-I/O SMTP: command parser, replies, addresses, DATA framing, client-side reply parser, PROXY header |
 //! | [`accept`] | stage 1: listener, connection limits, the session state machine ([`accept::phase`]) and its driver; hands each message over through [`accept::Handoff`] |
 //! | [`spool`] | stage 2: the durable journal (group commit, recovery, quarantine), per-recipient state, `ctl/` requests from the `queue` command |
-//! | [`transform`] | stage 3: pure rewrites: the header block and From/Sender/Reply-To at acceptance, the upstream's `sender` policy, 7-bit conversion and DKIM at delivery |
+//! | [`transform`] | stage 3: pure rewrites: the header block, From/Sender/Reply-To and the `[[header_rule]]`s at acceptance, the upstream's `sender` policy, 7-bit conversion and DKIM at delivery |
 //! | [`queue`] | between spool and delivery: the scheduler (retries, bounces, outcomes the disk cannot take yet, disk guard, `queue` requests) and the passthrough hand-off |
 //! | [`deliver`] | stage 4: the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
 //! | [`config`] | typed configuration: layering, environment, validation per section, provider presets |

@@ -149,8 +149,9 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
 
 impl RelayHandle {
     /// Apply a new configuration without dropping sessions or deliveries under way:
-    /// upstreams, DKIM keys, trusted networks, limits, host name and the inbound
-    /// certificate change for new connections and deliveries. If anything in `config`
+    /// upstreams, DKIM keys, trusted networks, limits, host name, the inbound
+    /// certificate, header rules and `[transform]` change for new connections and
+    /// deliveries. If anything in `config`
     /// cannot be set up, nothing changes and the error says why. Returns notes about
     /// changed keys that only a restart applies.
     pub async fn reload(&self, config: Config) -> Result<Vec<String>, StartError> {

@@ -38,9 +38,15 @@ async fn each_policy_refusal_names_its_rule_at_the_earliest_point() {
     let reply = client
         .expect_esc("MAIL FROM:<app@elsewhere.test>", 550, "5.7.1")
         .await;
-    assert!(reply.text().contains("policy.allowed_senders"), "{}", reply.text());
+    assert!(
+        reply.text().contains("policy.allowed_senders"),
+        "{}",
+        reply.text()
+    );
 
-    client.expect("MAIL FROM:<App@Billing.Example.com>", 250).await;
+    client
+        .expect("MAIL FROM:<App@Billing.Example.com>", 250)
+        .await;
     let reply = client
         .expect_esc("RCPT TO:<someone@customer.test>", 550, "5.7.1")
         .await;

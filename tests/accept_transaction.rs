@@ -241,3 +241,29 @@ async fn our_received_header_comes_first_with_our_name_and_the_queue_id() {
         .expect("the earlier trace header is kept");
     assert!(earlier > start, "ours must precede the earlier hop's");
 }
+
+#[tokio::test]
+async fn hide_client_leaves_the_client_out_of_our_received_header() {
+    let mut relay = start_relay("[transform]\nhide_client = true\n").await;
+    let mut c = relay.connect().await;
+    c.greeting().await;
+    c.expect("EHLO app.internal", 250).await;
+    let content = format!("{STRICT_HEAD}Subject: hidden\r\n\r\nbody\r\n");
+    let id = c
+        .send_message("app@example.com", &["user@example.net"], content.as_bytes())
+        .await
+        .queue_id();
+    c.expect("QUIT", 221).await;
+
+    let messages = relay.finish(1).await;
+    let text = messages[0].text();
+    // The rest of the header is as without the option (RFC 5321 §4.4 needs the
+    // From-domain: `unknown` stands in for it).
+    let want = format!(
+        "Received: from unknown\r\n\tby {HOSTNAME} (smarthost) with ESMTP\r\n\tid {id}\r\n\tfor <user@example.net>;\r\n\t"
+    );
+    assert!(text.contains(&want), "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    assert!(!text.contains("app.internal"), "{text}");
+    assert!(text.ends_with(&content), "{text}");
+}

@@ -974,3 +974,86 @@ async fn a_large_message_arrives_byte_for_byte_and_verifies() {
     assert_signed_by("large", sent, RSA);
     assert_verifies(&records, &[("large".into(), sent.clone())]).await;
 }
+
+/// The header fields of `message` (as sent) called `name`, unfolded, values trimmed.
+fn fields(message: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(message);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", "\t");
+    unfolded
+        .split("\r\n")
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+        .collect()
+}
+
+/// `[[header_rule]]`s change the client's header block before the message is spooled,
+/// so before signing: the delivered message lacks the removed fields (the client's
+/// internal `Received` hop too, but not ours, which is added after the rules), has
+/// exactly one field that was set and the added one, and its signature verifies with
+/// dkimpy and mail-auth.
+#[tokio::test]
+async fn header_rules_apply_before_signing_and_the_signature_verifies() {
+    let rules = "[[header_rule]]\naction = \"remove\"\nname = \"X-Mailer\"\n\
+                 [[header_rule]]\naction = \"remove\"\nname = \"Received\"\n\
+                 [[header_rule]]\naction = \"set\"\nname = \"X-Env\"\nvalue = \"prod\"\n\
+                 [[header_rule]]\naction = \"add\"\nname = \"X-Added\"\nvalue = \"1\"\n";
+    let (mut relay, _keys) = relay_with_keys(rules).await;
+    let records = dns_records(&relay.config().dkim);
+    for key in KEYS {
+        let d = key.domain;
+        submit(
+            &relay,
+            &format!("app@{d}"),
+            "",
+            &dot_terminated(&format!(
+                "Received: from worker-7.internal.example (10.9.8.7)\r\n\tby app-gateway.internal.example; Thu, 01 Jan 2026 00:00:00 +0000\r\n\
+                 From: Shop <shop@{d}>\r\n\
+                 To: user@example.net\r\n\
+                 Subject: header rules\r\n\
+                 Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\
+                 Message-ID: <rules@{d}>\r\n\
+                 X-Mailer: PHPMailer 6.9.1 (https://github.com/PHPMailer/PHPMailer)\r\n\
+                 X-Env: dev\r\n\
+                 x-mailer: a second one\r\n\
+                 X-ENV: staging\r\n\
+                 X-Keep: kept\r\n\
+                 \r\n\
+                 X-Mailer: a body line, not a field\r\n"
+            )),
+        )
+        .await;
+    }
+    let delivered = relay.finish(KEYS.len()).await;
+    let mut messages = Vec::new();
+    for key in KEYS {
+        let message = delivered
+            .iter()
+            .map(as_sent)
+            .find(|m| String::from_utf8_lossy(m).contains(&format!("<rules@{}>", key.domain)))
+            .unwrap_or_else(|| panic!("no message for {}: {delivered:#?}", key.domain));
+        let label = format!("rules-{}", key.algorithm);
+        let text = String::from_utf8_lossy(&message).into_owned();
+        assert!(fields(&message, "X-Mailer").is_empty(), "{label}\n{text}");
+        assert_eq!(fields(&message, "X-Env"), ["prod"], "{label}\n{text}");
+        assert_eq!(fields(&message, "X-Added"), ["1"], "{label}\n{text}");
+        assert_eq!(fields(&message, "X-Keep"), ["kept"], "{label}\n{text}");
+        let received = fields(&message, "Received");
+        assert_eq!(received.len(), 1, "{label}: only our Received\n{text}");
+        assert!(
+            received[0].starts_with("from client.test ([127.0.0.1])")
+                && received[0].contains(&format!("by {} (smarthost)", support::HOSTNAME)),
+            "{label}: {received:?}"
+        );
+        assert!(!text.contains("internal.example"), "{label}\n{text}");
+        assert!(
+            text.ends_with("\r\n\r\nX-Mailer: a body line, not a field\r\n"),
+            "{label}: the body is untouched\n{text}"
+        );
+        assert_signed_by(&label, &message, key);
+        messages.push((label, message));
+    }
+    assert_verifies(&records, &messages).await;
+}

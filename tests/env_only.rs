@@ -1,7 +1,8 @@
 //! A relay configured by environment variables alone (the container case): no file, no
 //! `SMARTHOST_CONFIG`, only `SMARTHOST__*` over the embedded default. One message sent
 //! with `smarthost send` reaches an implicit-TLS upstream with AUTH, From rewritten to
-//! the upstream's sender and DKIM-signed for the configured domain.
+//! the upstream's sender, its header rules applied, the client left out of `Received`
+//! and DKIM-signed for the configured domain.
 
 pub mod fake_upstream;
 pub mod support;
@@ -59,6 +60,13 @@ fn environment_variables_alone_configure_a_working_relay() {
             "keys/example.org.pem".into(),
         ),
         ("SMARTHOST__DKIM__0__GENERATE", "true".into()),
+        // Header rules as a list like the others: without an index, entry 0.
+        ("SMARTHOST__HEADER_RULE__ACTION", "add".into()),
+        ("SMARTHOST__HEADER_RULE__NAME", "X-Added".into()),
+        ("SMARTHOST__HEADER_RULE__VALUE", "1".into()),
+        ("SMARTHOST__HEADER_RULE__1__ACTION", "remove".into()),
+        ("SMARTHOST__HEADER_RULE__1__NAME", "mime-version".into()),
+        ("SMARTHOST__TRANSFORM__HIDE_CLIENT", "true".into()),
     ];
 
     let relay = smarthost(&["serve"], dir.path(), &vars).start();
@@ -105,6 +113,11 @@ fn environment_variables_alone_configure_a_working_relay() {
     let tags: String = signature.split_whitespace().collect();
     assert!(tags.contains("d=example.org;"), "{signature}");
     assert!(tags.contains("s=envsel;"), "{signature}");
+    assert_eq!(header(&text, "X-Added").as_deref(), Some("1"), "{text}");
+    assert_eq!(header(&text, "MIME-Version"), None, "{text}");
+    let received = header(&text, "Received").expect("Received");
+    assert!(received.starts_with("from unknown"), "{received}");
+    assert!(!received.contains("127.0.0.1"), "{received}");
     // The key was generated where the environment said, relative to the working directory.
     assert!(dir.path().join("keys/example.org.pem").is_file());
     assert!(dir.path().join("queue").is_dir());

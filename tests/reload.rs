@@ -136,3 +136,80 @@ fn sighup_reloads_the_file_and_keeps_sessions() {
     });
     daemon.kill();
 }
+
+/// Send a message with an `X-Mailer` field and `subject` on `c`; it must be accepted.
+async fn submit(c: &mut support::SmtpClient<tokio::net::TcpStream>, subject: &str) {
+    let content = format!(
+        "{}X-Mailer: app 1.0\r\nSubject: {subject}\r\n\r\nbody\r\n",
+        support::STRICT_HEAD
+    );
+    let reply = c
+        .send_message("app@example.com", &["user@example.net"], content.as_bytes())
+        .await;
+    assert_eq!(reply.code, 250, "{subject}: {reply}");
+}
+
+/// Header rules and `[transform] hide_client` reload for new sessions; a session opened
+/// before the reload keeps the rules it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_header_rules_and_hide_client_to_new_sessions() {
+    use support::{SmtpClient, header};
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("out");
+    let relay = smarthost::start(Arc::new(config(dir.path(), &maildir, "")))
+        .await
+        .unwrap();
+    let addr = relay.local_addrs()[0];
+    let open = || async move {
+        let mut c = SmtpClient::connect(addr).await;
+        c.greeting().await;
+        c.expect("EHLO app.internal", 250).await;
+        c
+    };
+    let mut before = open().await;
+    submit(&mut before, "before").await;
+
+    let rules = "[[header_rule]]\naction = \"remove\"\nname = \"x-mailer\"\n[transform]\nhide_client = true\n";
+    let notes = relay
+        .reload(config(dir.path(), &maildir, rules))
+        .await
+        .unwrap();
+    assert!(notes.is_empty(), "both reload without a restart: {notes:?}");
+    let mut after = open().await;
+    submit(&mut after, "after").await;
+    // The session from before the reload keeps its rules.
+    submit(&mut before, "old session").await;
+
+    let messages = support::wait_for("three messages delivered", || async {
+        let got = list_maildir(&maildir);
+        (got.len() == 3).then_some(got)
+    })
+    .await;
+    relay.shutdown().await;
+    let by_subject = |subject: &str| {
+        messages
+            .iter()
+            .map(|m| m.text())
+            .find(|t| header(t, "Subject").as_deref() == Some(subject))
+            .unwrap_or_else(|| panic!("no message {subject:?}: {messages:#?}"))
+    };
+    for subject in ["before", "old session"] {
+        let text = by_subject(subject);
+        assert_eq!(
+            header(&text, "X-Mailer").as_deref(),
+            Some("app 1.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Received: from app.internal ([127.0.0.1])"),
+            "{text}"
+        );
+    }
+    let text = by_subject("after");
+    assert_eq!(header(&text, "X-Mailer"), None, "{text}");
+    assert!(text.contains("Received: from unknown\r\n\tby "), "{text}");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("app.internal"),
+        "{text}"
+    );
+}

@@ -1,6 +1,8 @@
 //! Intake: a message whose content is complete becomes a [`Message`] for the next stage:
-//! the transaction's checks (size, loops), a queue id, the header repairs
-//! ([`normalize_into`]), our `Received` header, the hand-off, and the reply the client gets.
+//! the transaction's checks (size, loops), a queue id, the header repairs and then the
+//! operator's header rules ([`normalize_with_rules_into`]), our `Received` header on top
+//! (added after the rules, so no rule removes it), the hand-off, and the reply the
+//! client gets.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -8,14 +10,39 @@ use std::time::SystemTime;
 use tracing::{info, warn};
 
 use super::HandoffError;
-use super::policy;
 use super::phase::{Completion, Phase};
+use super::policy;
 use super::session::SessionContext;
+use crate::config::{Config, HeaderRule};
 use crate::message::{ClientInfo, Message, QueueId, SpooledBody};
 use crate::proto::{Enhanced, Reply};
 use crate::telemetry::name;
-use crate::transform::normalize::{Acceptance, normalize_into};
-use crate::transform::trace::received_header;
+use crate::transform::normalize::{Acceptance, normalize_with_rules_into};
+use crate::transform::trace::{ClientTrace, received_header};
+
+/// What intake writes into every message besides the repairs, from `[[header_rule]]`
+/// and `[transform]`; replaced on reload for new sessions.
+#[derive(Clone, Debug, Default)]
+pub struct IntakeRewrites {
+    /// Applied in order to the repaired header block.
+    pub header_rules: Vec<HeaderRule>,
+    /// Whether our `Received` header names the client.
+    pub client_trace: ClientTrace,
+}
+
+impl IntakeRewrites {
+    /// The rewrites `config` asks for.
+    pub fn from_config(config: &Config) -> IntakeRewrites {
+        IntakeRewrites {
+            header_rules: config.header_rule.clone(),
+            client_trace: if config.transform.hide_client {
+                ClientTrace::Hidden
+            } else {
+                ClientTrace::Shown
+            },
+        }
+    }
+}
 
 /// Room for what normalising may add to a message (Date, Message-ID, a rewritten From),
 /// so the buffer is not grown (and copied) for it.
@@ -79,12 +106,21 @@ pub(super) async fn complete(
         id,
         now,
     };
-    // Our Received header first, then the normalised message, in one buffer: the
-    // content is copied once, however large.
-    let trace = received_header(&client, &envelope, id, &ctx.rules.hostname, now);
+    // Our Received header first, then the normalised message with the header rules
+    // applied, in one buffer: the content is copied once, however large. The rules see
+    // only the content, so none of them can remove or change our header.
+    let trace = received_header(
+        &client,
+        ctx.rewrites.client_trace,
+        &envelope,
+        id,
+        &ctx.rules.hostname,
+        now,
+    );
     let mut data = Vec::with_capacity(trace.len() + content.len() + TRANSFORM_SLACK);
     data.extend_from_slice(trace.as_bytes());
-    if let Err(e) = normalize_into(&content, &acceptance, &mut data) {
+    let rules = &ctx.rewrites.header_rules;
+    if let Err(e) = normalize_with_rules_into(&content, &acceptance, rules, &mut data) {
         discard(body.as_ref());
         info!(client = %peer, error = %e, "message refused: no usable sender address");
         let text = "The message has no usable From address and the envelope sender is empty; set a From header with an address";
@@ -93,8 +129,9 @@ pub(super) async fn complete(
     }
     drop(content);
     // The repairs may add a little (Date, Message-ID, encoded words, one display name of
-    // at most MAX_NAME_OCTETS); a message that no longer fits the limit we advertise is
-    // refused now rather than handed on above it (RFC 1870: 552 5.3.4).
+    // at most MAX_NAME_OCTETS), and so may header rules (one line each); a message that
+    // no longer fits the limit we advertise is refused now rather than handed on above
+    // it (RFC 1870: 552 5.3.4).
     let normalised = (data.len() - trace.len()) as u64 + body.as_ref().map_or(0, |b| b.len);
     if normalised > ctx.rules.max_message_size {
         discard(body.as_ref());

@@ -28,6 +28,7 @@ pub use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
 use crate::telemetry::name;
+pub use intake::IntakeRewrites;
 use limits::ClientCounter;
 use phase::Rules;
 use session::SessionContext;
@@ -81,8 +82,8 @@ pub struct ListenerControl {
 
 impl ListenerControl {
     /// New connections from now on use these trusted networks, limits, host name,
-    /// STARTTLS certificate and `[policy]`. Listen addresses and `max_connections` need a
-    /// restart.
+    /// STARTTLS certificate, `[policy]` and intake rewrites (header rules,
+    /// `hide_client`). Listen addresses and `max_connections` need a restart.
     pub fn update(&self, config: &Config, tls: Option<TlsAcceptor>) {
         let server = &config.server;
         let handoff = self
@@ -111,6 +112,7 @@ fn context(config: &Config, handoff: Arc<dyn Handoff>, tls: Option<TlsAcceptor>)
         command_timeout: server.command_timeout,
         tls,
         handoff,
+        rewrites: Arc::new(IntakeRewrites::from_config(config)),
     }
 }
 
@@ -127,7 +129,8 @@ pub struct BindError {
 
 impl Listener {
     /// Bind every address of `server.listen`. Fails before anything is accepted if one
-    /// cannot be bound.
+    /// cannot be bound. Sessions apply the configuration's `[policy]` and intake
+    /// rewrites to every message they accept.
     pub async fn bind(
         config: &Config,
         handoff: Arc<dyn Handoff>,

@@ -65,7 +65,10 @@ mod tests {
         assert!(judge_from(&policy(&[], None), head).is_ok());
         assert!(judge_from(&policy(&["*@shop.test"], None), head).is_ok());
         let refused = judge_from(&policy(&["*@app.test"], None), head).unwrap_err();
-        assert_eq!((refused.code, refused.enhanced), (550, Some(Enhanced(5, 7, 1))));
+        assert_eq!(
+            (refused.code, refused.enhanced),
+            (550, Some(Enhanced(5, 7, 1)))
+        );
         assert!(refused.text.contains("<orders@shop.test>"), "{refused}");
         assert!(refused.text.contains("policy.allowed_senders"), "{refused}");
     }
@@ -83,8 +86,16 @@ mod tests {
         };
         let mut content = b"Received: ours\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
         let at = b"Received: ours\r\n".len();
-        redirect(&policy(&[], Some("staging@example.com")), &mut envelope, &mut content, at);
-        assert_eq!(envelope.recipients, [Address::parse("staging@example.com").unwrap()]);
+        redirect(
+            &policy(&[], Some("staging@example.com")),
+            &mut envelope,
+            &mut content,
+            at,
+        );
+        assert_eq!(
+            envelope.recipients,
+            [Address::parse("staging@example.com").unwrap()]
+        );
         assert_eq!(
             String::from_utf8(content).unwrap(),
             "Received: ours\r\nX-Original-To: a@customer.test\r\nX-Original-To: b@customer.test\r\nSubject: s\r\n\r\nbody\r\n"

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use super::intake;
+use super::intake::{self, IntakeRewrites};
 use super::phase::{Phase, Rules, Step};
 use super::{Handoff, RunState};
 use crate::message::ContentMemory;
@@ -44,6 +44,8 @@ pub(crate) struct SessionContext {
     pub tls: Option<TlsAcceptor>,
     /// The next stage.
     pub handoff: Arc<dyn Handoff>,
+    /// What intake writes into each message: header rules, how `Received` names the client.
+    pub rewrites: Arc<IntakeRewrites>,
 }
 
 /// Why a session ended without a QUIT.
@@ -648,6 +650,7 @@ mod tests {
             command_timeout: Duration::from_millis(200),
             tls: None,
             handoff: Arc::new(Discard),
+            rewrites: Arc::default(),
         });
         let (client, server) = tokio::io::duplex(256);
         let (_unread, mut commands) = tokio::io::split(client);

@@ -90,7 +90,11 @@ mod tests {
         let single = AddressGlob::parse("app?@example.com").unwrap();
         assert!(single.matches("app1@example.com"));
         assert!(!single.matches("app12@example.com"));
-        assert!(AddressGlob::parse("*").unwrap().matches("anyone@anywhere.test"));
+        assert!(
+            AddressGlob::parse("*")
+                .unwrap()
+                .matches("anyone@anywhere.test")
+        );
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub fn load(source: &ConfigSource, env: &[(String, String)]) -> Result<Config, C
         })?;
     }
 
-    let overrides = EnvOverrides::from_env(env);
+    let mut overrides = EnvOverrides::from_env(env);
+    overrides.base_entries = list_entries(&base);
     overrides.replace_lower_layer_upstream_target(&mut base);
     let layers = Layers::builder()
         .add_source(Layer(base))
@@ -161,11 +162,16 @@ fn humanize(message: &str) -> String {
         Some(i) => &message[..i],
         None => message,
     };
-    message
+    let message = message
         .replace("unknown field", "unknown key")
         .replace("expected one of", "valid keys here are")
         .replace("unknown variant", "unknown value")
-        .replace("missing field", "missing required key")
+        .replace("missing field", "missing required key");
+    // A section with a single key (`[log]`, `[transform]`): serde names just that one.
+    if message.starts_with("unknown key") {
+        return message.replace(", expected `", ", the only valid key here is `");
+    }
+    message
 }
 
 /// Replace `${VAR}` in every string below `value`; `$${` stands for a literal `${`.
@@ -232,11 +238,15 @@ impl Source for Layer {
 /// `SMARTHOST__SECTION__KEY=value` variables as configuration keys.
 ///
 /// `SMARTHOST__UPSTREAM__0__URL` sets `upstream[0].url`; without an index
-/// (`SMARTHOST__UPSTREAM__URL`) the first list entry is meant.
+/// (`SMARTHOST__UPSTREAM__URL`) the first list entry is meant. The same holds for the
+/// other lists, `[[dkim]]` and `[[header_rule]]`.
 #[derive(Clone, Debug)]
 struct EnvOverrides {
     /// (configuration key, variable name, value)
     entries: Vec<(String, String, String)>,
+    /// The list entries of the layer below (`upstream[0]`, `header_rule[1]`): an entry
+    /// not among them comes from the environment alone.
+    base_entries: Vec<String>,
 }
 
 impl EnvOverrides {
@@ -248,7 +258,10 @@ impl EnvOverrides {
                 Some((env_key(rest), name.clone(), value.clone()))
             })
             .collect();
-        EnvOverrides { entries }
+        EnvOverrides {
+            entries,
+            base_entries: Vec::new(),
+        }
     }
 
     /// A `url` or `provider` set in the environment replaces the other one of the two
@@ -278,15 +291,37 @@ impl EnvOverrides {
         }
     }
 
-    /// The variable that set `key` or one of its parents/children, if any.
+    /// The variable that set `key` or one of its parents/children, if any; for a key of
+    /// a list entry that only the environment has (a missing `value` of
+    /// `SMARTHOST__HEADER_RULE__0__...`), a variable of that entry.
     fn origin_of(&self, key: &str) -> Option<String> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| {
-                k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."))
-            })
+        let exact = self.entries.iter().find(|(k, _, _)| {
+            k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."))
+        });
+        let entry = key.find(']').map(|end| &key[..=end]);
+        let env_only_entry = entry
+            .filter(|e| !self.base_entries.iter().any(|b| b == e))
+            .and_then(|e| {
+                self.entries
+                    .iter()
+                    .find(|(k, _, _)| k.starts_with(&format!("{e}.")))
+            });
+        exact
+            .or(env_only_entry)
             .map(|(_, name, _)| format!("environment variable {name}"))
     }
+}
+
+/// The entries of the top-level lists in `layer`: `upstream[0]`, `dkim[0]`, ...
+fn list_entries(layer: &Map<String, Value>) -> Vec<String> {
+    layer
+        .iter()
+        .filter_map(|(key, value)| match &value.kind {
+            ValueKind::Array(items) => Some((0..items.len()).map(move |i| format!("{key}[{i}]"))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// `UPSTREAM__0__URL` → `upstream[0].url`.
@@ -302,7 +337,7 @@ fn env_key(rest: &str) -> String {
             key.push('.');
         }
         key.push_str(part);
-        let is_list = matches!(part.as_str(), "upstream" | "dkim") && i == 0;
+        let is_list = matches!(part.as_str(), "upstream" | "dkim" | "header_rule") && i == 0;
         let next_is_index = parts.get(i + 1).is_some_and(|p| p.parse::<usize>().is_ok());
         if is_list && !next_is_index && parts.len() > 1 {
             key.push_str("[0]");

@@ -49,6 +49,12 @@ pub struct Config {
     /// `[[dkim]]`: signing keys by domain.
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
+    /// `[[header_rule]]`: changes to the client's header block at acceptance, in order.
+    #[serde(default)]
+    pub header_rule: Vec<HeaderRule>,
+    /// `[transform]`: what acceptance writes into every message.
+    #[serde(default)]
+    pub transform: TransformConfig,
     /// `[metrics]`: the Prometheus and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -478,6 +484,7 @@ pub enum DkimAlgorithm {
 values::word_enum!(DkimAlgorithm { RsaSha256 = "rsa-sha256", Ed25519Sha256 = "ed25519-sha256" });
 values::word_enum!(DeliveryMode { Queue = "queue", Passthrough = "passthrough" });
 values::word_enum!(LogFormat { Text = "text", Json = "json" });
+values::word_enum!(HeaderAction { Remove = "remove", Set = "set", Add = "add" });
 
 /// One `[[dkim]]` signing key.
 #[derive(Clone, Debug, Deserialize)]
@@ -496,6 +503,44 @@ pub struct DkimConfig {
     /// Create the key on first start if it is missing (never overwrites).
     #[serde(default)]
     pub generate: bool,
+}
+
+/// What a `[[header_rule]]` does to the fields of its name.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum HeaderAction {
+    /// Every field of that name goes.
+    Remove,
+    /// The first field of that name gets the value and any others go; added if absent.
+    Set,
+    /// One more field of that name is appended.
+    Add,
+}
+
+/// One `[[header_rule]]`. Validation guarantees `value` for `set` and `add` and none for
+/// `remove`, a valid field name other than those the transform owns
+/// ([`PROTECTED_HEADERS`]), and a value that is one line of printable text.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRule {
+    /// `remove`, `set` or `add`.
+    pub action: HeaderAction,
+    /// The field name, compared without case.
+    pub name: String,
+    /// The field value (`set` and `add` only), written as given after `Name: `.
+    pub value: Option<String>,
+}
+
+/// Header fields that normalisation and DKIM signing own: no `[[header_rule]]` may name
+/// them (SPEC: routes and envelope policy).
+pub const PROTECTED_HEADERS: [&str; 5] = ["From", "Sender", "Date", "Message-ID", "DKIM-Signature"];
+
+/// `[transform]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformConfig {
+    /// Leave the client's IP address and HELO name out of our `Received` header.
+    pub hide_client: bool,
 }
 
 /// `[metrics]`

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use super::values::Secret;
 use super::{
-    Config, DeliveryConfig, DkimConfig, ServerConfig, SpoolConfig, UpstreamConfig, UpstreamUrl,
+    Config, DeliveryConfig, DkimConfig, HeaderAction, HeaderRule, PROTECTED_HEADERS, ServerConfig,
+    SpoolConfig, UpstreamConfig, UpstreamUrl,
 };
 
 /// An error: the key (`server.listen`, `upstream[0].timeout`) and what to do.
@@ -18,7 +19,8 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Invalid> {
     upstreams(&mut config.upstream)?;
     spool(&config.spool)?;
     delivery(&config.delivery)?;
-    dkim(&mut config.dkim)
+    dkim(&mut config.dkim)?;
+    header_rules(&config.header_rule)
 }
 
 /// `[server]`.
@@ -370,6 +372,77 @@ fn dkim(keys: &mut [DkimConfig]) -> Result<(), Invalid> {
                 format!("{:?} is not a valid DKIM selector", dkim.selector),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The longest header line RFC 5322 §2.1.1 allows, without its CRLF.
+const MAX_HEADER_LINE: usize = 998;
+
+/// Every `[[header_rule]]`: a value exactly where the action takes one, a field name
+/// the transform does not own, and a field that fits on one line.
+fn header_rules(rules: &[HeaderRule]) -> Result<(), Invalid> {
+    for (i, rule) in rules.iter().enumerate() {
+        let key = |k: &str| format!("header_rule[{i}].{k}");
+        header_rule_name(&rule.name).map_err(|why| (key("name"), why))?;
+        match (rule.action, &rule.value) {
+            (HeaderAction::Remove, Some(_)) => {
+                return Err((
+                    key("value"),
+                    "action \"remove\" takes no value: every field of that name is removed; drop `value` (or use action \"set\" to replace the fields' value)".into(),
+                ));
+            }
+            (HeaderAction::Set | HeaderAction::Add, None) => {
+                return Err((
+                    key("value"),
+                    format!(
+                        "action \"{}\" needs a value: add value = \"...\" (the text after `{}: `)",
+                        rule.action, rule.name
+                    ),
+                ));
+            }
+            (_, Some(value)) => {
+                header_rule_value(&rule.name, value).map_err(|why| (key("value"), why))?
+            }
+            (HeaderAction::Remove, None) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A field name: RFC 5322 `ftext` (printable ASCII but the colon), and none of the
+/// fields normalisation and DKIM signing own.
+fn header_rule_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| matches!(b, 33..=57 | 59..=126)) {
+        return Err(format!(
+            "{name:?} is not a header field name: use printable ASCII without spaces or `:` (RFC 5322 ftext), e.g. \"X-Mailer\""
+        ));
+    }
+    if let Some(owned) = PROTECTED_HEADERS
+        .iter()
+        .find(|p| p.eq_ignore_ascii_case(name))
+    {
+        return Err(format!(
+            "{owned} is written by smarthost itself (normalisation, DKIM signing) and cannot be changed by a header rule; the header fields a rule may not name are {}",
+            PROTECTED_HEADERS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A field value: one unfolded line of printable text (ASCII or UTF-8), so that the
+/// field a rule writes is exactly one header line.
+fn header_rule_value(name: &str, value: &str) -> Result<(), String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "contains the control character {c:?}: a value must be one line of printable text (no CR, LF, tab or other control characters; smarthost does not fold it)"
+        ));
+    }
+    let line = name.len() + 2 + value.len();
+    if line > MAX_HEADER_LINE {
+        return Err(format!(
+            "`{name}: ` and the value take {line} octets, over the {MAX_HEADER_LINE} a header line may have (RFC 5322 §2.1.1); shorten the value"
+        ));
     }
     Ok(())
 }

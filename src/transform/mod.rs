@@ -1,12 +1,14 @@
 //! Stage 3: rewrites of the message itself. Pure functions; the clock is a parameter.
 //!
 //! * At acceptance, once per message ([`normalize`]): strict From/Sender/Reply-To, Date
-//!   and Message-ID if missing. Our `Received` header ([`trace`]) is added next to it.
+//!   and Message-ID if missing, then the operator's `[[header_rule]]`s
+//!   ([`header_rules`]). Our `Received` header ([`trace`]) is added on top after them.
 //! * At delivery, once per upstream policy ([`Transformer::for_upstream`]): the
 //!   upstream's `sender` policy, then the DKIM signature ([`dkim`]) for the From domain.
 
 pub mod dkim;
 pub mod from_rewrite;
+pub mod header_rules;
 pub mod headers;
 pub mod normalize;
 pub mod seven_bit;

@@ -15,8 +15,10 @@ use super::from_rewrite::{
     Mailbox, ascii_domain, bounded_value, header_address, is_strict_mailbox, parse_mailboxes,
     render,
 };
+use super::header_rules;
 use super::headers::Parsed;
 use super::trace::rfc5322_date;
+use crate::config::HeaderRule;
 use crate::message::QueueId;
 use crate::proto::ReversePath;
 
@@ -68,6 +70,30 @@ pub fn normalize_into(
     ctx: &Acceptance<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), TransformError> {
+    normalize_with_rules_into(content, ctx, &[], out)
+}
+
+/// [`normalize_into`], then the operator's `[[header_rule]]`s on the repaired header
+/// block ([`super::header_rules`]): they see the repaired fields and may not touch the
+/// ones the repairs own. A message that neither changes stays byte for byte.
+pub fn normalize_with_rules_into(
+    content: &[u8],
+    ctx: &Acceptance<'_>,
+    rules: &[HeaderRule],
+    out: &mut Vec<u8>,
+) -> Result<(), TransformError> {
+    let (mut msg, mut changed) = repaired(content, ctx)?;
+    changed |= header_rules::apply(&mut msg, rules);
+    if changed {
+        msg.write_to(out);
+    } else {
+        out.extend_from_slice(content);
+    }
+    Ok(())
+}
+
+/// `content` split into fields with the repairs applied, and whether anything changed.
+fn repaired(content: &[u8], ctx: &Acceptance<'_>) -> Result<(Parsed, bool), TransformError> {
     let mut msg = Parsed::parse(content);
     // A repaired header block (missing empty line, `Name :`, mbox line) is written
     // back even if no field changes: the signature must cover what is sent.
@@ -159,12 +185,7 @@ pub fn normalize_into(
         msg.push("Message-ID", &format!("<{}@{}>", ctx.id, ctx.hostname));
         changed = true;
     }
-    if changed {
-        msg.write_to(out);
-    } else {
-        out.extend_from_slice(content);
-    }
-    Ok(())
+    Ok((msg, changed))
 }
 
 #[cfg(test)]
@@ -312,6 +333,36 @@ mod tests {
         let out = normalize(content.as_bytes(), &ctx(&s)).unwrap();
         assert!(out.len() < 64 * 1024, "{}", out.len());
         assert_eq!(normalize(&out, &ctx(&s)).unwrap(), out, "normalised twice");
+    }
+
+    #[test]
+    fn header_rules_run_on_the_repaired_header_block() {
+        use crate::config::{HeaderAction, HeaderRule};
+        let s = sender();
+        let rule = |action, name: &str, value: Option<&str>| HeaderRule {
+            action,
+            name: name.into(),
+            value: value.map(str::to_owned),
+        };
+        let rules = [
+            rule(HeaderAction::Remove, "X-Mailbox-Line", None),
+            rule(HeaderAction::Remove, "received", None),
+            rule(HeaderAction::Set, "X-Env", Some("prod")),
+        ];
+        // The mbox line became a field before the rules ran, so a rule removes it; the
+        // Date and Message-ID the repairs add are there, the rules' field after them.
+        let content = b"From app@example.com Mon Dec  7 10:00:00 2026\r\nReceived: from a by b\r\nFrom: a@x.org\r\nX-Env: dev\r\n\r\nb\r\n";
+        let mut out = Vec::new();
+        normalize_with_rules_into(content, &ctx(&s), &rules, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "From: a@x.org\r\nX-Env: prod\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <00000000000000AA@relay.test>\r\n\r\nb\r\n"
+        );
+        // Rules that find nothing to do leave a strict message byte for byte.
+        let strict = b"From: <a@x.org>\r\nDate: d\r\nMessage-ID: <m@x>\r\nX-Env: prod\r\n\r\nb\r\n";
+        let mut out = Vec::new();
+        normalize_with_rules_into(strict, &ctx(&s), &rules, &mut out).unwrap();
+        assert_eq!(out, strict);
     }
 
     #[test]

@@ -19,12 +19,23 @@ pub fn count_received(content: &[u8]) -> usize {
         .count()
 }
 
+/// Whether our `Received` header names the client (`[transform] hide_client`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientTrace {
+    /// `from HELO ([IP])`: the client's EHLO name and address.
+    #[default]
+    Shown,
+    /// `from unknown`: neither, for clients whose names and addresses are internal.
+    Hidden,
+}
+
 /// The `Received` header for this hop, folded, ending in CRLF.
 ///
 /// The `with` keyword follows RFC 3848 and RFC 6531 §3.7.3: SMTP, ESMTP, ESMTPS, and the
 /// UTF8 variants when the client used SMTPUTF8.
 pub fn received_header(
     client: &ClientInfo,
+    trace: ClientTrace,
     envelope: &Envelope,
     id: QueueId,
     by: &str,
@@ -37,17 +48,13 @@ pub fn received_header(
         (false, true, false) => "ESMTP",
         (false, false, _) => "SMTP",
     };
-    let helo: String = client
-        .helo
-        .chars()
-        .filter(|c| !c.is_control() && !"()".contains(*c))
-        .collect();
-    let ip = match client.ip {
-        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
-        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    let from = match trace {
+        ClientTrace::Shown => from_client(client),
+        // RFC 5321 §4.4 requires the From-domain; the TCP-info in parentheses is
+        // optional. `unknown` is a syntactically valid domain that names nobody.
+        ClientTrace::Hidden => "unknown".to_owned(),
     };
-    let mut header =
-        format!("Received: from {helo} ({ip})\r\n\tby {by} (smarthost) with {protocol}");
+    let mut header = format!("Received: from {from}\r\n\tby {by} (smarthost) with {protocol}");
     if let Some(tls) = &client.tls {
         header.push_str(&format!("\r\n\t({tls})"));
     }
@@ -57,6 +64,20 @@ pub fn received_header(
     }
     header.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(now)));
     header
+}
+
+/// `HELO ([IP])`: the name the client gave (without characters that would end the
+/// clause) and its address as an RFC 5321 address literal.
+fn from_client(client: &ClientInfo) -> String {
+    let helo: String = client
+        .helo
+        .chars()
+        .filter(|c| !c.is_control() && !"()".contains(*c))
+        .collect();
+    match client.ip {
+        std::net::IpAddr::V4(v4) => format!("{helo} ([{v4}])"),
+        std::net::IpAddr::V6(v6) => format!("{helo} ([IPv6:{v6}])"),
+    }
 }
 
 /// `Sun, 22 Nov 2026 01:26:52 +0000` (RFC 5322 §3.3), always in UTC.
@@ -142,10 +163,40 @@ mod tests {
             eight_bit: false,
         };
         let id = QueueId::parse("0000000000000001").unwrap();
-        let h = received_header(&client, &env, id, "relay.example", UNIX_EPOCH);
+        let h = received_header(
+            &client,
+            ClientTrace::Shown,
+            &env,
+            id,
+            "relay.example",
+            UNIX_EPOCH,
+        );
         assert_eq!(
             h,
             "Received: from app.local ([192.0.2.1])\r\n\tby relay.example (smarthost) with ESMTPS\r\n\t(TLSv1.3 TLS13_AES_256_GCM_SHA384)\r\n\tid 0000000000000001\r\n\tfor <to@example.com>;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
+        // Hidden: the same header with `from unknown` and nothing else of the client.
+        let hidden = received_header(
+            &client,
+            ClientTrace::Hidden,
+            &env,
+            id,
+            "relay.example",
+            UNIX_EPOCH,
+        );
+        assert_eq!(
+            hidden,
+            h.replace("from app.local ([192.0.2.1])", "from unknown")
+        );
+        assert!(!hidden.contains("192.0.2.1") && !hidden.contains("app.local"));
+        let v6 = ClientInfo {
+            ip: "2001:db8::7".parse().unwrap(),
+            ..client
+        };
+        let shown = received_header(&v6, ClientTrace::Shown, &env, id, "r", UNIX_EPOCH);
+        assert!(shown.starts_with("Received: from app.local ([IPv6:2001:db8::7])\r\n"));
+        let hidden = received_header(&v6, ClientTrace::Hidden, &env, id, "r", UNIX_EPOCH);
+        assert!(hidden.starts_with("Received: from unknown\r\n\tby r (smarthost)"));
+        assert!(!hidden.contains("2001:db8"));
     }
 }

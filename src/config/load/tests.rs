@@ -77,11 +77,17 @@ fn policy_from_a_file_and_from_the_environment() {
     assert_eq!(c.policy.allowed_senders.len(), 2);
     assert!(c.policy.sender_allowed("App@Example.com"));
     assert!(!c.policy.sender_allowed("app@other.test"));
-    assert!(c.policy.recipient_allowed("anyone@anywhere.test"), "no list: any");
+    assert!(
+        c.policy.recipient_allowed("anyone@anywhere.test"),
+        "no list: any"
+    );
     assert_eq!(c.policy.redirect_all_to, None);
 
     let vars = env(&[
-        ("SMARTHOST__POLICY__ALLOWED_RECIPIENTS", "*@example.com, *@partner.org"),
+        (
+            "SMARTHOST__POLICY__ALLOWED_RECIPIENTS",
+            "*@example.com, *@partner.org",
+        ),
         ("SMARTHOST__POLICY__REDIRECT_ALL_TO", "staging@example.com"),
     ]);
     let c = load(&src, &vars).unwrap();
@@ -724,4 +730,216 @@ fn a_missing_file_says_so() {
             .starts_with("cannot read config file /nonexistent/smarthost.toml"),
         "{e}"
     );
+}
+
+#[test]
+fn header_rules_and_transform_from_a_file() {
+    use crate::config::{HeaderAction, HeaderRule};
+    let (_f, src) = file(&format!(
+        "[[header_rule]]\naction = \"remove\"\nname = \"X-Mailer\"\n\
+         [[header_rule]]\naction = \"SET\"\nname = \"X-Env\"\nvalue = \"prod\"\n\
+         [[header_rule]]\naction = \"add\"\nname = \"X-Note\"\nvalue = \"Grüße, relayed\"\n\
+         [transform]\nhide_client = true\n{MINIMAL}"
+    ));
+    let c = load(&src, &[]).unwrap();
+    let rule = |action, name: &str, value: Option<&str>| HeaderRule {
+        action,
+        name: name.into(),
+        value: value.map(str::to_owned),
+    };
+    assert_eq!(
+        c.header_rule,
+        [
+            rule(HeaderAction::Remove, "X-Mailer", None),
+            rule(HeaderAction::Set, "X-Env", Some("prod")),
+            rule(HeaderAction::Add, "X-Note", Some("Grüße, relayed")),
+        ]
+    );
+    assert!(c.transform.hide_client);
+    // Defaults: no rules, the client shown.
+    let c = load(&ConfigSource::Embedded, &[]).unwrap();
+    assert!(c.header_rule.is_empty() && !c.transform.hide_client);
+}
+
+#[test]
+fn header_rules_and_transform_from_the_environment_only() {
+    use crate::config::HeaderAction;
+    let vars = env(&[
+        ("SMARTHOST__HEADER_RULE__0__ACTION", "remove"),
+        ("SMARTHOST__HEADER_RULE__0__NAME", "X-Mailer"),
+        ("SMARTHOST__HEADER_RULE__1__ACTION", "set"),
+        ("SMARTHOST__HEADER_RULE__1__NAME", "X-Env"),
+        ("SMARTHOST__HEADER_RULE__1__VALUE", "prod"),
+        ("SMARTHOST__TRANSFORM__HIDE_CLIENT", "true"),
+    ]);
+    let c = load(&ConfigSource::Embedded, &vars).unwrap();
+    assert_eq!(c.header_rule.len(), 2);
+    assert_eq!(c.header_rule[0].action, HeaderAction::Remove);
+    assert_eq!(c.header_rule[0].name, "X-Mailer");
+    assert_eq!(c.header_rule[1].value.as_deref(), Some("prod"));
+    assert!(c.transform.hide_client);
+    // Without an index, the first rule is meant; on top of a file's rule, only the
+    // named key changes.
+    let (_f, src) = file(&format!(
+        "[[header_rule]]\naction = \"set\"\nname = \"X-Env\"\nvalue = \"dev\"\n{MINIMAL}"
+    ));
+    let c = load(&src, &env(&[("SMARTHOST__HEADER_RULE__VALUE", "staging")])).unwrap();
+    assert_eq!(c.header_rule[0].name, "X-Env");
+    assert_eq!(c.header_rule[0].value.as_deref(), Some("staging"));
+}
+
+#[test]
+fn header_rule_mistakes_name_the_key_and_the_fix() {
+    let rule = |body: &str| format!("[[header_rule]]\n{body}\n{MINIMAL}");
+    let cases: &[(String, &str)] = &[
+        (
+            rule("action = \"replace\"\nname = \"X-Mailer\""),
+            "FILE: `header_rule[0].action`: unknown value \"replace\"; valid values are \"remove\", \"set\", \"add\"",
+        ),
+        (
+            rule("name = \"X-Mailer\""),
+            "FILE: `header_rule[0].action`: missing required key `action`",
+        ),
+        (
+            rule("action = \"remove\""),
+            "FILE: `header_rule[0].name`: missing required key `name`",
+        ),
+        (
+            rule("action = \"set\"\nname = \"X-Env\""),
+            "FILE: `header_rule[0].value`: action \"set\" needs a value: add value = \"...\"",
+        ),
+        (
+            rule("action = \"add\"\nname = \"X-Env\""),
+            "FILE: `header_rule[0].value`: action \"add\" needs a value",
+        ),
+        (
+            rule("action = \"remove\"\nname = \"X-Mailer\"\nvalue = \"x\""),
+            "FILE: `header_rule[0].value`: action \"remove\" takes no value",
+        ),
+        (
+            rule("action = \"remove\"\nname = \"X Mailer\""),
+            "FILE: `header_rule[0].name`: \"X Mailer\" is not a header field name: use printable ASCII without spaces or `:`",
+        ),
+        (
+            rule("action = \"remove\"\nname = \"X-Mailer:\""),
+            "FILE: `header_rule[0].name`: \"X-Mailer:\" is not a header field name",
+        ),
+        (
+            rule("action = \"remove\"\nname = \"\""),
+            "FILE: `header_rule[0].name`: \"\" is not a header field name",
+        ),
+        (
+            rule("action = \"remove\"\nname = \"X-Mäiler\""),
+            "FILE: `header_rule[0].name`: \"X-Mäiler\" is not a header field name",
+        ),
+        (
+            rule("action = \"set\"\nname = \"X-Env\"\nvalue = \"a\\r\\nBcc: evil@x\""),
+            "FILE: `header_rule[0].value`: contains the control character '\\r': a value must be one line of printable text",
+        ),
+        (
+            rule("action = \"add\"\nname = \"X-Env\"\nvalue = \"a\\nb\""),
+            "FILE: `header_rule[0].value`: contains the control character '\\n'",
+        ),
+        (
+            rule("action = \"add\"\nname = \"X-Env\"\nvalue = \"a\\tb\""),
+            "FILE: `header_rule[0].value`: contains the control character '\\t'",
+        ),
+        (
+            rule("action = \"add\"\nname = \"X-Env\"\nvalue = \"a\\u0000b\""),
+            "FILE: `header_rule[0].value`: contains the control character '\\0'",
+        ),
+        (
+            rule(&format!(
+                "action = \"add\"\nname = \"X-Long\"\nvalue = \"{}\"",
+                "x".repeat(991)
+            )),
+            "FILE: `header_rule[0].value`: `X-Long: ` and the value take 999 octets, over the 998",
+        ),
+        (
+            rule("action = \"remove\"\nname = \"X-Mailer\"\nvaleu = \"x\""),
+            "FILE: `header_rule[0].valeu`: unknown key `valeu`, valid keys here are `action`, `name`, `value`",
+        ),
+        (
+            format!("[transform]\nhide_ip = true\n{MINIMAL}"),
+            "FILE: `transform.hide_ip`: unknown key `hide_ip`, the only valid key here is `hide_client`",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = error(text, &[]);
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
+    // The longest value that fits is accepted.
+    let (_f, src) = file(&rule(&format!(
+        "action = \"add\"\nname = \"X-Long\"\nvalue = \"{}\"",
+        "x".repeat(990)
+    )));
+    assert!(load(&src, &[]).is_ok());
+    // The second rule is named by its index; an environment variable by its name.
+    let got = error(
+        &format!(
+            "[[header_rule]]\naction = \"remove\"\nname = \"X-A\"\n[[header_rule]]\naction = \"remove\"\nname = \"X B\"\n{MINIMAL}"
+        ),
+        &[],
+    );
+    assert!(got.starts_with("FILE: `header_rule[1].name`"), "{got}");
+    let got = error(
+        MINIMAL,
+        &[
+            ("SMARTHOST__HEADER_RULE__0__ACTION", "drop"),
+            ("SMARTHOST__HEADER_RULE__0__NAME", "X-Mailer"),
+        ],
+    );
+    assert!(
+        got.starts_with("environment variable SMARTHOST__HEADER_RULE__0__ACTION: `header_rule[0].action`: unknown value \"drop\""),
+        "{got}"
+    );
+    let got = error(
+        MINIMAL,
+        &[
+            ("SMARTHOST__HEADER_RULE__0__ACTION", "set"),
+            ("SMARTHOST__HEADER_RULE__0__NAME", "X-Env"),
+        ],
+    );
+    // The missing value was set by no variable: the rule's own variables are named.
+    assert!(
+        got.starts_with("environment variable SMARTHOST__HEADER_RULE__0__")
+            && got.contains(": `header_rule[0].value`: action \"set\" needs a value"),
+        "{got}"
+    );
+    // A rule in the file keeps the file as the origin of what it lacks.
+    let got = error(
+        &format!("[[header_rule]]\naction = \"set\"\nname = \"X-Env\"\n{MINIMAL}"),
+        &[("SMARTHOST__HEADER_RULE__0__NAME", "X-Other")],
+    );
+    assert!(got.starts_with("FILE: `header_rule[0].value`"), "{got}");
+}
+
+#[test]
+fn header_rules_may_not_name_the_fields_the_transform_owns() {
+    for name in ["From", "sender", "DATE", "Message-Id", "dkim-signature"] {
+        for action in ["remove", "set", "add"] {
+            let value = if action == "remove" {
+                ""
+            } else {
+                "value = \"x\"\n"
+            };
+            let got = error(
+                &format!(
+                    "[[header_rule]]\naction = \"{action}\"\nname = \"{name}\"\n{value}{MINIMAL}"
+                ),
+                &[],
+            );
+            assert!(
+                got.starts_with("FILE: `header_rule[0].name`: ")
+                    && got.contains("is written by smarthost itself")
+                    && got.contains("From, Sender, Date, Message-ID, DKIM-Signature"),
+                "{name} {action}: {got}"
+            );
+        }
+    }
+    // Names that merely start like one are fine.
+    let (_f, src) = file(&format!(
+        "[[header_rule]]\naction = \"remove\"\nname = \"From-Internal\"\n[[header_rule]]\naction = \"remove\"\nname = \"Received\"\n{MINIMAL}"
+    ));
+    assert_eq!(load(&src, &[]).unwrap().header_rule.len(), 2);
 }
