@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::accept::{BindError, Handoff, IntakeRewrites, Listener, ListenerControl, RunState};
+use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
 use crate::config::{Config, DeliveryMode};
 use crate::deliver::{Deliverer, SetupError};
 use crate::ops::metrics;
@@ -108,8 +108,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         }
         None => None,
     };
-    let rewrites = IntakeRewrites::from_config(&config);
-    let listener = Listener::bind(&config.server, rewrites, handoff, tls).await?;
+    let listener = Listener::bind(&config, handoff, tls).await?;
     let addrs = listener.local_addrs();
     let control = listener.control();
     let (state, state_rx) = watch::channel(RunState::Running);
@@ -163,8 +162,7 @@ impl RelayHandle {
         };
         self.deliverer
             .replace(&config, Arc::new(Transformer::new(keys)))?;
-        self.control
-            .update(&config.server, IntakeRewrites::from_config(&config), tls);
+        self.control.update(&config, tls);
         let mut running = self.running.lock().expect("running config");
         let old = running.clone();
         let mut notes = Vec::new();

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::HandoffError;
 use super::phase::{Completion, Phase};
+use super::policy;
 use super::session::SessionContext;
 use crate::config::{Config, HeaderRule};
 use crate::message::{ClientInfo, Message, QueueId, SpooledBody};
@@ -142,6 +143,14 @@ pub(super) async fn complete(
         metrics::counter!(name::REJECTED, "reason" => "size").increment(1);
         return (next, Reply::new(552, Enhanced(5, 3, 4), text));
     }
+    if let Err(reply) = policy::judge_from(&ctx.rules.policy, &data[trace.len()..]) {
+        discard(body.as_ref());
+        info!(client = %peer, reply = %reply, "message refused by policy");
+        metrics::counter!(name::REJECTED, "reason" => "policy").increment(1);
+        return (next, reply);
+    }
+    let mut envelope = envelope;
+    policy::redirect(&ctx.rules.policy, &mut envelope, &mut data, trace.len());
     let (sender, rcpts) = (envelope.sender.to_string(), envelope.recipients.len());
     let message = Message {
         id,

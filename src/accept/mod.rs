@@ -9,6 +9,7 @@
 mod intake;
 mod limits;
 pub mod phase;
+pub mod policy;
 mod session;
 pub mod spill;
 
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::config::ServerConfig;
+use crate::config::{Config, ServerConfig};
 pub use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
@@ -81,14 +82,10 @@ pub struct ListenerControl {
 
 impl ListenerControl {
     /// New connections from now on use these trusted networks, limits, host name,
-    /// STARTTLS certificate and intake rewrites (header rules, `hide_client`). Listen
-    /// addresses and `max_connections` need a restart.
-    pub fn update(
-        &self,
-        server: &ServerConfig,
-        rewrites: IntakeRewrites,
-        tls: Option<TlsAcceptor>,
-    ) {
+    /// STARTTLS certificate, `[policy]` and intake rewrites (header rules,
+    /// `hide_client`). Listen addresses and `max_connections` need a restart.
+    pub fn update(&self, config: &Config, tls: Option<TlsAcceptor>) {
+        let server = &config.server;
         let handoff = self
             .live
             .read()
@@ -96,29 +93,26 @@ impl ListenerControl {
             .ctx
             .handoff
             .clone();
-        let live = Live::new(server, context(server, rewrites, handoff, tls));
+        let live = Live::new(server, context(config, handoff, tls));
         *self.live.write().expect("listener settings") = Arc::new(live);
         self.per_client.set_limit(server.max_connections_per_client);
     }
 }
 
-fn context(
-    server: &ServerConfig,
-    rewrites: IntakeRewrites,
-    handoff: Arc<dyn Handoff>,
-    tls: Option<TlsAcceptor>,
-) -> SessionContext {
+fn context(config: &Config, handoff: Arc<dyn Handoff>, tls: Option<TlsAcceptor>) -> SessionContext {
+    let server = &config.server;
     SessionContext {
         rules: Rules {
             hostname: server.hostname.clone(),
             max_message_size: server.max_message_size,
             max_recipients: server.max_recipients,
             starttls_available: tls.is_some(),
+            policy: Arc::new(config.policy.clone()),
         },
         command_timeout: server.command_timeout,
         tls,
         handoff,
-        rewrites: Arc::new(rewrites),
+        rewrites: Arc::new(IntakeRewrites::from_config(config)),
     }
 }
 
@@ -135,13 +129,14 @@ pub struct BindError {
 
 impl Listener {
     /// Bind every address of `server.listen`. Fails before anything is accepted if one
-    /// cannot be bound. Sessions apply `rewrites` to every message they accept.
+    /// cannot be bound. Sessions apply the configuration's `[policy]` and intake
+    /// rewrites to every message they accept.
     pub async fn bind(
-        server: &ServerConfig,
-        rewrites: IntakeRewrites,
+        config: &Config,
         handoff: Arc<dyn Handoff>,
         tls: Option<TlsAcceptor>,
     ) -> Result<Listener, BindError> {
+        let server = &config.server;
         let mut sockets = Vec::new();
         for addr in &server.listen {
             let socket = TcpListener::bind(addr).await.map_err(|source| {
@@ -161,7 +156,7 @@ impl Listener {
             })?;
             sockets.push(socket);
         }
-        let live = Live::new(server, context(server, rewrites, handoff, tls));
+        let live = Live::new(server, context(config, handoff, tls));
         Ok(Listener {
             sockets,
             live: Arc::new(RwLock::new(Arc::new(live))),

@@ -5,7 +5,10 @@
 //! tells the session driver what to do (send a reply, read message data, start TLS).
 //! Every rule here is tested without sockets.
 
+use std::sync::Arc;
+
 use super::spill::Spill;
+use crate::config::PolicyConfig;
 use crate::message::Envelope;
 use crate::proto::{
     Address, Body, Command, DataReader, Enhanced, Framing, MailParams, Reply, ReversePath,
@@ -23,6 +26,8 @@ pub struct Rules {
     pub max_recipients: usize,
     /// Whether STARTTLS can be offered now (a certificate is configured and TLS is not active yet).
     pub starttls_available: bool,
+    /// `[policy]`: allowed senders and recipients.
+    pub policy: Arc<PolicyConfig>,
 }
 
 /// The client's greeting.
@@ -308,6 +313,14 @@ impl Phase {
                 ),
             );
         }
+        if let ReversePath::Mailbox(addr) = &sender
+            && !rules.policy.sender_allowed(&addr.to_string())
+        {
+            let text = format!(
+                "Sender <{addr}> is not allowed here: it matches none of policy.allowed_senders"
+            );
+            return (Phase::Ready { helo }, reply(550, (5, 7, 1), text));
+        }
         let step = reply(250, (2, 1, 0), format!("Sender {sender} OK"));
         (
             Phase::Mail {
@@ -344,6 +357,11 @@ impl Phase {
                 (5, 6, 7),
                 "Non-ASCII recipient address needs MAIL FROM with SMTPUTF8",
             )
+        } else if !rules.policy.recipient_allowed(&to.to_string()) {
+            let text = format!(
+                "Recipient <{to}> is not allowed here: it matches none of policy.allowed_recipients"
+            );
+            reply(550, (5, 7, 1), text)
         } else if tx.recipients.contains(&to) {
             reply(
                 250,
@@ -512,6 +530,7 @@ mod tests {
             max_message_size: 1000,
             max_recipients: 2,
             starttls_available: false,
+            policy: Arc::default(),
         }
     }
 
@@ -583,6 +602,31 @@ mod tests {
             "RCPT TO:<1@x.y>",
         ];
         assert_eq!(codes(&rcpts, &r).1, [250, 250, 250, 250, 452, 250]);
+    }
+
+    #[test]
+    fn policy_refuses_senders_at_mail_and_recipients_at_rcpt() {
+        let mut r = rules();
+        r.max_recipients = 10;
+        r.policy = Arc::new(crate::config::PolicyConfig {
+            allowed_senders: vec![crate::config::AddressGlob::parse("*@app.test").unwrap()],
+            allowed_recipients: vec![crate::config::AddressGlob::parse("*@x.y").unwrap()],
+            redirect_all_to: None,
+        });
+        let lines = [
+            "EHLO c",
+            "MAIL FROM:<a@elsewhere.test>",
+            "MAIL FROM:<A@APP.test>",
+            "RCPT TO:<1@x.y>",
+            "RCPT TO:<1@customer.test>",
+            "DATA",
+        ];
+        assert_eq!(codes(&lines, &r).1, [250, 550, 250, 250, 550, 354]);
+        assert_eq!(
+            codes(&["EHLO c", "MAIL FROM:<>", "RCPT TO:<1@x.y>"], &r).1,
+            [250, 250, 250],
+            "a null sender has no address to judge at MAIL FROM; its From is judged after DATA"
+        );
     }
 
     #[test]

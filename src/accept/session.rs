@@ -645,6 +645,7 @@ mod tests {
                 max_message_size: 1 << 20,
                 max_recipients: 10,
                 starttls_available: false,
+                policy: Arc::default(),
             },
             command_timeout: Duration::from_millis(200),
             tls: None,

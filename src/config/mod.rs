@@ -5,6 +5,7 @@
 //! with an error naming the key and where it came from, and returns a [`Config`] that is
 //! then shared read-only behind an `Arc`.
 
+mod glob;
 mod load;
 mod oauth;
 mod provider;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use glob::{AddressGlob, any_matches};
 pub use load::{ConfigError, ConfigSource, load, load_from_process};
 pub use oauth::{OAuthConfig, OAuthFlow};
 pub use provider::Provider;
@@ -59,6 +61,39 @@ pub struct Config {
     /// `[log]`: how `serve` writes its log.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[policy]`: which senders and recipients are allowed, and staging redirects.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`: rules on the envelope and the From address, judged as early as they can
+/// be (a sender at MAIL FROM, a recipient at RCPT, the From address after DATA); each
+/// refusal is a `550 5.7.1` naming the rule.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The envelope sender and the From address must each match one (empty: any).
+    #[serde(deserialize_with = "values::globs")]
+    pub allowed_senders: Vec<AddressGlob>,
+    /// Every recipient must match one (empty: any).
+    #[serde(deserialize_with = "values::globs")]
+    pub allowed_recipients: Vec<AddressGlob>,
+    /// Every message goes to this address instead of its recipients, which are kept in
+    /// `X-Original-To` fields (a staging relay that must never reach a customer).
+    #[serde(deserialize_with = "values::optional_address")]
+    pub redirect_all_to: Option<crate::proto::Address>,
+}
+
+impl PolicyConfig {
+    /// Whether `address` may be a sender (envelope or From).
+    pub fn sender_allowed(&self, address: &str) -> bool {
+        self.allowed_senders.is_empty() || any_matches(&self.allowed_senders, address)
+    }
+
+    /// Whether `address` may be a recipient.
+    pub fn recipient_allowed(&self, address: &str) -> bool {
+        self.allowed_recipients.is_empty() || any_matches(&self.allowed_recipients, address)
+    }
 }
 
 /// `[server]`

@@ -36,6 +36,28 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A list of address patterns (see [`super::AddressGlob`]), as [`string_list`] reads it.
+pub fn globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::AddressGlob>, D::Error> {
+    string_list(d)?
+        .iter()
+        .map(|text| super::AddressGlob::parse(text).map_err(de::Error::custom))
+        .collect()
+}
+
+/// An optional mail address (`user@example.com`, no angle brackets).
+pub fn optional_address<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::proto::Address>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    crate::proto::Address::parse(text)
+        .map(Some)
+        .map_err(|e| de::Error::custom(format!("`{text}` is not a mail address: {e}")))
+}
+
 /// A list given either as a TOML array or as one comma-separated string (the form an
 /// environment variable can carry).
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -69,6 +69,62 @@ fn environment_overrides_and_creates_keys() {
 }
 
 #[test]
+fn policy_from_a_file_and_from_the_environment() {
+    let (_f, src) = file(&format!(
+        "{MINIMAL}\n[policy]\nallowed_senders = [\"*@example.com\", \"invoices@billing.test\"]\n"
+    ));
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(c.policy.allowed_senders.len(), 2);
+    assert!(c.policy.sender_allowed("App@Example.com"));
+    assert!(!c.policy.sender_allowed("app@other.test"));
+    assert!(
+        c.policy.recipient_allowed("anyone@anywhere.test"),
+        "no list: any"
+    );
+    assert_eq!(c.policy.redirect_all_to, None);
+
+    let vars = env(&[
+        (
+            "SMARTHOST__POLICY__ALLOWED_RECIPIENTS",
+            "*@example.com, *@partner.org",
+        ),
+        ("SMARTHOST__POLICY__REDIRECT_ALL_TO", "staging@example.com"),
+    ]);
+    let c = load(&src, &vars).unwrap();
+    assert!(c.policy.recipient_allowed("x@partner.org"));
+    assert!(!c.policy.recipient_allowed("x@customer.test"));
+    assert_eq!(
+        c.policy.redirect_all_to.map(|a| a.to_string()).as_deref(),
+        Some("staging@example.com")
+    );
+}
+
+#[test]
+fn policy_mistakes_name_the_key() {
+    for (section, want) in [
+        (
+            "allowed_senders = [\"example.com\"]",
+            "`policy.allowed_senders`: `example.com` has no `@`; write `*@example.com`",
+        ),
+        (
+            "allowed_recipients = [\"<a@example.com>\"]",
+            "`policy.allowed_recipients`: `<a@example.com>` contains '<'",
+        ),
+        (
+            "redirect_all_to = \"not an address\"",
+            "`policy.redirect_all_to`: `not an address` is not a mail address",
+        ),
+        ("allow_senders = []", "unknown key `allow_senders`"),
+    ] {
+        let got = error(
+            &format!("[policy]\n{section}\n[[upstream]]\nurl = \"maildir:x\"\n"),
+            &[],
+        );
+        assert!(got.contains(want), "{section}:\n got: {got}\nwant: {want}");
+    }
+}
+
+#[test]
 fn log_format_defaults_to_text_and_is_set_by_file_or_environment() {
     use crate::config::LogFormat;
     let (_f, src) = file(MINIMAL);
