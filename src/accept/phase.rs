@@ -495,6 +495,7 @@ impl Phase {
             recipients: tx.recipients,
             smtputf8: tx.params.smtputf8,
             eight_bit: tx.params.body == Body::EightBitMime,
+            route: None,
         };
         (
             next,
