@@ -91,6 +91,7 @@ fn message(size: usize) -> Message {
             recipients: vec![Address::parse("user@example.net").unwrap()],
             smtputf8: false,
             eight_bit: false,
+            route: None,
         },
         content,
         body: None,

@@ -77,6 +77,21 @@ enum Command {
         #[command(subcommand)]
         action: OauthAction,
     },
+    /// Show the [[route]] mail from a sender takes, its upstreams in order, and its DKIM key.
+    Route {
+        /// Envelope sender (`""` or `<>` for the null sender).
+        #[arg(long)]
+        from: String,
+        /// The client's address.
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
+        /// The authenticated user, if any.
+        #[arg(long)]
+        user: Option<String>,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Submit a test message to an SMTP server.
     Send {
         /// Server as HOST:PORT.
@@ -247,6 +262,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Dkim { action } => dkim(action),
+        Command::Route {
+            from,
+            client,
+            user,
+            config,
+        } => route(config, &from, client, user.as_deref()),
         Command::Queue { action } => queue(action),
         Command::Oauth {
             action: OauthAction::Login { upstream, config },
@@ -336,6 +357,41 @@ fn dkim(action: DkimAction) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `smarthost route`: exit 0 when the relay takes the mail, 1 when it refuses the
+/// sender, 2 for an invalid configuration or address.
+fn route(
+    path: Option<PathBuf>,
+    from: &str,
+    client: std::net::IpAddr,
+    user: Option<&str>,
+) -> ExitCode {
+    let (config, _) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let sender = match ops::route::parse_sender(from) {
+        Ok(sender) => sender,
+        Err(e) => {
+            eprintln!("smarthost route: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let keys = match ops::route::existing_keys(&config) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("smarthost: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let report = ops::route::report(&config, &keys, &sender, client, user);
+    print!("{}", report.text);
+    if report.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The client declared `BODY=8BITMIME`.
     pub eight_bit: bool,
+    /// The `[[route]]` chosen at MAIL FROM: the upstreams the message may use. `None`
+    /// without routes.
+    pub route: Option<String>,
 }
 
 /// The part of a large message's content that is kept in a file of the spool instead of

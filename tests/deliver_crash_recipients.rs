@@ -190,6 +190,7 @@ fn message(n: usize) -> Arc<Message> {
                 .collect(),
             smtputf8: false,
             eight_bit: false,
+            route: None,
         },
         content: b"From: <app@example.com>\r\nSubject: split\r\n\r\nbody\r\n".to_vec(),
         body: None,

@@ -101,20 +101,6 @@ fn as_sent(delivered: &Delivered) -> Vec<u8> {
     rest.to_vec()
 }
 
-/// `content` (CRLF line endings, ending in CRLF) dot-stuffed, with the terminator.
-fn dot_terminated(content: &str) -> Vec<u8> {
-    assert!(content.ends_with("\r\n"), "content ends with CRLF");
-    let mut wire = String::new();
-    for line in content.split_inclusive("\r\n") {
-        if line.starts_with('.') {
-            wire.push('.');
-        }
-        wire.push_str(line);
-    }
-    wire.push_str(".\r\n");
-    wire.into_bytes()
-}
-
 /// One SMTP transaction: `MAIL FROM:<mail_from>` + `params`, one recipient, `wire` after
 /// DATA (already dot-stuffed and terminated); the message must be accepted.
 async fn submit(relay: &Relay, mail_from: &str, params: &str, wire: &[u8]) {
@@ -353,7 +339,7 @@ async fn sign_both(
 async fn folded_headers_verify() {
     let (records, messages) = sign_both("folded", "", |key| {
         let d = key.domain;
-        dot_terminated(&format!(
+        support::dot_terminated(&format!(
             "From: Folded Sender <news@{d}>\r\n\
              To: Someone Far Away <user@example.net>,\r\n \
              Another Person <other@example.net>\r\n\
@@ -386,7 +372,7 @@ async fn folded_headers_verify() {
 async fn eight_bit_utf8_bodies_verify() {
     let (records, messages) = sign_both("8bit", " BODY=8BITMIME", |key| {
         let d = key.domain;
-        dot_terminated(&format!(
+        support::dot_terminated(&format!(
             "From: <shop@{d}>\r\n\
              To: <user@example.net>\r\n\
              Subject: =?UTF-8?B?R3LDvMOfZQ==?=\r\n\
@@ -440,7 +426,7 @@ async fn bare_lf_input_verifies() {
 #[tokio::test]
 async fn a_rewritten_sloppy_from_is_what_gets_signed() {
     let (records, messages) = sign_both("sloppy-from", "", |key| {
-        dot_terminated(&format!(
+        support::dot_terminated(&format!(
             "From: 张三 <zhangsan@{}>\r\nTo: user@example.net\r\nSubject: sloppy\r\n\r\nbody\r\n",
             key.domain
         ))
@@ -485,7 +471,13 @@ async fn the_upstream_sender_policy_is_signed_for_the_account_domain() {
         );
         // From a domain without a key: the policy's account makes it signable.
         let content = "From: Shop <orders@shop.test>\r\nTo: user@example.net\r\nSubject: policy\r\n\r\nbody\r\n";
-        submit(&relay, "orders@shop.test", "", &dot_terminated(content)).await;
+        submit(
+            &relay,
+            "orders@shop.test",
+            "",
+            &support::dot_terminated(content),
+        )
+        .await;
         relay.shutdown().await;
         let delivered = list_maildir(&maildir);
         assert_eq!(delivered.len(), 1, "{delivered:#?}");
@@ -511,7 +503,7 @@ async fn the_upstream_sender_policy_is_signed_for_the_account_domain() {
 #[tokio::test]
 async fn changes_after_signing_fail_both_verifiers() {
     let (records, messages) = sign_both("control", "", |key| {
-        dot_terminated(&format!(
+        support::dot_terminated(&format!(
             "From: Control <control@{}>\r\nTo: user@example.net\r\nSubject: control\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <control@x>\r\n\r\nthe body\r\n",
             key.domain
         ))
@@ -586,7 +578,7 @@ timeout = "5s"
     c.expect("MAIL FROM:<orders@shop.test>", 250).await;
     c.expect("RCPT TO:<user@example.net>", 250).await;
     c.expect("DATA", 354).await;
-    c.send(dot_terminated(
+    c.send(support::dot_terminated(
         "From: Shop <orders@shop.test>\r\nTo: user@example.net\r\nSubject: failover\r\n\r\nbody\r\n",
     ))
     .await;
@@ -790,7 +782,7 @@ async fn odd_header_blocks_are_repaired_and_the_signature_covers_the_whole_body(
                 &relay,
                 &format!("app@{}", key.domain),
                 "",
-                &dot_terminated(&content),
+                &support::dot_terminated(&content),
             )
             .await;
         }
@@ -863,7 +855,7 @@ async fn eight_bit_parts_converted_for_a_7bit_upstream_verify() {
             &relay,
             &format!("app@{d}"),
             " BODY=8BITMIME",
-            &dot_terminated(&format!(
+            &support::dot_terminated(&format!(
                 "From: <shop@{d}>\r\nTo: <user@example.net>\r\nSubject: =?UTF-8?B?R3LDvMOfZQ==?=\r\n\
                  Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <7bit@{d}>\r\nMIME-Version: 1.0\r\n\
                  Content-Type: multipart/mixed; boundary=\"part\"\r\n\r\n\
@@ -951,7 +943,7 @@ async fn a_large_message_arrives_byte_for_byte_and_verifies() {
         &relay,
         &format!("orders@{}", RSA.domain),
         "",
-        &dot_terminated(&content),
+        &support::dot_terminated(&content),
     )
     .await;
 
@@ -1008,7 +1000,7 @@ async fn header_rules_apply_before_signing_and_the_signature_verifies() {
             &relay,
             &format!("app@{d}"),
             "",
-            &dot_terminated(&format!(
+            &support::dot_terminated(&format!(
                 "Received: from worker-7.internal.example (10.9.8.7)\r\n\tby app-gateway.internal.example; Thu, 01 Jan 2026 00:00:00 +0000\r\n\
                  From: Shop <shop@{d}>\r\n\
                  To: user@example.net\r\n\

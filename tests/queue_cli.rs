@@ -291,6 +291,7 @@ async fn a_delete_requested_while_stopped_wins_over_a_message_due_at_start() {
                     recipients: vec![Address::parse("user@example.net").unwrap()],
                     smtputf8: false,
                     eight_bit: false,
+                    route: None,
                 },
                 content: format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes(),
                 body: None,

@@ -146,6 +146,7 @@ fn message(subject: &str) -> Message {
             recipients: vec![Address::parse("user@example.net").unwrap()],
             smtputf8: false,
             eight_bit: false,
+            route: None,
         },
         content: format!(
             "From: <app@example.com>\r\nTo: <user@example.net>\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"

@@ -152,6 +152,7 @@ pub(super) async fn complete(
     let mut envelope = envelope;
     policy::redirect(&ctx.rules.policy, &mut envelope, &mut data, trace.len());
     let (sender, rcpts) = (envelope.sender.to_string(), envelope.recipients.len());
+    let route = envelope.route.clone();
     let message = Message {
         id,
         envelope,
@@ -167,7 +168,9 @@ pub(super) async fn complete(
     let reply = match submitted {
         Ok(()) => {
             metrics::counter!(name::RECEIVED).increment(1);
-            info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, "message accepted");
+            // Without routes the field is left out.
+            let route = route.as_deref().map(tracing::field::display);
+            info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, route, "message accepted");
             Reply::new(250, Enhanced(2, 0, 0), format!("queued as {id}"))
         }
         Err(HandoffError::Refused(reply)) => {

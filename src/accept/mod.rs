@@ -82,7 +82,7 @@ pub struct ListenerControl {
 
 impl ListenerControl {
     /// New connections from now on use these trusted networks, limits, host name,
-    /// STARTTLS certificate, `[policy]` and intake rewrites (header rules,
+    /// STARTTLS certificate, `[policy]`, `[[route]]` and intake rewrites (header rules,
     /// `hide_client`). Listen addresses and `max_connections` need a restart.
     pub fn update(&self, config: &Config, tls: Option<TlsAcceptor>) {
         let server = &config.server;
@@ -100,16 +100,9 @@ impl ListenerControl {
 }
 
 fn context(config: &Config, handoff: Arc<dyn Handoff>, tls: Option<TlsAcceptor>) -> SessionContext {
-    let server = &config.server;
     SessionContext {
-        rules: Rules {
-            hostname: server.hostname.clone(),
-            max_message_size: server.max_message_size,
-            max_recipients: server.max_recipients,
-            starttls_available: tls.is_some(),
-            policy: Arc::new(config.policy.clone()),
-        },
-        command_timeout: server.command_timeout,
+        rules: Rules::from_config(config, tls.is_some()),
+        command_timeout: config.server.command_timeout,
         tls,
         handoff,
         rewrites: Arc::new(IntakeRewrites::from_config(config)),

@@ -5,10 +5,11 @@
 //! tells the session driver what to do (send a reply, read message data, start TLS).
 //! Every rule here is tested without sockets.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use super::spill::Spill;
-use crate::config::PolicyConfig;
+use crate::config::{Config, PolicyConfig, RouteConfig};
 use crate::message::Envelope;
 use crate::proto::{
     Address, Body, Command, DataReader, Enhanced, Framing, MailParams, Reply, ReversePath,
@@ -28,6 +29,67 @@ pub struct Rules {
     pub starttls_available: bool,
     /// `[policy]`: allowed senders and recipients.
     pub policy: Arc<PolicyConfig>,
+    /// `[[route]]`, in order; empty: every message may use every upstream.
+    pub routes: Arc<[RouteConfig]>,
+    /// The client's address (the one the PROXY header gives when `proxy_protocol` is
+    /// on), set per session: a route may depend on it.
+    pub client: IpAddr,
+}
+
+impl Rules {
+    /// The rules `config` sets, for a session whose client is not known yet (see
+    /// [`Rules::for_client`]).
+    pub fn from_config(config: &Config, starttls_available: bool) -> Rules {
+        let server = &config.server;
+        Rules {
+            hostname: server.hostname.clone(),
+            max_message_size: server.max_message_size,
+            max_recipients: server.max_recipients,
+            starttls_available,
+            policy: Arc::new(config.policy.clone()),
+            routes: config.route.clone().into(),
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
+    /// These rules for a session with `client`.
+    pub fn for_client(mut self, client: IpAddr) -> Rules {
+        self.client = client;
+        self
+    }
+
+    /// The route a transaction from `sender` takes: `Ok(None)` without routes, the
+    /// route's name when one matches, the `550 5.7.1` refusal when none does. There is
+    /// no authenticated submission yet, so routes are chosen without a user.
+    pub fn choose_route(&self, sender: &ReversePath) -> Result<Option<String>, Reply> {
+        if self.routes.is_empty() {
+            return Ok(None);
+        }
+        let address = route_sender(sender);
+        match self
+            .routes
+            .iter()
+            .find(|r| r.matches(address.as_deref(), self.client, None))
+        {
+            Some(route) => Ok(Some(route.name.clone())),
+            None => Err(Reply::new(
+                550,
+                Enhanced(5, 7, 1),
+                format!(
+                    "No route matches sender {sender} from {}: add a [[route]] for it",
+                    self.client
+                ),
+            )),
+        }
+    }
+}
+
+/// The sender as routes match it: the address, or `None` for the null sender `<>`.
+pub fn route_sender(sender: &ReversePath) -> Option<String> {
+    match sender {
+        ReversePath::Null => None,
+        ReversePath::Mailbox(addr) => Some(addr.to_string()),
+    }
 }
 
 /// The client's greeting.
@@ -45,6 +107,8 @@ pub struct Transaction {
     sender: ReversePath,
     params: MailParams,
     recipients: Vec<Address>,
+    /// The `[[route]]` chosen at MAIL FROM (`None` without routes).
+    route: Option<String>,
 }
 
 /// Message content being received with `DATA` or `BDAT`.
@@ -321,6 +385,10 @@ impl Phase {
             );
             return (Phase::Ready { helo }, reply(550, (5, 7, 1), text));
         }
+        let route = match rules.choose_route(&sender) {
+            Ok(route) => route,
+            Err(refusal) => return (Phase::Ready { helo }, Step::Reply(refusal)),
+        };
         let step = reply(250, (2, 1, 0), format!("Sender {sender} OK"));
         (
             Phase::Mail {
@@ -329,6 +397,7 @@ impl Phase {
                     sender,
                     params,
                     recipients: Vec::new(),
+                    route,
                 },
             },
             step,
@@ -495,6 +564,7 @@ impl Phase {
             recipients: tx.recipients,
             smtputf8: tx.params.smtputf8,
             eight_bit: tx.params.body == Body::EightBitMime,
+            route: tx.route,
         };
         (
             next,
@@ -531,6 +601,8 @@ mod tests {
             max_recipients: 2,
             starttls_available: false,
             policy: Arc::default(),
+            routes: Arc::new([]),
+            client: "10.1.2.3".parse().unwrap(),
         }
     }
 
@@ -627,6 +699,85 @@ mod tests {
             [250, 250, 250],
             "a null sender has no address to judge at MAIL FROM; its From is judged after DATA"
         );
+    }
+
+    fn route(name: &str, senders: &[&str], clients: &[&str]) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            senders: senders
+                .iter()
+                .map(|s| crate::config::AddressGlob::parse(s).unwrap())
+                .collect(),
+            clients: clients.iter().map(|c| c.parse().unwrap()).collect(),
+            users: Vec::new(),
+            upstreams: vec!["up".into()],
+        }
+    }
+
+    #[test]
+    fn routes_refuse_unmatched_senders_at_mail_and_name_the_chosen_one() {
+        let mut r = rules();
+        r.routes = vec![
+            route("billing", &["*@billing.test"], &[]),
+            route("office", &[], &["10.1.0.0/16"]),
+        ]
+        .into();
+        r.client = "192.0.2.7".parse().unwrap();
+        let lines = [
+            "EHLO c",
+            "MAIL FROM:<a@other.test>",
+            "MAIL FROM:<>",
+            "MAIL FROM:<Invoices@BILLING.test>",
+        ];
+        let (phase, got) = codes(&lines, &r);
+        assert_eq!(got, [250, 550, 550, 250]);
+        let Phase::Mail { tx, .. } = phase else {
+            panic!("a transaction")
+        };
+        assert_eq!(tx.route.as_deref(), Some("billing"));
+        let refusal = r.choose_route(&ReversePath::Null).unwrap_err();
+        assert_eq!(
+            refusal.to_wire(),
+            "550 5.7.1 No route matches sender <> from 192.0.2.7: add a [[route]] for it\r\n"
+        );
+        r.client = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            r.choose_route(&ReversePath::Null).unwrap().as_deref(),
+            Some("office")
+        );
+        r.routes = Arc::new([]);
+        assert_eq!(
+            r.choose_route(&ReversePath::Null).unwrap(),
+            None,
+            "no routes: no route"
+        );
+    }
+
+    #[test]
+    fn the_route_ends_up_in_the_envelope() {
+        let mut r = rules();
+        r.routes = vec![route("all", &[], &[])].into();
+        let (mut phase, _) = codes(
+            &["EHLO c", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"],
+            &r,
+        );
+        let incoming = phase.incoming().unwrap();
+        let (_, done) = incoming
+            .reader
+            .feed(b"Subject: s\r\n\r\nb\r\n.\r\n", &mut incoming.content);
+        assert!(done);
+        let Completion::Accept { envelope, .. } = phase.end_of_content().1 else {
+            panic!("accepted")
+        };
+        assert_eq!(envelope.route.as_deref(), Some("all"));
+        assert_eq!(receive_route(&rules()), None, "without routes, no route");
+    }
+
+    fn receive_route(rules: &Rules) -> Option<String> {
+        match receive(b"Subject: s\r\n\r\nb\r\n.\r\n", rules) {
+            Completion::Accept { envelope, .. } => envelope.route,
+            Completion::Reject(r) => panic!("{r}"),
+        }
     }
 
     #[test]

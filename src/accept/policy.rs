@@ -83,6 +83,7 @@ mod tests {
             ],
             smtputf8: false,
             eight_bit: false,
+            route: None,
         };
         let mut content = b"Received: ours\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
         let at = b"Received: ours\r\n".len();

@@ -350,7 +350,7 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut rules = ctx.rules.clone();
+    let mut rules = ctx.rules.clone().for_client(super::normalize(peer.ip()));
     rules.starttls_available = ctx.tls.is_some();
     let refused = refusal.is_some();
     let (phase, greeting) = Phase::start(&rules, refusal);
@@ -631,6 +631,10 @@ mod tests {
 
     struct Discard;
 
+    fn peer_ip() -> std::net::IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
     impl Handoff for Discard {
         fn submit(&self, _message: crate::message::Message) -> crate::accept::HandoffFuture<'_> {
             Box::pin(async { Ok(()) })
@@ -646,6 +650,8 @@ mod tests {
                 max_recipients: 10,
                 starttls_available: false,
                 policy: Arc::default(),
+                routes: Arc::new([]),
+                client: peer_ip(),
             },
             command_timeout: Duration::from_millis(200),
             tls: None,

@@ -49,6 +49,10 @@ pub struct Config {
     /// `[[dkim]]`: signing keys by domain.
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
+    /// `[[route]]`: which upstreams a message may use, chosen at MAIL FROM; none: every
+    /// message may use every upstream.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
     /// `[[header_rule]]`: changes to the client's header block at acceptance, in order.
     #[serde(default)]
     pub header_rule: Vec<HeaderRule>,
@@ -64,6 +68,61 @@ pub struct Config {
     /// `[policy]`: which senders and recipients are allowed, and staging redirects.
     #[serde(default)]
     pub policy: PolicyConfig,
+}
+
+/// `[[route]]`: one app's way out. Routes are tried in order at MAIL FROM and the first
+/// whose every condition holds is the message's; a route without conditions matches
+/// all. The message may then use only the route's upstreams, with the usual priority,
+/// weight, breaker and failover among them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Its name (logs, metrics, `smarthost route`).
+    pub name: String,
+    /// Envelope sender patterns (any matches); empty: any sender.
+    #[serde(default, deserialize_with = "values::globs")]
+    pub senders: Vec<AddressGlob>,
+    /// Client networks (any contains the client); empty: any client.
+    #[serde(default, deserialize_with = "values::networks")]
+    pub clients: Vec<IpNet>,
+    /// Authenticated submitters (any is the user); empty: any submitter, and clients
+    /// that did not authenticate.
+    #[serde(default, deserialize_with = "values::names")]
+    pub users: Vec<String>,
+    /// Names of `[[upstream]]` entries this route may use.
+    #[serde(deserialize_with = "values::names")]
+    pub upstreams: Vec<String>,
+}
+
+impl RouteConfig {
+    /// Whether a message from `sender` (None: the null sender), sent by `client` as
+    /// `user` (None: not authenticated), takes this route.
+    pub fn matches(
+        &self,
+        sender: Option<&str>,
+        client: std::net::IpAddr,
+        user: Option<&str>,
+    ) -> bool {
+        let sender_ok =
+            self.senders.is_empty() || sender.is_some_and(|s| any_matches(&self.senders, s));
+        let client_ok = self.clients.is_empty() || self.clients.iter().any(|n| n.contains(&client));
+        let user_ok =
+            self.users.is_empty() || user.is_some_and(|u| self.users.iter().any(|name| name == u));
+        sender_ok && client_ok && user_ok
+    }
+}
+
+impl Config {
+    /// The route a message takes: the first that matches. `None` when no route matches
+    /// (then, with routes configured, the message is refused) or none is configured.
+    pub fn route_for(
+        &self,
+        sender: Option<&str>,
+        client: std::net::IpAddr,
+        user: Option<&str>,
+    ) -> Option<&RouteConfig> {
+        self.route.iter().find(|r| r.matches(sender, client, user))
+    }
 }
 
 /// `[policy]`: rules on the envelope and the From address, judged as early as they can

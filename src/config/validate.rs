@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+mod route;
+
 use super::values::Secret;
 use super::{
     Config, DeliveryConfig, DkimConfig, HeaderAction, HeaderRule, PROTECTED_HEADERS, ServerConfig,
@@ -20,7 +22,8 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Invalid> {
     spool(&config.spool)?;
     delivery(&config.delivery)?;
     dkim(&mut config.dkim)?;
-    header_rules(&config.header_rule)
+    header_rules(&config.header_rule)?;
+    route::routes(&config.route, &config.upstream)
 }
 
 /// `[server]`.

@@ -44,6 +44,11 @@ pub fn globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::AddressGlob>,
         .collect()
 }
 
+/// A list of names (upstream names, user names), as [`string_list`] reads it.
+pub fn names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    string_list(d)
+}
+
 /// An optional mail address (`user@example.com`, no angle brackets).
 pub fn optional_address<'de, D: Deserializer<'de>>(
     d: D,

@@ -93,6 +93,7 @@ mod tests {
                 ],
                 smtputf8: false,
                 eight_bit: false,
+                route: None,
             },
             content: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
             body: None,

@@ -17,6 +17,7 @@ pub mod maildir;
 pub mod oauth;
 pub mod outcome;
 pub mod ratelimit;
+mod route;
 pub mod upstream;
 
 use std::sync::{Arc, RwLock};
@@ -122,6 +123,7 @@ pub struct Deliverer {
 struct Routing {
     targets: Arc<Vec<Upstream>>,
     transformer: Arc<Transformer>,
+    routes: route::Routes,
 }
 
 impl Deliverer {
@@ -137,6 +139,7 @@ impl Deliverer {
             routing: RwLock::new(Arc::new(Routing {
                 targets: Arc::new(targets),
                 transformer,
+                routes: route::Routes::from_config(config),
             })),
             recovered,
         })
@@ -153,6 +156,7 @@ impl Deliverer {
         let new = Arc::new(Routing {
             targets: Arc::new(targets),
             transformer,
+            routes: route::Routes::from_config(config),
         });
         let old = std::mem::replace(&mut *self.routing.write().expect("routing lock"), new);
         tokio::spawn(async move {
@@ -221,6 +225,39 @@ fn build_upstreams(
     Ok(targets)
 }
 
+impl Routing {
+    /// The upstreams `message` may use, its route's name for metrics (`none` without
+    /// routes), and why it may use none if so.
+    fn allowed(&self, message: &Message) -> (Vec<&Upstream>, String, Option<String>) {
+        match self.routes.for_message(&message.envelope) {
+            route::Allowed::Everywhere => (self.targets.iter().collect(), "none".into(), None),
+            route::Allowed::Route {
+                route,
+                rerouted_from,
+            } => {
+                if let Some(previous) = rerouted_from {
+                    info!(queue_id = %message.id, from_route = %previous, route = %route.name, "routed again: the message's route is not configured any more");
+                }
+                let allowed = self
+                    .targets
+                    .iter()
+                    .filter(|t| route.upstreams.contains(&t.name))
+                    .collect();
+                (allowed, route.name.clone(), None)
+            }
+            route::Allowed::Nowhere(why) => {
+                warn!(queue_id = %message.id, reason = %why, "no route for a queued message; it waits");
+                let label = message
+                    .envelope
+                    .route
+                    .clone()
+                    .unwrap_or_else(|| "none".into());
+                (Vec::new(), label, Some(why))
+            }
+        }
+    }
+}
+
 impl Deliverer {
     /// Whether at least one upstream is usable now (a Maildir, or an SMTP upstream whose
     /// circuit breaker is closed); the reason otherwise.
@@ -256,20 +293,30 @@ impl Deliverer {
         let started = std::time::Instant::now();
         let routing = self.current();
         let id = message.id;
-        let report =
-            failover::walk(&routing.targets, &routing.transformer, message, progress).await;
-        metrics::histogram!(name::DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
+        let (allowed, route, nowhere) = routing.allowed(&message);
+        let mut report = failover::walk(&allowed, &routing.transformer, message, progress).await;
+        if let Some(why) = nowhere {
+            for (_, status) in report.recipients.iter_mut() {
+                if let RcptOutcome::Deferred(reason) = status {
+                    *reason = Reason::Text(why.clone());
+                }
+            }
+        }
+        metrics::histogram!(name::DELIVERY_DURATION, "route" => route.clone())
+            .record(started.elapsed().as_secs_f64());
         for (rcpt, status) in &report.recipients {
             match status {
                 RcptOutcome::Delivered { upstream, .. } => {
-                    metrics::counter!(name::DELIVERED, "upstream" => upstream.clone()).increment(1);
+                    metrics::counter!(name::DELIVERED, "upstream" => upstream.clone(), "route" => route.clone())
+                        .increment(1);
                 }
                 RcptOutcome::Deferred(reason) => {
                     let upstream = match reason {
                         Reason::Reply { upstream, .. } => upstream.clone(),
                         Reason::Text(_) | Reason::Local { .. } => "none".to_owned(),
                     };
-                    metrics::counter!(name::DEFERRED, "upstream" => upstream).increment(1);
+                    metrics::counter!(name::DEFERRED, "upstream" => upstream, "route" => route.clone())
+                        .increment(1);
                 }
                 RcptOutcome::Failed(_) => {}
             }

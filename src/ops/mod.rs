@@ -1,8 +1,10 @@
-//! Operator commands behind the CLI: `send`, `check`, `queue`, `dkim`, `oauth`.
+//! Operator commands behind the CLI: `send`, `check`, `queue`, `dkim`, `oauth`,
+//! `route`.
 
 pub mod check;
 pub mod dkim;
 pub mod metrics;
 pub mod oauth;
 pub mod queue;
+pub mod route;
 pub mod send;

@@ -108,6 +108,8 @@ pub fn bounce(
             recipients: vec![sender.clone()],
             smtputf8: !sender.is_ascii(),
             eight_bit,
+            // The bounce leaves the way the message would have.
+            route: original.envelope.route.clone(),
         },
         content,
         body: None,
@@ -155,6 +157,7 @@ mod tests {
                 recipients: vec![Address::parse("gone@example.net").unwrap()],
                 smtputf8: false,
                 eight_bit: false,
+                route: None,
             },
             content: b"From: <app@example.com>\r\nSubject: invoice\r\n\r\nsecret body\r\n".to_vec(),
             body: None,

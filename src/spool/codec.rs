@@ -7,6 +7,9 @@
 //! The CRC covers the kind and the payload, so a torn write (a crash in the middle of
 //! an append) or a flipped bit is detected and the record is never used half.
 //!
+//! A message's flags: bit 0 SMTPUTF8, bit 1 BODY=8BITMIME, bit 2 a route name follows
+//! the recipients.
+//!
 //! Kinds: 1 a message, 2 a new delivery state, 3 a removal, 4 a message whose content
 //! continues in a body file (a large message; the record names the file, its length
 //! and whether it has 8-bit octets, then holds the content's first part).
@@ -193,7 +196,11 @@ pub fn encode_message(
     let start = begin(out);
     put_u64(out, id.as_u64());
     put_u64(out, secs(received_at));
-    out.push(u8::from(envelope.smtputf8) | (u8::from(envelope.eight_bit) << 1));
+    out.push(
+        u8::from(envelope.smtputf8)
+            | (u8::from(envelope.eight_bit) << 1)
+            | (u8::from(envelope.route.is_some()) << 2),
+    );
     let sender = match &envelope.sender {
         ReversePath::Null => String::new(),
         ReversePath::Mailbox(a) => a.to_string(),
@@ -202,6 +209,9 @@ pub fn encode_message(
     put_u32(out, envelope.recipients.len() as u32);
     for r in &envelope.recipients {
         put_str(out, &r.to_string());
+    }
+    if let Some(route) = &envelope.route {
+        put_str(out, route);
     }
     put_state(out, state);
     if let Some(body) = body {
@@ -287,6 +297,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
                     Address::parse(&r.str()?).map_err(|_| DecodeError::Malformed("recipient"))?,
                 );
             }
+            let route = if flags & 4 != 0 { Some(r.str()?) } else { None };
             let state = r.state()?;
             let body = if kind == 4 {
                 Some(BodyFile {
@@ -304,6 +315,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
                 recipients,
                 smtputf8: flags & 1 != 0,
                 eight_bit: flags & 2 != 0,
+                route,
             };
             Record::Message {
                 id,
@@ -421,6 +433,7 @@ mod tests {
                 ],
                 smtputf8: true,
                 eight_bit: false,
+                route: None,
             },
             state: DeliveryState::new(2),
             content: b"Subject: x\r\n\r\nbody\r\n",
@@ -445,6 +458,7 @@ mod tests {
                     recipients: vec![],
                     smtputf8: false,
                     eight_bit: true,
+                    route: None,
                 },
                 state: DeliveryState::new(0),
                 content: &[],
@@ -458,6 +472,7 @@ mod tests {
                     recipients: vec![Address::parse("b@example.net").unwrap()],
                     smtputf8: false,
                     eight_bit: true,
+                    route: Some("billing".into()),
                 },
                 state: DeliveryState::new(1),
                 content: b"Subject: big\r\n\r\n",

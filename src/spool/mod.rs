@@ -542,6 +542,7 @@ mod tests {
                 recipients: vec![Address::parse("b@example.net").unwrap()],
                 smtputf8: false,
                 eight_bit: false,
+                route: None,
             },
             content: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
             body: None,

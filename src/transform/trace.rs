@@ -161,6 +161,7 @@ mod tests {
             recipients: vec![Address::parse("to@example.com").unwrap()],
             smtputf8: false,
             eight_bit: false,
+            route: None,
         };
         let id = QueueId::parse("0000000000000001").unwrap();
         let h = received_header(

@@ -35,7 +35,7 @@ pub mod tls;
 
 pub use config::TestConfig;
 pub use maildir::{Delivered, header, list_maildir};
-pub use smtp::{ReadError, Reply, SmtpClient, escape};
+pub use smtp::{ReadError, Reply, SmtpClient, dot_terminated, escape};
 pub use tls::TestCert;
 
 /// The one hang guard: the upper bound for any single wait in a test (a connect, a

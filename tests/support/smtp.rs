@@ -242,6 +242,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         self.read_reply().await
     }
 
+    /// [`SmtpClient::send_message`] for `content` that may have lines starting with a
+    /// dot: it is dot-stuffed here.
+    pub async fn send_content(&mut self, from: &str, to: &[&str], content: &str) -> Reply {
+        let wire = dot_terminated(content);
+        // send_message adds the terminator itself.
+        self.send_message(from, to, &wire[..wire.len() - 3]).await
+    }
+
     /// The server must close the connection now, without sending anything more.
     pub async fn expect_closed(&mut self) {
         match self.try_read_reply().await {
@@ -293,6 +301,21 @@ fn describe(e: &ReadError) -> String {
 }
 
 /// Bytes as readable text: CR, LF and other controls escaped.
+/// `content` (CRLF line endings, ending in CRLF) as `DATA` payload: dot-stuffed, with the
+/// terminator.
+pub fn dot_terminated(content: &str) -> Vec<u8> {
+    assert!(content.ends_with("\r\n"), "content ends with CRLF");
+    let mut wire = String::new();
+    for line in content.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            wire.push('.');
+        }
+        wire.push_str(line);
+    }
+    wire.push_str(".\r\n");
+    wire.into_bytes()
+}
+
 pub fn escape(bytes: &[u8]) -> String {
     let mut out = String::new();
     let shown = bytes.len().min(400);

@@ -943,3 +943,131 @@ fn header_rules_may_not_name_the_fields_the_transform_owns() {
     ));
     assert_eq!(load(&src, &[]).unwrap().header_rule.len(), 2);
 }
+
+const TWO_UPSTREAMS: &str = "[[upstream]]\nname = \"ses\"\nurl = \"maildir:/tmp/ses\"\n\
+    [[upstream]]\nname = \"backup\"\nurl = \"maildir:/tmp/backup\"\npriority = 10\n";
+
+#[test]
+fn routes_from_a_file_and_from_the_environment_only() {
+    let (_f, src) = file(&format!(
+        "{TWO_UPSTREAMS}[[route]]\nname = \"billing\"\nsenders = [\"*@billing.test\"]\nclients = [\"10.1.0.0/16\"]\nupstreams = [\"ses\"]\n\
+         [[route]]\nname = \"rest\"\nupstreams = [\"ses\", \"backup\"]\n"
+    ));
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(c.route.len(), 2);
+    let ip = "10.1.2.3".parse().unwrap();
+    assert_eq!(
+        c.route_for(Some("A@Billing.test"), ip, None)
+            .map(|r| r.name.as_str()),
+        Some("billing")
+    );
+    assert_eq!(
+        c.route_for(None, ip, None).map(|r| r.name.as_str()),
+        Some("rest")
+    );
+
+    let (_f, src) = file(TWO_UPSTREAMS);
+    let vars = env(&[
+        ("SMARTHOST__ROUTE__0__NAME", "billing"),
+        ("SMARTHOST__ROUTE__0__SENDERS", "*@a.com,*@b.com"),
+        ("SMARTHOST__ROUTE__0__UPSTREAMS", "ses,backup"),
+        ("SMARTHOST__ROUTE__1__NAME", "office"),
+        ("SMARTHOST__ROUTE__1__CLIENTS", "10.0.0.0/8, 192.0.2.7"),
+        ("SMARTHOST__ROUTE__1__UPSTREAMS", "backup"),
+    ]);
+    let c = load(&src, &vars).unwrap();
+    assert_eq!(c.route[0].name, "billing");
+    assert_eq!(c.route[0].senders.len(), 2);
+    assert_eq!(c.route[0].upstreams, ["ses", "backup"]);
+    assert_eq!(c.route[1].clients.len(), 2);
+    // Without an index, the first route is meant.
+    let c = load(
+        &src,
+        &env(&[
+            ("SMARTHOST__ROUTE__NAME", "all"),
+            ("SMARTHOST__ROUTE__UPSTREAMS", "ses"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.route[0].name, "all");
+}
+
+#[test]
+fn route_mistakes_name_the_key_and_the_fix() {
+    let route = |body: &str| format!("{TWO_UPSTREAMS}{body}");
+    let cases: &[(String, &str)] = &[
+        (
+            route("[[route]]\nupstreams = [\"ses\"]\n"),
+            "`route[0].name`: missing required key `name`",
+        ),
+        (
+            route("[[route]]\nname = \"\"\nupstreams = [\"ses\"]\n"),
+            "`route[0].name`: a route needs a name",
+        ),
+        (
+            route(
+                "[[route]]\nname = \"a\"\nsenders = [\"*@x.test\"]\nupstreams = [\"ses\"]\n[[route]]\nname = \"a\"\nupstreams = [\"ses\"]\n",
+            ),
+            "`route[1].name`: two routes are named \"a\"",
+        ),
+        (
+            route("[[route]]\nname = \"a\"\nupstreams = []\n"),
+            "`route[0].upstreams`: route \"a\" has no upstream: list the [[upstream]] names it may use, e.g. upstreams = [\"ses\", \"backup\"]",
+        ),
+        (
+            route("[[route]]\nname = \"a\"\n"),
+            "`route[0].upstreams`: missing required key `upstreams`",
+        ),
+        (
+            route("[[route]]\nname = \"a\"\nupstreams = [\"ses\", \"sess\"]\n"),
+            "`route[0].upstreams`: no [[upstream]] is named \"sess\"; the upstreams are named \"ses\", \"backup\"",
+        ),
+        (
+            route(
+                "[[route]]\nname = \"all\"\nupstreams = [\"ses\"]\n[[route]]\nname = \"billing\"\nsenders = [\"*@b.test\"]\nupstreams = [\"backup\"]\n",
+            ),
+            "`route[1]`: this route can never match: routes are tried in order and the first match wins, and route[0] (\"all\") before it has no senders, clients or users, so it takes every message; move this route above route[0]",
+        ),
+        (
+            route(
+                "[[route]]\nname = \"b\"\nsenders = [\"*@B.test\", \"x@y.test\"]\nclients = [\"10.0.0.0/8\"]\nupstreams = [\"ses\"]\n[[route]]\nname = \"b2\"\nsenders = [\"*@b.test\"]\nclients = [\"10.1.0.0/16\"]\nupstreams = [\"backup\"]\n",
+            ),
+            "`route[1]`: this route can never match: routes are tried in order and the first match wins, and route[0] (\"b\") before it takes every message this one would",
+        ),
+        (
+            route(
+                "[[route]]\nname = \"a\"\nsenders = [\"x@y.test\"]\nclient = [\"10.0.0.0/8\"]\nupstreams = [\"ses\"]\n",
+            ),
+            "unknown key `client`",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = error(text, &[]);
+        assert!(got.contains(want), "got:  {got}\nwant: {want}");
+    }
+    // Routes that only look alike are fine: a narrower one first, a null-sender one
+    // after `*` (which needs an address), other clients.
+    for ok in [
+        "[[route]]\nname = \"b2\"\nsenders = [\"*@b.test\"]\nclients = [\"10.1.0.0/16\"]\nupstreams = [\"backup\"]\n[[route]]\nname = \"b\"\nsenders = [\"*@b.test\"]\nupstreams = [\"ses\"]\n",
+        "[[route]]\nname = \"any\"\nsenders = [\"*\"]\nupstreams = [\"ses\"]\n[[route]]\nname = \"bounces\"\nupstreams = [\"backup\"]\n",
+        "[[route]]\nname = \"a\"\nclients = [\"10.0.0.0/8\"]\nupstreams = [\"ses\"]\n[[route]]\nname = \"b\"\nclients = [\"192.0.2.0/24\"]\nupstreams = [\"backup\"]\n",
+    ] {
+        let (_f, src) = file(&route(ok));
+        load(&src, &[]).unwrap_or_else(|e| panic!("{ok}\n{e}"));
+    }
+    // The variable that made the mistake is named.
+    let (_f, src) = file(TWO_UPSTREAMS);
+    let got = load(
+        &src,
+        &env(&[
+            ("SMARTHOST__ROUTE__0__NAME", "a"),
+            ("SMARTHOST__ROUTE__0__UPSTREAMS", "nope"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        got.starts_with("environment variable SMARTHOST__ROUTE__0__UPSTREAMS: `route[0].upstreams`: no [[upstream]] is named \"nope\""),
+        "{got}"
+    );
+}

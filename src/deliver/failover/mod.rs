@@ -103,9 +103,12 @@ impl Report {
 
 /// The order to try the targets in: ascending priority; within one priority a weighted
 /// random order (each position drawn with probability proportional to weight).
-pub fn order<'a>(targets: &'a [Upstream], rng: &mut impl Rng) -> Vec<&'a Upstream> {
+pub fn order<'a>(
+    targets: impl IntoIterator<Item = &'a Upstream>,
+    rng: &mut impl Rng,
+) -> Vec<&'a Upstream> {
     let mut keyed: Vec<(i32, f64, &Upstream)> = targets
-        .iter()
+        .into_iter()
         .map(|t| {
             // Efraimidis–Spirakis: sorting by u^(1/w) descending samples by weight.
             let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
@@ -120,12 +123,12 @@ pub fn order<'a>(targets: &'a [Upstream], rng: &mut impl Rng) -> Vec<&'a Upstrea
 /// follow (the next of a split message, or the next upstream) are told to `progress`
 /// first; if it cannot take them, the walk ends there and the rest stays deferred.
 pub async fn walk(
-    targets: &[Upstream],
+    targets: &[&Upstream],
     transformer: &Arc<Transformer>,
     message: Arc<Message>,
     progress: &dyn Progress,
 ) -> Report {
-    let ordered = order(targets, &mut rand::rng());
+    let ordered = order(targets.iter().copied(), &mut rand::rng());
     let mut walk = Walk::new(&message);
     for target in ordered {
         let Some(pending_at) = walk.pending() else {
@@ -409,7 +412,7 @@ impl Walk {
     }
 
     /// The report of the walk over `targets`.
-    fn finish(mut self, targets: &[Upstream]) -> Report {
+    fn finish(mut self, targets: &[&Upstream]) -> Report {
         let leftover = self.leftover();
         let deferred = self.status.iter().any(|(_, s)| s.is_none())
             && !matches!(leftover, RcptOutcome::Failed(_));
@@ -433,7 +436,7 @@ impl Walk {
 
 /// When every target is an SMTP upstream with an open breaker, the earliest time one
 /// of them admits a probe.
-fn breakers_open_until(targets: &[Upstream]) -> Option<SystemTime> {
+fn breakers_open_until(targets: &[&Upstream]) -> Option<SystemTime> {
     let (now, now_wall) = (Instant::now(), SystemTime::now());
     let mut earliest: Option<Instant> = None;
     for target in targets {
