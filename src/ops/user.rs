@@ -45,9 +45,13 @@ pub fn add(path: &Path, request: AddRequest) -> Result<String, String> {
     )?;
     users.insert(user, request.replace)?;
     users.save(path).map_err(|e| e.to_string())?;
-    let verb = if request.replace { "saved" } else { "added" };
+    let verb = if request.replace {
+        "saved in"
+    } else {
+        "added to"
+    };
     Ok(format!(
-        "user {:?} {verb} in {}; {RELOAD_HINT}",
+        "user {:?} {verb} {}; {RELOAD_HINT}",
         request.name,
         path.display()
     ))
