@@ -20,7 +20,7 @@
 //! | [`queue`] | between spool and delivery: the scheduler (retries, bounces, outcomes the disk cannot take yet, disk guard, `queue` requests) and the passthrough hand-off |
 //! | [`deliver`] | stage 4: the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
 //! | [`config`] | typed configuration: layering, environment, validation per section, provider presets |
-//! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `send`, and the metrics/health HTTP endpoint |
+//! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `route`, `send`, `user`, and the metrics/health HTTP endpoint |
 //! | [`relay`] | wiring the stages together, reload, graceful shutdown |
 //! | [`message`] | what flows between stages: queue id, envelope, content |
 //! | [`telemetry`] | metric names and descriptions: a leaf every stage records to |

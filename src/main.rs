@@ -92,6 +92,11 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Users of authenticated submission: the file of [auth] users_file.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Submit a test message to an SMTP server.
     Send {
         /// Server as HOST:PORT.
@@ -157,6 +162,42 @@ enum OauthAction {
         /// The upstream (its `name`).
         #[arg(long)]
         upstream: String,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; the password comes from standard input (one line) or, on a terminal,
+    /// a prompt.
+    Add {
+        /// The user name (letters, digits, `.`, `_`, `@`, `-`).
+        name: String,
+        /// An address the user may send as, e.g. `*@example.com`; repeat for several.
+        #[arg(long = "sender", value_name = "GLOB", required = true)]
+        senders: Vec<String>,
+        /// Most messages per period, e.g. `100/min`.
+        #[arg(long, value_name = "R")]
+        rate_limit: Option<String>,
+        /// Change an existing user of that name instead of refusing.
+        #[arg(long)]
+        replace: bool,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// One line per user: name, allowed senders, rate limit.
+    List {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove a user.
+    Delete {
+        /// The user name.
+        name: String,
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -269,6 +310,7 @@ fn main() -> ExitCode {
             config,
         } => route(config, &from, client, user.as_deref()),
         Command::Queue { action } => queue(action),
+        Command::User { action } => user(action),
         Command::Oauth {
             action: OauthAction::Login { upstream, config },
         } => runtime.block_on(oauth_login(config, upstream)),
@@ -309,6 +351,56 @@ fn queue(action: QueueAction) -> ExitCode {
         }
         Err(e) => {
             eprintln!("smarthost queue: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `smarthost user`: exit 0 when done, 1 on failure, 2 for an invalid configuration
+/// (or one without `[auth] users_file`).
+fn user(action: UserAction) -> ExitCode {
+    let path = match &action {
+        UserAction::Add { config, .. }
+        | UserAction::List { config }
+        | UserAction::Delete { config, .. } => config.clone(),
+    };
+    let (config, source) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let Some(file) = config.auth.users_file else {
+        eprintln!(
+            "smarthost user: {source} sets no [auth] users_file: set it (e.g. users_file = \"data/users.toml\", or SMARTHOST__AUTH__USERS_FILE) to say where the users are kept"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let result = match action {
+        UserAction::Add {
+            name,
+            senders,
+            rate_limit,
+            replace,
+            ..
+        } => ops::user::read_password(&name).and_then(|password| {
+            let request = ops::user::AddRequest {
+                name,
+                password,
+                senders,
+                rate_limit,
+                replace,
+            };
+            ops::user::add(&file, request)
+        }),
+        UserAction::List { .. } => ops::user::list(&file),
+        UserAction::Delete { name, .. } => ops::user::delete(&file, &name),
+    };
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smarthost user: {e}");
             ExitCode::FAILURE
         }
     }
@@ -464,6 +556,11 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     init_logging(config.log.format);
     info!(source = %source, "configuration loaded");
     log_effective_config(&config);
+    if let Err(e) = load_users(&config) {
+        error!("cannot start: {e}");
+        eprintln!("smarthost: cannot start: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     raise_open_file_limit();
     // Before anything listens: a SIGHUP that arrives once the relay is up must reload,
     // not end the process with the default action.
@@ -482,6 +579,21 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     }
     relay.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The users file of `[auth] users_file`, read and checked at start so that a missing
+/// or malformed file stops the relay with the fix. Not yet used by sessions (SMTP AUTH
+/// arrives with the listener slice).
+fn load_users(config: &Config) -> Result<(), config::UsersError> {
+    let Some(path) = &config.auth.users_file else {
+        return Ok(());
+    };
+    let users = config::Users::load(path)?;
+    info!(
+        users_file = %path.display(), users = users.len(), max_failures = config.auth.max_failures,
+        lockout = ?config.auth.lockout, "config: auth"
+    );
+    Ok(())
 }
 
 /// SIGHUP: read the configuration again the way it was read at start; apply it, or keep

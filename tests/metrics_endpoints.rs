@@ -34,7 +34,7 @@ async fn metrics_health_and_readiness_after_a_delivery() {
     assert_eq!(reply.code, 250);
 
     // Delivery happens after the 250 in queue mode; wait for the counter.
-    let delivered = "smarthost_messages_delivered_total{upstream=\"maildir\"} 1";
+    let delivered = "smarthost_messages_delivered_total{upstream=\"maildir\",route=\"none\"} 1";
     let body = wait_for("the delivery counted", || async {
         let body = get(http, "/metrics").await.1;
         body.contains(delivered).then_some(body)

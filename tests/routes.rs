@@ -382,3 +382,42 @@ fn the_accepted_line_names_the_route() {
     assert!(line.contains("route=billing"), "{line}");
     relay.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_proxied_client_address_chooses_the_route() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new(dir.path()).toml(&format!(
+        "[server]\ntrusted_networks = [\"127.0.0.0/8\", \"10.1.0.0/16\"]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}{ROUTES}",
+        upstreams(dir.path())
+    ));
+    let mut relay = support::Relay::start(config, dir).await;
+    let addr = relay.addr();
+    let session = |client: &'static str| async move {
+        let mut stream = support::within("connect", tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap();
+        let header = format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n");
+        support::within("PROXY header", stream.write_all(header.as_bytes()))
+            .await
+            .unwrap();
+        let mut smtp = SmtpClient::new(stream);
+        smtp.greeting().await;
+        smtp.expect("EHLO client.test", 250).await;
+        smtp
+    };
+    // Bounces are routed only from 10.1.0.0/16: the proxied address counts, not the
+    // proxy's own 127.0.0.1.
+    let mut office = session("10.1.2.3").await;
+    office.expect("MAIL FROM:<>", 250).await;
+    office.expect("QUIT", 221).await;
+    let mut local = session("127.0.0.2").await;
+    let refused = local.expect_esc("MAIL FROM:<>", 550, "5.7.1").await;
+    assert!(
+        refused.text().contains("from 127.0.0.2"),
+        "{}",
+        refused.text()
+    );
+    local.expect("QUIT", 221).await;
+    relay.shutdown().await;
+}

@@ -52,7 +52,11 @@ async fn each_app_leaves_through_its_own_route() {
         ("letters@news.example.com", "newsletter"),
     ] {
         let reply = client
-            .send_message(from, &["user@example.net"], message(from, subject).as_bytes())
+            .send_message(
+                from,
+                &["user@example.net"],
+                message(from, subject).as_bytes(),
+            )
             .await;
         assert_eq!(reply.code, 250, "{subject}: {}", reply.text());
     }
@@ -66,7 +70,11 @@ async fn each_app_leaves_through_its_own_route() {
         (billing_backup.messages().len() + marketing.messages().len() == 2).then_some(())
     })
     .await;
-    assert_eq!(subjects(&billing_backup), ["invoice"], "failover within the route");
+    assert_eq!(
+        subjects(&billing_backup),
+        ["invoice"],
+        "failover within the route"
+    );
     assert_eq!(subjects(&marketing), ["newsletter"]);
     assert!(billing.messages().is_empty());
 

@@ -10,6 +10,7 @@ mod load;
 mod oauth;
 mod provider;
 mod upstream_url;
+mod users;
 mod validate;
 mod values;
 
@@ -25,6 +26,7 @@ pub use load::{ConfigError, ConfigSource, load, load_from_process};
 pub use oauth::{OAuthConfig, OAuthFlow};
 pub use provider::Provider;
 pub use upstream_url::{TlsMode, UpstreamUrl};
+pub use users::{User, Users, UsersError};
 pub use values::Secret;
 
 /// The embedded default configuration, used when no file is given.
@@ -68,6 +70,33 @@ pub struct Config {
     /// `[policy]`: which senders and recipients are allowed, and staging redirects.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[auth]`: the users who may submit with SMTP AUTH.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: authenticated submission. The users file is read at `serve` start (see
+/// [`Users`]), not here, so that `smarthost user add` can create it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The users file (TOML, `[[user]]` entries); none: no users.
+    pub users_file: Option<PathBuf>,
+    /// Failed AUTH attempts from one client address before it is locked out.
+    pub max_failures: u32,
+    /// How long a locked-out client address waits.
+    #[serde(deserialize_with = "values::duration")]
+    pub lockout: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            max_failures: 5,
+            lockout: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// `[[route]]`: one app's way out. Routes are tried in order at MAIL FROM and the first
@@ -516,6 +545,20 @@ impl TryFrom<String> for RateLimit {
             ));
         }
         Ok(RateLimit { count, per })
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    /// The configuration form: `30/min`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s".to_owned(),
+            60 => "min".to_owned(),
+            3600 => "h".to_owned(),
+            86_400 => "d".to_owned(),
+            secs => format!("{secs}s"),
+        };
+        write!(f, "{}/{unit}", self.count)
     }
 }
 

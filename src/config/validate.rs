@@ -8,8 +8,8 @@ mod route;
 
 use super::values::Secret;
 use super::{
-    Config, DeliveryConfig, DkimConfig, HeaderAction, HeaderRule, PROTECTED_HEADERS, ServerConfig,
-    SpoolConfig, UpstreamConfig, UpstreamUrl,
+    AuthConfig, Config, DeliveryConfig, DkimConfig, HeaderAction, HeaderRule, PROTECTED_HEADERS,
+    ServerConfig, SpoolConfig, UpstreamConfig, UpstreamUrl,
 };
 
 /// An error: the key (`server.listen`, `upstream[0].timeout`) and what to do.
@@ -23,6 +23,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Invalid> {
     delivery(&config.delivery)?;
     dkim(&mut config.dkim)?;
     header_rules(&config.header_rule)?;
+    auth(&mut config.auth)?;
     route::routes(&config.route, &config.upstream)
 }
 
@@ -321,6 +322,31 @@ fn spool(spool: &SpoolConfig) -> Result<(), Invalid> {
 
 /// The smallest `spool.memory_limit`.
 const MIN_MEMORY_LIMIT: u64 = 1024 * 1024;
+
+/// `[auth]`: an empty `users_file` (`SMARTHOST__AUTH__USERS_FILE=`) means none.
+fn auth(auth: &mut AuthConfig) -> Result<(), Invalid> {
+    if auth
+        .users_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        auth.users_file = None;
+    }
+    if auth.max_failures == 0 {
+        return Err((
+            "auth.max_failures".into(),
+            "must be at least 1 (failed AUTH attempts from one client address before its lockout)"
+                .into(),
+        ));
+    }
+    if auth.lockout.is_zero() {
+        return Err((
+            "auth.lockout".into(),
+            "must be longer than zero, e.g. \"15m\"".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// `[delivery]`.
 fn delivery(delivery: &DeliveryConfig) -> Result<(), Invalid> {

@@ -1,5 +1,5 @@
 //! Operator commands behind the CLI: `send`, `check`, `queue`, `dkim`, `oauth`,
-//! `route`.
+//! `route`, `user`.
 
 pub mod check;
 pub mod dkim;
@@ -8,3 +8,4 @@ pub mod oauth;
 pub mod queue;
 pub mod route;
 pub mod send;
+pub mod user;

@@ -57,6 +57,8 @@ pub struct Smarthost {
     args: Vec<String>,
     cwd: PathBuf,
     config: Option<PathBuf>,
+    /// What the child reads on standard input (none: `/dev/null`).
+    stdin: Option<Vec<u8>>,
 }
 
 impl Smarthost {
@@ -76,7 +78,14 @@ impl Smarthost {
             args: args.iter().map(|a| a.to_string()).collect(),
             cwd: cwd.to_owned(),
             config: None,
+            stdin: None,
         }
+    }
+
+    /// Give the child `input` on standard input (a pipe, closed after it).
+    pub fn stdin(mut self, input: &[u8]) -> Smarthost {
+        self.stdin = Some(input.to_owned());
+        self
     }
 
     /// `smarthost serve -c CONFIG` in `cwd`.
@@ -115,13 +124,24 @@ impl Smarthost {
     }
 
     fn spawn(&mut self) -> Proc {
-        let child = self
+        let stdin = match self.stdin {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        };
+        let mut child = self
             .cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn smarthost {:?}: {e}", self.args));
+        if let (Some(input), Some(mut pipe)) = (self.stdin.take(), child.stdin.take()) {
+            // A thread, so a child that does not read cannot block the test; the pipe
+            // closes when the thread ends.
+            std::thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut pipe, &input);
+            });
+        }
         Proc::collect(child, self.args.clone())
     }
 

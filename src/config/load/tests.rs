@@ -1071,3 +1071,69 @@ fn route_mistakes_name_the_key_and_the_fix() {
         "{got}"
     );
 }
+
+#[test]
+fn auth_defaults_and_values_from_a_file_and_the_environment() {
+    let (_f, src) = file(MINIMAL);
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(c.auth.users_file, None);
+    assert_eq!(c.auth.max_failures, 5);
+    assert_eq!(c.auth.lockout, std::time::Duration::from_secs(900));
+
+    let (_f, src) = file(&format!(
+        "{MINIMAL}[auth]\nusers_file = \"data/users.toml\"\nmax_failures = 3\nlockout = \"1h\"\n"
+    ));
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(
+        c.auth.users_file.as_deref(),
+        Some(Path::new("data/users.toml"))
+    );
+    assert_eq!(c.auth.max_failures, 3);
+    assert_eq!(c.auth.lockout, std::time::Duration::from_secs(3600));
+
+    let vars = env(&[
+        ("SMARTHOST__AUTH__USERS_FILE", "/etc/smarthost/users.toml"),
+        ("SMARTHOST__AUTH__MAX_FAILURES", "10"),
+        ("SMARTHOST__AUTH__LOCKOUT", "30s"),
+    ]);
+    let c = load(&src, &vars).unwrap();
+    assert_eq!(
+        c.auth.users_file.as_deref(),
+        Some(Path::new("/etc/smarthost/users.toml"))
+    );
+    assert_eq!(c.auth.max_failures, 10);
+    assert_eq!(c.auth.lockout, std::time::Duration::from_secs(30));
+
+    let c = load(&src, &env(&[("SMARTHOST__AUTH__USERS_FILE", "")])).unwrap();
+    assert_eq!(c.auth.users_file, None, "empty means none");
+}
+
+#[test]
+fn auth_mistakes_name_the_key() {
+    for (section, vars, want) in [
+        (
+            "max_failures = 0",
+            &[][..],
+            "`auth.max_failures`: must be at least 1",
+        ),
+        (
+            "lockout = \"0s\"",
+            &[][..],
+            "`auth.lockout`: must be longer than zero",
+        ),
+        (
+            "lockout = \"soon\"",
+            &[][..],
+            "`auth.lockout`: invalid duration \"soon\"",
+        ),
+        ("user_file = \"x\"", &[][..], "unknown key `user_file`"),
+        (
+            "",
+            &[("SMARTHOST__AUTH__MAX_FAILURES", "0")][..],
+            "environment variable SMARTHOST__AUTH__MAX_FAILURES: `auth.max_failures`",
+        ),
+    ] {
+        let got = error(&format!("{MINIMAL}[auth]\n{section}\n"), vars);
+        assert!(got.contains(want), "{got}\nwanted: {want}");
+    }
+}
