@@ -8,6 +8,7 @@
 mod glob;
 mod load;
 mod oauth;
+mod private_file;
 mod provider;
 mod upstream_url;
 mod users;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 pub use glob::{AddressGlob, any_matches};
 pub use load::{ConfigError, ConfigSource, load, load_from_process};
 pub use oauth::{OAuthConfig, OAuthFlow};
+pub use private_file::write_private_file;
 pub use provider::Provider;
 pub use upstream_url::{TlsMode, UpstreamUrl};
 pub use users::{User, Users, UsersError};

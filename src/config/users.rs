@@ -17,8 +17,6 @@
 //! on the async runtime must run [`Users::verify`] in `tokio::task::spawn_blocking`.
 
 use std::fmt;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -277,9 +275,11 @@ impl Users {
     /// Write the file atomically: a temp file (mode 0600) in the same directory, fsync,
     /// rename over `path`, fsync the directory. A missing directory is created (0700).
     pub fn save(&self, path: &Path) -> Result<(), UsersError> {
-        write_atomically(path, self.to_toml().as_bytes()).map_err(|source| UsersError::Write {
-            path: path.to_owned(),
-            source,
+        super::write_private_file(path, self.to_toml().as_bytes()).map_err(|source| {
+            UsersError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
     }
 }
@@ -395,35 +395,6 @@ fn verify_hash(hash: &str, password: &str) -> bool {
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| hash_password("no such user").unwrap_or_default())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
 }
 
 #[cfg(test)]

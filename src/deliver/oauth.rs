@@ -11,7 +11,6 @@
 //! The device authorization grant (RFC 8628) for `smarthost oauth login` lives here
 //! too ([`device_login`]): same endpoint client, same error handling.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -413,48 +412,17 @@ pub fn read_refresh_token(path: &Path) -> Result<Secret, OAuthError> {
 /// (mode 0600), synced, renamed over the old one, and the directory synced, so a crash
 /// leaves either the old or the new token, never a torn file.
 pub fn write_refresh_token(path: &Path, token: &Secret) -> Result<(), OAuthError> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    let problem = |problem: String| OAuthError::RefreshTokenFile {
-        path: path.display().to_string(),
-        problem,
-    };
     let mut value = std::fs::read(path)
         .ok()
         .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
         .filter(serde_json::Value::is_object)
         .unwrap_or_else(|| serde_json::json!({}));
     value["refresh_token"] = serde_json::Value::String(token.expose().to_owned());
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| problem(format!("cannot create {}: {e}", dir.display())))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        let mut text = serde_json::to_vec_pretty(&value).map_err(std::io::Error::other)?;
-        text.push(b'\n');
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        problem(format!("cannot write: {e}"))
+    let mut text = serde_json::to_vec_pretty(&value).expect("a JSON object serialises");
+    text.push(b'\n');
+    crate::config::write_private_file(path, &text).map_err(|e| OAuthError::RefreshTokenFile {
+        path: path.display().to_string(),
+        problem: format!("cannot write: {e}"),
     })
 }
 
