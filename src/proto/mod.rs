@@ -5,6 +5,7 @@
 //! themselves, so every rule can be tested with plain tables.
 
 pub mod address;
+pub mod auth;
 pub mod command;
 pub mod dot;
 pub mod proxy;
@@ -12,6 +13,7 @@ pub mod reply;
 pub mod response;
 
 pub use address::{Address, AddressError, ReversePath};
+pub use auth::{AuthCommand, AuthError, Credentials, Exchange, Mechanism, Step, parse_auth};
 pub use command::{Body, Command, MailParams, SyntaxError, parse_command};
 pub use dot::{DataReader, Framing, encode_data, encode_lines, line_pieces};
 pub use reply::{Enhanced, Reply};
