@@ -65,12 +65,8 @@ impl Rules {
         if self.routes.is_empty() {
             return Ok(None);
         }
-        let address = route_sender(sender);
-        match self
-            .routes
-            .iter()
-            .find(|r| r.matches(address.as_deref(), self.client, None))
-        {
+        let address = sender.mailbox().map(ToString::to_string);
+        match crate::config::first_route(&self.routes, address.as_deref(), self.client, None) {
             Some(route) => Ok(Some(route.name.clone())),
             None => Err(Reply::new(
                 550,
@@ -81,14 +77,6 @@ impl Rules {
                 ),
             )),
         }
-    }
-}
-
-/// The sender as routes match it: the address, or `None` for the null sender `<>`.
-pub fn route_sender(sender: &ReversePath) -> Option<String> {
-    match sender {
-        ReversePath::Null => None,
-        ReversePath::Mailbox(addr) => Some(addr.to_string()),
     }
 }
 

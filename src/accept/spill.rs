@@ -109,15 +109,14 @@ impl Spill {
         if len <= self.taken {
             return true;
         }
-        if self.over_limit || memory.try_take(len - self.taken) {
-            if self.over_limit {
-                memory.force_take(len - self.taken);
-            }
-            self.taken = len;
-            true
-        } else {
-            false
+        let needed = len - self.taken;
+        if self.over_limit {
+            memory.force_take(needed);
+        } else if !memory.try_take(needed) {
+            return false;
         }
+        self.taken = len;
+        true
     }
 
     /// No room for a header block that has not ended (or content that cannot go to a
@@ -138,10 +137,11 @@ impl Spill {
     fn settle(&mut self, len: usize) {
         let len = len as u64;
         if let Some(memory) = &self.memory {
-            if self.taken > len {
-                memory.give_back(self.taken - len);
-            } else {
-                memory.force_take(len - self.taken);
+            match self.taken.cmp(&len) {
+                std::cmp::Ordering::Greater => memory.give_back(self.taken - len),
+                std::cmp::Ordering::Less => memory.force_take(len - self.taken),
+                // The usual case after each read: nothing to change.
+                std::cmp::Ordering::Equal => return,
             }
             self.taken = len;
         }
@@ -269,24 +269,20 @@ impl Spill {
     }
 
     async fn end(&mut self, content: &mut Vec<u8>) -> Result<Option<SpooledBody>, std::io::Error> {
-        match std::mem::take(&mut self.state) {
+        if matches!(self.state, State::Writing { .. }) {
+            // What is left of the body; this may turn the state into Failed.
+            self.write_body(content).await;
+        }
+        match std::mem::replace(&mut self.state, State::Taken) {
             State::InMemory { .. } | State::Taken => Ok(None),
-            State::Failed { error, .. } => Err(error),
-            writing @ State::Writing { .. } => {
-                self.state = writing;
-                self.write_body(content).await;
-                let (file, path, written, eight_bit) =
-                    match std::mem::replace(&mut self.state, State::Taken) {
-                        State::Writing {
-                            file,
-                            path,
-                            written,
-                            eight_bit,
-                            ..
-                        } => (file, path, written, eight_bit),
-                        State::Failed { error } => return Err(error),
-                        _ => unreachable!("writing ends written or failed"),
-                    };
+            State::Failed { error } => Err(error),
+            State::Writing {
+                file,
+                path,
+                written,
+                eight_bit,
+                ..
+            } => {
                 let durable = async {
                     let mut file = file;
                     file.flush().await?;

@@ -152,8 +152,19 @@ impl Config {
         client: std::net::IpAddr,
         user: Option<&str>,
     ) -> Option<&RouteConfig> {
-        self.route.iter().find(|r| r.matches(sender, client, user))
+        first_route(&self.route, sender, client, user)
     }
+}
+
+/// The first of `routes` that a message from `sender` (None: the null sender), sent by
+/// `client` as `user`, takes: the one rule shared by MAIL FROM and `smarthost route`.
+pub fn first_route<'a>(
+    routes: &'a [RouteConfig],
+    sender: Option<&str>,
+    client: std::net::IpAddr,
+    user: Option<&str>,
+) -> Option<&'a RouteConfig> {
+    routes.iter().find(|r| r.matches(sender, client, user))
 }
 
 /// `[policy]`: rules on the envelope and the From address, judged as early as they can

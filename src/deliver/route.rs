@@ -11,7 +11,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::config::{Config, RouteConfig};
 use crate::message::Envelope;
-use crate::proto::ReversePath;
 
 /// The routes in force.
 #[derive(Debug, Default)]
@@ -54,10 +53,7 @@ impl Routes {
                 rerouted_from: None,
             };
         }
-        let sender = match &envelope.sender {
-            ReversePath::Null => None,
-            ReversePath::Mailbox(a) => Some(a.to_string()),
-        };
+        let sender = envelope.sender.mailbox().map(ToString::to_string);
         // Any address: routes with client conditions are left out before matching.
         let anywhere = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let previous = envelope.route.clone().unwrap_or_else(|| "none".into());
@@ -81,7 +77,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Address;
+    use crate::proto::{Address, ReversePath};
 
     fn config(routes: &str) -> Config {
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::accept::phase::route_sender;
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::proto::{Address, ReversePath};
 use crate::transform::dkim::{DkimError, DkimKeys};
@@ -71,7 +70,7 @@ pub fn decide<'a>(
     if config.route.is_empty() {
         return Decision::Unrouted;
     }
-    let address = route_sender(sender);
+    let address = sender.mailbox().map(ToString::to_string);
     match config.route_for(address.as_deref(), client, user) {
         Some(route) => {
             let index = config
@@ -153,10 +152,7 @@ pub fn report(
         }
     }
     write_upstreams(&mut text, &upstream_order(config, &decision), keys, config);
-    let domain = match sender {
-        ReversePath::Mailbox(addr) => Some(addr.domain()),
-        ReversePath::Null => None,
-    };
+    let domain = sender.mailbox().map(|addr| addr.domain());
     match domain {
         Some(domain) => {
             let _ = writeln!(text, "dkim: {}", dkim_line(config, keys, domain));

@@ -80,6 +80,16 @@ pub enum ReversePath {
     Mailbox(Address),
 }
 
+impl ReversePath {
+    /// The sender's address; `None` for the null sender.
+    pub fn mailbox(&self) -> Option<&Address> {
+        match self {
+            ReversePath::Null => None,
+            ReversePath::Mailbox(addr) => Some(addr),
+        }
+    }
+}
+
 impl fmt::Display for ReversePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -297,6 +297,17 @@ impl Spool {
             .collect()
     }
 
+    /// The body file of a queued message, if it has one: what a removal must delete,
+    /// looked up without copying the rest of the entry (every finished message asks).
+    fn body_of(&self, id: QueueId) -> Option<SpooledBody> {
+        self.index
+            .lock()
+            .expect("spool index")
+            .messages
+            .get(&id)
+            .and_then(|e| e.body.clone())
+    }
+
     /// One entry.
     pub fn entry(&self, id: QueueId) -> Option<Entry> {
         self.index
@@ -394,7 +405,7 @@ impl Spool {
     /// Remove a message for good (deleted by the operator): returns once the removal
     /// is on stable storage.
     pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
-        let body = self.entry(id).and_then(|e| e.body);
+        let body = self.body_of(id);
         self.append(
             encoded(&Record::Remove { id }),
             IndexOp::Remove { id },
@@ -417,7 +428,7 @@ impl Spool {
     /// next, and a record still naming a deleted file after a crash would be a message
     /// that cannot be sent.
     pub async fn finish(&self, id: QueueId) -> Result<(), SpoolError> {
-        let body = self.entry(id).and_then(|e| e.body);
+        let body = self.body_of(id);
         self.append(
             encoded(&Record::Remove { id }),
             IndexOp::Remove { id },

@@ -468,7 +468,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         use tokio::io::AsyncReadExt;
         let unreadable = |e: std::io::Error| {
             ClientError::Content(format!(
-                "cannot read the message body file {}: {e}",
+                "cannot read the message body file {}: {e}; the message stays queued and is tried again: check the disk and permissions of spool.dir/body",
                 body.path.display()
             ))
         };
