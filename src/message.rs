@@ -71,6 +71,8 @@ pub struct ClientInfo {
     pub esmtp: bool,
     /// Negotiated TLS version and cipher suite, if the session used STARTTLS.
     pub tls: Option<String>,
+    /// The user it authenticated as (SMTP AUTH), if it did.
+    pub user: Option<String>,
 }
 
 /// The SMTP envelope: who sends, who receives, and what the body needs.

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
-use crate::config::{Config, DeliveryMode};
+use crate::config::{Config, DeliveryMode, Users, UsersError};
 use crate::deliver::{Deliverer, SetupError};
 use crate::ops::metrics;
 use crate::queue::{Passthrough, Scheduler, Settings};
@@ -46,6 +46,29 @@ pub enum StartError {
     /// The spool cannot be opened (locked by another relay, unwritable).
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The users file (`[auth] users_file`) cannot be read or is invalid.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+}
+
+/// The users of `[auth] users_file`; none without one. A missing file is no error (the
+/// first `smarthost user add` creates it, and SIGHUP loads it).
+fn load_users(config: &Config) -> Result<Arc<Users>, UsersError> {
+    let Some(path) = &config.auth.users_file else {
+        if !config.listener.is_empty() {
+            warn!(
+                "[[listener]] is configured without [auth] users_file: only clients in trusted_networks can send there"
+            );
+        }
+        return Ok(Arc::default());
+    };
+    let users = Users::load_or_empty(path)?;
+    if users.is_empty() && !config.listener.is_empty() {
+        warn!(users_file = %path.display(), "no users yet: add one with `smarthost user add NAME`, then send SIGHUP");
+    } else {
+        info!(users_file = %path.display(), users = users.len(), "users loaded");
+    }
+    Ok(Arc::new(users))
 }
 
 /// A running relay.
@@ -108,7 +131,8 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         }
         None => None,
     };
-    let listener = Listener::bind(&config, handoff, tls).await?;
+    let users = load_users(&config)?;
+    let listener = Listener::bind(&config, handoff, tls, users).await?;
     let addrs = listener.local_addrs();
     let control = listener.control();
     let (state, state_rx) = watch::channel(RunState::Running);
@@ -160,14 +184,18 @@ impl RelayHandle {
             (Some(cert), Some(key)) => Some(crate::tls::server_acceptor(cert, key)?),
             _ => None,
         };
+        let users = load_users(&config)?;
         self.deliverer
             .replace(&config, Arc::new(Transformer::new(keys)))?;
-        self.control.update(&config, tls);
+        self.control.update(&config, tls, users);
         let mut running = self.running.lock().expect("running config");
         let old = running.clone();
         let mut notes = Vec::new();
-        let restart_only: [(&str, bool); 6] = [
+        let listeners =
+            |c: &Config| -> Vec<_> { c.listener.iter().map(|l| (l.address, l.tls)).collect() };
+        let restart_only: [(&str, bool); 7] = [
             ("server.listen", old.server.listen != config.server.listen),
+            ("listener", listeners(&old) != listeners(&config)),
             (
                 "server.max_connections",
                 old.server.max_connections != config.server.max_connections,

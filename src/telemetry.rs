@@ -36,6 +36,10 @@ pub mod name {
     pub const OAUTH_REFRESH: &str = "smarthost_oauth_refresh_total";
     /// When the upstream's current OAuth access token expires (Unix time), by `upstream`.
     pub const OAUTH_TOKEN_EXPIRY: &str = "smarthost_oauth_token_expiry_seconds";
+    /// Failed SMTP AUTH attempts (wrong user or password).
+    pub const AUTH_FAILURES: &str = "smarthost_auth_failures_total";
+    /// Client addresses locked out after `[auth] max_failures` failed attempts.
+    pub const AUTH_LOCKOUTS: &str = "smarthost_auth_lockouts_total";
 }
 
 /// Describe every metric to the installed recorder (units and help texts).
@@ -87,5 +91,13 @@ pub fn describe() {
     describe_gauge!(
         name::UPSTREAM_UP,
         "1 while the upstream is usable (circuit breaker closed)"
+    );
+    describe_counter!(
+        name::AUTH_FAILURES,
+        "Failed SMTP AUTH attempts (wrong user name or password)"
+    );
+    describe_counter!(
+        name::AUTH_LOCKOUTS,
+        "Client addresses locked out after auth.max_failures failed AUTH attempts"
     );
 }

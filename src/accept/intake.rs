@@ -13,6 +13,7 @@ use super::HandoffError;
 use super::phase::{Completion, Phase};
 use super::policy;
 use super::session::SessionContext;
+use super::submission::Identity;
 use crate::config::{Config, HeaderRule};
 use crate::message::{ClientInfo, Message, QueueId, SpooledBody};
 use crate::proto::{Enhanced, Reply};
@@ -52,7 +53,7 @@ const TRANSFORM_SLACK: usize = 1024;
 pub(super) async fn complete(
     phase: Phase,
     peer: SocketAddr,
-    tls: Option<&str>,
+    (tls, identity): (Option<&str>, &Identity),
     ctx: &SessionContext,
 ) -> (Phase, Reply) {
     let helo = phase
@@ -98,6 +99,7 @@ pub(super) async fn complete(
         helo: helo.name,
         esmtp: helo.extended,
         tls: tls.map(str::to_owned),
+        user: identity.user_name().map(str::to_owned),
     };
     let acceptance = Acceptance {
         sender: &envelope.sender,
@@ -143,7 +145,9 @@ pub(super) async fn complete(
         metrics::counter!(name::REJECTED, "reason" => "size").increment(1);
         return (next, Reply::new(552, Enhanced(5, 3, 4), text));
     }
-    if let Err(reply) = policy::judge_from(&ctx.rules.policy, &data[trace.len()..]) {
+    let judged = policy::judge_from(&ctx.rules.policy, &data[trace.len()..])
+        .and_then(|()| policy::judge_user_from(identity, &data[trace.len()..]));
+    if let Err(reply) = judged {
         discard(body.as_ref());
         info!(client = %peer, reply = %reply, "message refused by policy");
         metrics::counter!(name::REJECTED, "reason" => "policy").increment(1);
@@ -170,7 +174,8 @@ pub(super) async fn complete(
             metrics::counter!(name::RECEIVED).increment(1);
             // Without routes the field is left out.
             let route = route.as_deref().map(tracing::field::display);
-            info!(queue_id = %id, client = %peer, from = %sender, rcpts, size, route, "message accepted");
+            let user = identity.user_name().map(tracing::field::display);
+            info!(queue_id = %id, client = %peer, user, from = %sender, rcpts, size, route, "message accepted");
             Reply::new(250, Enhanced(2, 0, 0), format!("queued as {id}"))
         }
         Err(HandoffError::Refused(reply)) => {

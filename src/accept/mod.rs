@@ -12,6 +12,7 @@ pub mod phase;
 pub mod policy;
 mod session;
 pub mod spill;
+pub mod submission;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -23,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ListenerTls, ServerConfig, Users};
 pub use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::proto::proxy::{self, ProxiedAddress};
 use crate::proto::{Enhanced, Reply};
@@ -32,6 +33,16 @@ pub use intake::IntakeRewrites;
 use limits::ClientCounter;
 use phase::Rules;
 use session::SessionContext;
+use submission::{FailureGuard, Submission, UserBudgets};
+
+/// What a listening socket is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// `server.listen`: clients outside `trusted_networks` are refused at the greeting.
+    Relay,
+    /// A `[[listener]]`: clients outside `trusted_networks` may send after AUTH.
+    Submission(ListenerTls),
+}
 
 /// Lifecycle of the relay, observed by every session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,11 +57,12 @@ pub enum RunState {
 
 /// The listening sockets and what their sessions share.
 pub struct Listener {
-    sockets: Vec<TcpListener>,
+    sockets: Vec<(TcpListener, Port)>,
     live: Arc<RwLock<Arc<Live>>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_client: ClientCounter,
+    shared: SharedAuthState,
 }
 
 /// What a new connection is judged and served by; replaced as a whole on reload, while
@@ -78,13 +90,43 @@ impl Live {
 pub struct ListenerControl {
     live: Arc<RwLock<Arc<Live>>>,
     per_client: ClientCounter,
+    shared: SharedAuthState,
+}
+
+/// What authenticated submission keeps across reloads: failures per client address
+/// and each user's sending budget.
+#[derive(Clone)]
+struct SharedAuthState {
+    guard: Arc<FailureGuard>,
+    budgets: Arc<UserBudgets>,
+}
+
+impl SharedAuthState {
+    fn new(config: &Config) -> SharedAuthState {
+        SharedAuthState {
+            guard: Arc::new(FailureGuard::new(
+                config.auth.max_failures,
+                config.auth.lockout,
+            )),
+            budgets: Arc::default(),
+        }
+    }
+
+    fn submission(&self, users: Arc<Users>) -> Arc<Submission> {
+        Arc::new(Submission {
+            users,
+            guard: self.guard.clone(),
+            budgets: self.budgets.clone(),
+        })
+    }
 }
 
 impl ListenerControl {
     /// New connections from now on use these trusted networks, limits, host name,
-    /// STARTTLS certificate, `[policy]`, `[[route]]` and intake rewrites (header rules,
-    /// `hide_client`). Listen addresses and `max_connections` need a restart.
-    pub fn update(&self, config: &Config, tls: Option<TlsAcceptor>) {
+    /// certificate, `[policy]`, `[[route]]`, intake rewrites (header rules,
+    /// `hide_client`), users and `[auth]` limits. Listen addresses and
+    /// `max_connections` need a restart.
+    pub fn update(&self, config: &Config, tls: Option<TlsAcceptor>, users: Arc<Users>) {
         let server = &config.server;
         let handoff = self
             .live
@@ -93,19 +135,29 @@ impl ListenerControl {
             .ctx
             .handoff
             .clone();
-        let live = Live::new(server, context(config, handoff, tls));
+        self.shared
+            .guard
+            .set_limits(config.auth.max_failures, config.auth.lockout);
+        let submission = self.shared.submission(users);
+        let live = Live::new(server, context(config, handoff, tls, submission));
         *self.live.write().expect("listener settings") = Arc::new(live);
         self.per_client.set_limit(server.max_connections_per_client);
     }
 }
 
-fn context(config: &Config, handoff: Arc<dyn Handoff>, tls: Option<TlsAcceptor>) -> SessionContext {
+fn context(
+    config: &Config,
+    handoff: Arc<dyn Handoff>,
+    tls: Option<TlsAcceptor>,
+    submission: Arc<Submission>,
+) -> SessionContext {
     SessionContext {
         rules: Rules::from_config(config, tls.is_some()),
         command_timeout: config.server.command_timeout,
         tls,
         handoff,
         rewrites: Arc::new(IntakeRewrites::from_config(config)),
+        submission,
     }
 }
 
@@ -121,17 +173,25 @@ pub struct BindError {
 }
 
 impl Listener {
-    /// Bind every address of `server.listen`. Fails before anything is accepted if one
-    /// cannot be bound. Sessions apply the configuration's `[policy]` and intake
-    /// rewrites to every message they accept.
+    /// Bind every address of `server.listen`, then every `[[listener]]`. Fails before
+    /// anything is accepted if one cannot be bound. Sessions apply the configuration's
+    /// `[policy]` and intake rewrites to every message they accept, and judge AUTH by
+    /// `users`.
     pub async fn bind(
         config: &Config,
         handoff: Arc<dyn Handoff>,
         tls: Option<TlsAcceptor>,
+        users: Arc<Users>,
     ) -> Result<Listener, BindError> {
         let server = &config.server;
         let mut sockets = Vec::new();
-        for addr in &server.listen {
+        let ports = server.listen.iter().map(|addr| (addr, Port::Relay)).chain(
+            config
+                .listener
+                .iter()
+                .map(|l| (&l.address, Port::Submission(l.tls))),
+        );
+        for (addr, port) in ports {
             let socket = TcpListener::bind(addr).await.map_err(|source| {
                 let hint = match source.kind() {
                     std::io::ErrorKind::PermissionDenied => {
@@ -147,23 +207,29 @@ impl Listener {
                     hint,
                 }
             })?;
-            sockets.push(socket);
+            sockets.push((socket, port));
         }
-        let live = Live::new(server, context(config, handoff, tls));
+        let shared = SharedAuthState::new(config);
+        let live = Live::new(
+            server,
+            context(config, handoff, tls, shared.submission(users)),
+        );
         Ok(Listener {
             sockets,
             live: Arc::new(RwLock::new(Arc::new(live))),
             connections: Arc::new(Semaphore::new(server.max_connections)),
             max_connections: server.max_connections,
             per_client: ClientCounter::new(server.max_connections_per_client),
+            shared,
         })
     }
 
-    /// The bound addresses (with the real port when `:0` was configured).
+    /// The bound addresses (with the real port when `:0` was configured): those of
+    /// `server.listen`, then those of the `[[listener]]` entries, in configuration order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.sockets
             .iter()
-            .filter_map(|s| s.local_addr().ok())
+            .filter_map(|(s, _)| s.local_addr().ok())
             .collect()
     }
 
@@ -172,6 +238,7 @@ impl Listener {
         ListenerControl {
             live: self.live.clone(),
             per_client: self.per_client.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -184,16 +251,18 @@ impl Listener {
             connections,
             max_connections,
             per_client,
+            shared: _,
         } = self;
         tokio::spawn(async move {
             let loops: Vec<_> = sockets
                 .into_iter()
-                .map(|socket| {
+                .map(|(socket, port)| {
                     let acceptor = AcceptLoop {
                         live: live.clone(),
                         connections: connections.clone(),
                         per_client: per_client.clone(),
                         shutdown: shutdown.clone(),
+                        port,
                     };
                     tokio::spawn(acceptor.run(socket))
                 })
@@ -212,6 +281,7 @@ struct AcceptLoop {
     connections: Arc<Semaphore>,
     per_client: ClientCounter,
     shutdown: watch::Receiver<RunState>,
+    port: Port,
 }
 
 impl AcceptLoop {
@@ -249,6 +319,7 @@ impl AcceptLoop {
         };
         let per_client = self.per_client.clone();
         let shutdown = self.shutdown.clone();
+        let port = self.port;
         tokio::spawn(async move {
             let (stream, client, initial) = if live.proxy_protocol {
                 if !live
@@ -287,7 +358,9 @@ impl AcceptLoop {
                     .increment(1);
                 return turn_away(stream, Reply::new(421, Enhanced(4, 7, 0), text));
             };
-            let refusal = (!live.trusted.iter().any(|net| net.contains(&client_ip)))
+            let trusted = live.trusted.iter().any(|net| net.contains(&client_ip));
+            // Only the relay port refuses untrusted clients; a listener asks them to AUTH.
+            let refusal = (!trusted && port == Port::Relay)
                 .then(|| format!("Relay access denied: {client_ip} is not in trusted_networks"));
             debug!(client = %client, "connected");
             if refusal.is_some() {
@@ -295,7 +368,23 @@ impl AcceptLoop {
             }
             let active = metrics::gauge!(name::CONNECTIONS);
             active.increment(1.0);
-            session::run(stream, client, refusal, live.ctx.clone(), shutdown, initial).await;
+            let mut start = session::Start {
+                peer: client,
+                refusal,
+                trusted,
+                port,
+                initial,
+            };
+            if port == Port::Submission(ListenerTls::Implicit) {
+                match session::accept_tls(&live.ctx, stream, &mut start).await {
+                    Ok((tls, info)) => {
+                        session::run(tls, start, Some(info), live.ctx.clone(), shutdown).await
+                    }
+                    Err(e) => info!(client = %client, error = %e, "implicit TLS handshake failed"),
+                }
+            } else {
+                session::run(stream, start, None, live.ctx.clone(), shutdown).await;
+            }
             active.decrement(1.0);
             drop(client_slot);
             drop(permit);

@@ -9,10 +9,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use super::spill::Spill;
+use super::submission::{AuthOffer, Identity};
 use crate::config::{Config, PolicyConfig, RouteConfig};
 use crate::message::Envelope;
 use crate::proto::{
-    Address, Body, Command, DataReader, Enhanced, Framing, MailParams, Reply, ReversePath,
+    Address, AuthArgs, AuthCommand, Body, Command, DataReader, Enhanced, Framing, MailParams,
+    Reply, ReversePath, parse_auth,
 };
 use crate::transform::trace::{MAX_RECEIVED_HEADERS, count_received};
 
@@ -34,6 +36,10 @@ pub struct Rules {
     /// The client's address (the one the PROXY header gives when `proxy_protocol` is
     /// on), set per session: a route may depend on it.
     pub client: IpAddr,
+    /// Whether AUTH can be offered now (a `[[listener]]`, and TLS is active).
+    pub auth: AuthOffer,
+    /// Who the client is: trusted by network, not yet authenticated, or a user.
+    pub identity: Identity,
 }
 
 impl Rules {
@@ -49,6 +55,8 @@ impl Rules {
             policy: Arc::new(config.policy.clone()),
             routes: config.route.clone().into(),
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            auth: AuthOffer::NotHere,
+            identity: Identity::TrustedNetwork,
         }
     }
 
@@ -59,24 +67,81 @@ impl Rules {
     }
 
     /// The route a transaction from `sender` takes: `Ok(None)` without routes, the
-    /// route's name when one matches, the `550 5.7.1` refusal when none does. There is
-    /// no authenticated submission yet, so routes are chosen without a user.
+    /// route's name when one matches, the `550 5.7.1` refusal when none does. The
+    /// authenticated user, if any, is one of the conditions.
     pub fn choose_route(&self, sender: &ReversePath) -> Result<Option<String>, Reply> {
         if self.routes.is_empty() {
             return Ok(None);
         }
         let address = sender.mailbox().map(ToString::to_string);
-        match crate::config::first_route(&self.routes, address.as_deref(), self.client, None) {
+        let user = self.identity.user_name();
+        match crate::config::first_route(&self.routes, address.as_deref(), self.client, user) {
             Some(route) => Ok(Some(route.name.clone())),
-            None => Err(Reply::new(
-                550,
-                Enhanced(5, 7, 1),
+            None => {
+                let by = user.map(|u| format!(" (user {u})")).unwrap_or_default();
+                Err(Reply::new(
+                    550,
+                    Enhanced(5, 7, 1),
+                    format!(
+                        "No route matches sender {sender} from {}{by}: add a [[route]] for it",
+                        self.client
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Whether this client may start a transaction from `sender`: the `530` for a
+    /// client that must authenticate first, the `550 5.7.1` for an address the user
+    /// may not send as, the `450 4.7.1` for a user over its rate limit. The budget is
+    /// taken from last, so a refused MAIL costs nothing.
+    fn admit_sender(&self, sender: &ReversePath) -> Result<(), Reply> {
+        match &self.identity {
+            Identity::TrustedNetwork => Ok(()),
+            Identity::Anonymous => Err(Reply::new(
+                530,
+                Enhanced(5, 7, 0),
                 format!(
-                    "No route matches sender {sender} from {}: add a [[route]] for it",
+                    "Authentication required: {} is not in trusted_networks; authenticate with AUTH PLAIN or LOGIN over TLS first",
                     self.client
                 ),
             )),
+            Identity::User(user, _) => match sender.mailbox() {
+                Some(address) if !user.may_send_as(&address.to_string()) => Err(Reply::new(
+                    550,
+                    Enhanced(5, 7, 1),
+                    format!(
+                        "User {} may not send as <{address}>: it matches none of the user's allowed_senders",
+                        user.name
+                    ),
+                )),
+                _ => Ok(()),
+            },
         }
+    }
+
+    /// Take one message from the authenticated user's budget, or the `450 4.7.1`.
+    fn take_budget(&self) -> Result<(), Reply> {
+        let Identity::User(user, Some(budget)) = &self.identity else {
+            return Ok(());
+        };
+        let now = std::time::SystemTime::now();
+        budget.take(now).map_err(|next| {
+            let wait = next
+                .duration_since(now)
+                .unwrap_or_default()
+                .as_secs()
+                .max(1);
+            let rate = user.rate_limit.map(|r| r.to_string()).unwrap_or_default();
+            Reply::new(
+                450,
+                Enhanced(4, 7, 1),
+                format!(
+                    "User {} is over its rate limit of {rate}; try again in {wait} s",
+                    user.name
+                ),
+            )
+        })
     }
 }
 
@@ -160,6 +225,8 @@ pub enum Step {
     },
     /// Send this `220` reply, discard any buffered input, and start the TLS handshake.
     StartTls(Reply),
+    /// Run this SASL exchange and verify its credentials (`235` or `535`).
+    Authenticate(AuthCommand),
 }
 
 /// The result of a complete message.
@@ -308,20 +375,59 @@ impl Phase {
                 } else {
                     ""
                 };
+                let auth = if rules.auth == AuthOffer::Offered {
+                    " AUTH"
+                } else {
+                    ""
+                };
                 let text = format!(
-                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP{starttls}"
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP{starttls}{auth}"
                 );
                 (self, reply(214, (2, 0, 0), text))
             }
             Command::StartTls => self.on_starttls(rules),
-            Command::Auth => (
-                self,
-                reply(
-                    503,
-                    (5, 5, 1),
-                    "AUTH is not needed here: clients on trusted networks send without authentication; remove the credentials from the client",
-                ),
-            ),
+            Command::Auth(args) => self.on_auth(args, rules),
+        }
+    }
+
+    fn on_auth(self, args: AuthArgs, rules: &Rules) -> (Phase, Step) {
+        match rules.auth {
+            AuthOffer::NotHere => {
+                return (
+                    self,
+                    reply(
+                        503,
+                        (5, 5, 1),
+                        "AUTH is not needed here: clients on trusted networks send without authentication; remove the credentials from the client",
+                    ),
+                );
+            }
+            AuthOffer::AfterStartTls => {
+                return (
+                    self,
+                    reply(
+                        538,
+                        (5, 7, 11),
+                        "Encryption required for authentication: send STARTTLS first, then AUTH",
+                    ),
+                );
+            }
+            AuthOffer::Offered => {}
+        }
+        let sequence = match &self {
+            Phase::Ready { .. } if rules.identity.user_name().is_some() => {
+                Some("Already authenticated")
+            }
+            Phase::Ready { .. } => None,
+            Phase::ExpectHelo => Some("Send EHLO first"),
+            _ => Some("AUTH is not allowed during a mail transaction"),
+        };
+        if let Some(text) = sequence {
+            return (self, Step::Reply(Reply::bad_sequence(text)));
+        }
+        match parse_auth(&args.0) {
+            Ok(command) => (self, Step::Authenticate(command)),
+            Err(e) => (self, Step::Reply(e.reply())),
         }
     }
 
@@ -343,6 +449,9 @@ impl Phase {
                 );
             }
         };
+        if let Err(refusal) = rules.admit_sender(&sender) {
+            return (Phase::Ready { helo }, Step::Reply(refusal));
+        }
         if let Some(size) = params.size
             && size > rules.max_message_size
         {
@@ -377,6 +486,9 @@ impl Phase {
             Ok(route) => route,
             Err(refusal) => return (Phase::Ready { helo }, Step::Reply(refusal)),
         };
+        if let Err(refusal) = rules.take_budget() {
+            return (Phase::Ready { helo }, Step::Reply(refusal));
+        }
         let step = reply(250, (2, 1, 0), format!("Sender {sender} OK"));
         (
             Phase::Mail {
@@ -573,6 +685,9 @@ fn ehlo_reply(rules: &Rules) -> Reply {
     if rules.starttls_available {
         text.push_str("\nSTARTTLS");
     }
+    if rules.auth == AuthOffer::Offered {
+        text.push_str("\nAUTH PLAIN LOGIN");
+    }
     text.push_str("\nHELP");
     Reply::plain(250, text)
 }
@@ -591,6 +706,8 @@ mod tests {
             policy: Arc::default(),
             routes: Arc::new([]),
             client: "10.1.2.3".parse().unwrap(),
+            auth: AuthOffer::NotHere,
+            identity: Identity::TrustedNetwork,
         }
     }
 
@@ -605,6 +722,7 @@ mod tests {
             out.push(match step {
                 Step::Reply(r) | Step::ReadData(r) | Step::StartTls(r) => r.code,
                 Step::ReadChunk { .. } => 0,
+                Step::Authenticate(_) => 334,
             });
         }
         (phase, out)

@@ -2,6 +2,7 @@
 //! redirect (`redirect_all_to`). The envelope's own checks run earlier, at MAIL FROM
 //! and RCPT (see [`super::phase`]).
 
+use super::submission::Identity;
 use crate::config::PolicyConfig;
 use crate::message::Envelope;
 use crate::proto::{Enhanced, Reply};
@@ -22,6 +23,26 @@ pub fn judge_from(policy: &PolicyConfig, head: &[u8]) -> Result<(), Reply> {
         Enhanced(5, 7, 1),
         format!(
             "From address <{address}> is not allowed here: it matches none of policy.allowed_senders; nothing was kept"
+        ),
+    ))
+}
+
+/// The refusal of a message from an authenticated user whose From address none of
+/// the user's `allowed_senders` matches. `head` is the normalised content.
+pub fn judge_user_from(identity: &Identity, head: &[u8]) -> Result<(), Reply> {
+    let Identity::User(user, _) = identity else {
+        return Ok(());
+    };
+    let address = from_mailbox(head).map(|m| m.address).unwrap_or_default();
+    if user.may_send_as(&address) {
+        return Ok(());
+    }
+    Err(Reply::new(
+        550,
+        Enhanced(5, 7, 1),
+        format!(
+            "User {} may not send as From address <{address}>: it matches none of the user's allowed_senders; nothing was kept",
+            user.name
         ),
     ))
 }
@@ -71,6 +92,29 @@ mod tests {
         );
         assert!(refused.text.contains("<orders@shop.test>"), "{refused}");
         assert!(refused.text.contains("policy.allowed_senders"), "{refused}");
+    }
+
+    #[test]
+    fn an_authenticated_users_from_address_must_be_one_of_its_senders() {
+        let user = crate::config::User::new(
+            "billing",
+            "pw",
+            vec![AddressGlob::parse("*@billing.test").unwrap()],
+            None,
+        )
+        .unwrap();
+        let identity = Identity::User(std::sync::Arc::new(user), None);
+        let ok = b"From: B <invoices@billing.test>\r\n\r\n";
+        assert!(judge_user_from(&identity, ok).is_ok());
+        let head = b"From: CEO <ceo@corp.test>\r\n\r\n";
+        let refused = judge_user_from(&identity, head).unwrap_err();
+        assert_eq!(
+            (refused.code, refused.enhanced),
+            (550, Some(Enhanced(5, 7, 1)))
+        );
+        assert!(refused.text.contains("User billing"), "{refused}");
+        assert!(refused.text.contains("<ceo@corp.test>"), "{refused}");
+        assert!(judge_user_from(&Identity::TrustedNetwork, head).is_ok());
     }
 
     #[test]

@@ -14,13 +14,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::intake::{self, IntakeRewrites};
 use super::phase::{Phase, Rules, Step};
-use super::{Handoff, RunState};
+use super::submission::{AuthOffer, Identity, Submission};
+use super::{Handoff, Port, RunState};
 use crate::message::ContentMemory;
-use crate::proto::{Enhanced, MAX_COMMAND_LINE, Reply, parse_command};
+use crate::proto::auth::{self, MAX_RESPONSE_LINE};
+use crate::proto::{
+    AuthCommand, AuthError, Enhanced, Exchange, MAX_COMMAND_LINE, Reply, parse_command,
+};
 
 /// Protocol errors a client may make before we hang up (RFC 5321 §4.3.2 lets a server
 /// close on a client that only sends garbage).
@@ -46,6 +50,101 @@ pub(crate) struct SessionContext {
     pub handoff: Arc<dyn Handoff>,
     /// What intake writes into each message: header rules, how `Received` names the client.
     pub rewrites: Arc<IntakeRewrites>,
+    /// Users, failed attempts and budgets for AUTH on a `[[listener]]`.
+    pub submission: Arc<Submission>,
+}
+
+/// How a session begins: who connected, to which port, and what was read already.
+pub(crate) struct Start {
+    /// The client (as the PROXY header names it, when there is one).
+    pub peer: SocketAddr,
+    /// Why the client is refused at the greeting, if it is.
+    pub refusal: Option<String>,
+    /// Whether the client is in `trusted_networks`.
+    pub trusted: bool,
+    /// The port it connected to.
+    pub port: Port,
+    /// Bytes read after a PROXY header: the start of the conversation.
+    pub initial: Vec<u8>,
+}
+
+/// A stream with bytes already read from it put back in front (what followed a PROXY
+/// header on an implicit-TLS port is the start of the TLS handshake).
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The TLS handshake of an implicit-TLS port (465), before the greeting. `start.initial`
+/// (bytes after a PROXY header) is the beginning of the handshake and is taken from it.
+/// Returns the stream and its TLS version and cipher suite.
+pub(crate) async fn accept_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &SessionContext,
+    stream: S,
+    start: &mut Start,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<Prefixed<S>>, String)> {
+    let acceptor = ctx
+        .tls
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("no certificate configured (server.tls_cert_file)"))?;
+    let stream = Prefixed {
+        prefix: std::mem::take(&mut start.initial),
+        at: 0,
+        inner: stream,
+    };
+    let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake in 30 s"))??;
+    let info = describe_tls(tls.get_ref().1);
+    Ok((tls, info))
+}
+
+/// `TLSv1.3 TLS13_AES_256_GCM_SHA384`: what a `Received` header and the log say.
+fn describe_tls(state: &tokio_rustls::rustls::ServerConnection) -> String {
+    let version = match state.protocol_version() {
+        Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let suite = state
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    format!("{version} {suite}")
 }
 
 /// Why a session ended without a QUIT.
@@ -217,6 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         shutdown: &mut watch::Receiver<RunState>,
         idle: bool,
+        limit: usize,
     ) -> Result<Line, End> {
         if self.unread().is_empty() && self.rbuf.capacity() > 4096 {
             // Give back the message-sized buffer while the session waits for commands.
@@ -232,13 +332,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .unwrap_or(&self.unread()[..nl])
                     .to_vec();
                 self.consume(nl + 1);
-                return Ok(if discarding || line.len() + 2 > MAX_COMMAND_LINE {
+                return Ok(if discarding || line.len() + 2 > limit {
                     Line::TooLong
                 } else {
                     Line::Command(line)
                 });
             }
-            if self.unread().len() > MAX_COMMAND_LINE {
+            if self.unread().len() > limit {
                 discarding = true;
                 let n = self.unread().len();
                 self.consume(n);
@@ -321,37 +421,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .await
             .map_err(|_| End::Timeout)?
             .map_err(End::Io)?;
-        let (_, state) = tls.get_ref();
-        let version = match state.protocol_version() {
-            Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-            Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-            other => format!("{other:?}"),
-        };
-        let suite = state
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_default();
+        let info = describe_tls(tls.get_ref().1);
         self.stream = Transport::Tls(Box::new(tls));
         self.rbuf = Vec::new();
         self.rpos = 0;
         self.wbuf.clear();
-        Ok(format!("{version} {suite}"))
+        Ok(info)
     }
 }
 
-/// Run one SMTP session to its end.
+/// Run one SMTP session to its end. `tls` is the TLS version and cipher of a stream
+/// that is already encrypted (implicit TLS).
 pub(crate) async fn run<S>(
     stream: S,
-    peer: SocketAddr,
-    refusal: Option<String>,
+    start: Start,
+    tls: Option<String>,
     ctx: Arc<SessionContext>,
     shutdown: watch::Receiver<RunState>,
-    initial: Vec<u8>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Start {
+        peer,
+        refusal,
+        trusted,
+        port,
+        initial,
+    } = start;
     let mut rules = ctx.rules.clone().for_client(super::normalize(peer.ip()));
-    rules.starttls_available = ctx.tls.is_some();
+    rules.starttls_available = ctx.tls.is_some() && tls.is_none();
+    rules.auth = match (port, &tls) {
+        (Port::Relay, _) => AuthOffer::NotHere,
+        (Port::Submission(_), Some(_)) => AuthOffer::Offered,
+        (Port::Submission(_), None) => AuthOffer::AfterStartTls,
+    };
+    rules.identity = if trusted {
+        Identity::TrustedNetwork
+    } else {
+        Identity::Anonymous
+    };
     let refused = refusal.is_some();
     let (phase, greeting) = Phase::start(&rules, refusal);
     if refused {
@@ -376,7 +484,7 @@ pub(crate) async fn run<S>(
         rules,
         ctx,
         peer,
-        tls_info: None,
+        tls_info: tls,
         errors: 0,
         shutdown,
     };
@@ -442,7 +550,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Flow::Close;
         }
         let idle = !self.phase().in_transaction();
-        let line = match self.conn.next_line(&mut self.shutdown, idle).await {
+        // An AUTH line carries an initial response of up to 12288 octets (RFC 4954 §4).
+        let limit = if self.rules.auth == AuthOffer::Offered {
+            MAX_RESPONSE_LINE + 64
+        } else {
+            MAX_COMMAND_LINE
+        };
+        let line = match self.conn.next_line(&mut self.shutdown, idle, limit).await {
+            Ok(Line::Command(line)) if line.len() + 2 > MAX_COMMAND_LINE && !is_auth(&line) => {
+                self.errors += 1;
+                self.conn.queue(&Reply::new(
+                    500,
+                    Enhanced(5, 5, 2),
+                    format!("Line too long (limit {MAX_COMMAND_LINE} octets)"),
+                ));
+                return Flow::Continue;
+            }
             Ok(Line::Command(line)) => line,
             Ok(Line::TooLong) => {
                 self.errors += 1;
@@ -480,7 +603,91 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Step::ReadData(go) => self.on_data(go).await,
             Step::ReadChunk { size, last } => self.on_chunk(size, last).await,
             Step::StartTls(ready) => self.on_starttls(ready).await,
+            Step::Authenticate(command) => self.on_authenticate(command).await,
         }
+    }
+
+    /// `AUTH`: unless the client address is locked out, run the SASL exchange, verify
+    /// the credentials off the runtime (argon2 costs tens of milliseconds), and answer
+    /// `235` or `535`. Neither the password nor the response lines reach a log.
+    async fn on_authenticate(&mut self, command: AuthCommand) -> Flow {
+        let client = super::normalize(self.peer.ip());
+        let submission = self.ctx.submission.clone();
+        if let Some(left) = submission
+            .guard
+            .locked_for(client, Instant::now().into_std())
+        {
+            info!(client = %self.peer, "AUTH refused: the address is locked out after too many failures");
+            let minutes = left.as_secs().div_ceil(60).max(1);
+            return self.reply(Reply::new(
+                454,
+                Enhanced(4, 7, 0),
+                format!(
+                    "Too many failed authentication attempts from {client}; try again in {minutes} min"
+                ),
+            ));
+        }
+        let (mut exchange, mut step) =
+            Exchange::start(command.mechanism, command.initial.as_deref());
+        let credentials = loop {
+            match step {
+                auth::Step::Challenge(text) => {
+                    self.conn.queue(&Reply::plain(334, text));
+                    let line = match self
+                        .conn
+                        .next_line(&mut self.shutdown, true, MAX_RESPONSE_LINE + 2)
+                        .await
+                    {
+                        Ok(Line::Command(line)) => line,
+                        Ok(Line::TooLong) => {
+                            self.errors += 1;
+                            return self.reply(AuthError::LineTooLong.reply());
+                        }
+                        Err(end) => return Flow::Ended(end),
+                    };
+                    (exchange, step) = exchange.on_line(&line);
+                    wipe(line);
+                }
+                auth::Step::Failed(e) => {
+                    self.errors += 1;
+                    debug!(client = %self.peer, error = %e, "AUTH exchange failed");
+                    return self.reply(e.reply());
+                }
+                auth::Step::Done(credentials) => break credentials,
+            }
+        };
+        let name = credentials.authcid().to_owned();
+        let users = submission.users.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            users
+                .verify(credentials.authcid(), credentials.password())
+                .then(|| users.get(credentials.authcid()).cloned())
+                .flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(user) = verified else {
+            let locked = submission.guard.failed(client, Instant::now().into_std());
+            info!(client = %self.peer, user = ?name, "AUTH failed: wrong user name or password");
+            if locked {
+                warn!(client = %client, "locked out after too many failed AUTH attempts (auth.max_failures); AUTH from it gets 454 until auth.lockout has passed");
+            }
+            return self.reply(Reply::new(
+                535,
+                Enhanced(5, 7, 8),
+                "Authentication credentials invalid: wrong user name or password",
+            ));
+        };
+        submission.guard.succeeded(client);
+        info!(client = %self.peer, user = %user.name, "authenticated");
+        let budget = submission.budgets.for_user(&user);
+        self.rules.identity = Identity::User(Arc::new(user), budget);
+        self.reply(Reply::new(
+            235,
+            Enhanced(2, 7, 0),
+            "Authentication successful",
+        ))
     }
 
     /// Queue `reply`; close after it if it says so.
@@ -556,8 +763,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .phase
             .take()
             .expect("the phase is back after every step");
-        let (next, reply) =
-            intake::complete(phase, self.peer, self.tls_info.as_deref(), &self.ctx).await;
+        let (next, reply) = intake::complete(
+            phase,
+            self.peer,
+            (self.tls_info.as_deref(), &self.rules.identity),
+            &self.ctx,
+        )
+        .await;
         self.phase = Some(next);
         self.conn.queue(&reply);
     }
@@ -576,6 +788,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 debug!(client = %self.peer, tls = %info, "STARTTLS done");
                 self.tls_info = Some(info);
                 self.rules.starttls_available = false;
+                if self.rules.auth == AuthOffer::AfterStartTls {
+                    self.rules.auth = AuthOffer::Offered;
+                }
                 Flow::Continue
             }
             Err(end) => {
@@ -625,6 +840,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
+/// Whether a command line is an `AUTH` command (which may be longer than others).
+fn is_auth(line: &[u8]) -> bool {
+    line.get(..5)
+        .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH "))
+}
+
+/// Overwrite a line that held a secret before freeing it.
+fn wipe(mut line: Vec<u8>) {
+    line.fill(0);
+    std::hint::black_box(&line);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,17 +879,34 @@ mod tests {
                 policy: Arc::default(),
                 routes: Arc::new([]),
                 client: peer_ip(),
+                auth: AuthOffer::NotHere,
+                identity: Identity::TrustedNetwork,
             },
             command_timeout: Duration::from_millis(200),
             tls: None,
             handoff: Arc::new(Discard),
             rewrites: Arc::default(),
+            submission: Arc::new(Submission {
+                users: Arc::default(),
+                guard: Arc::new(super::super::submission::FailureGuard::new(
+                    5,
+                    Duration::from_secs(60),
+                )),
+                budgets: Arc::default(),
+            }),
         });
         let (client, server) = tokio::io::duplex(256);
         let (_unread, mut commands) = tokio::io::split(client);
         let (_state, shutdown) = watch::channel(RunState::Running);
         let peer = "127.0.0.1:1025".parse().unwrap();
-        let session = tokio::spawn(run(server, peer, None, ctx, shutdown, Vec::new()));
+        let start = Start {
+            peer,
+            refusal: None,
+            trusted: true,
+            port: Port::Relay,
+            initial: Vec::new(),
+        };
+        let session = tokio::spawn(run(server, start, None, ctx, shutdown));
         let writer = tokio::spawn(async move {
             let batch = "HELP\r\n".repeat(100);
             while commands.write_all(batch.as_bytes()).await.is_ok() {}

@@ -239,7 +239,7 @@ impl Source for Layer {
 ///
 /// `SMARTHOST__UPSTREAM__0__URL` sets `upstream[0].url`; without an index
 /// (`SMARTHOST__UPSTREAM__URL`) the first list entry is meant. The same holds for the
-/// other lists, `[[dkim]]`, `[[header_rule]]` and `[[route]]`.
+/// other lists, `[[dkim]]`, `[[header_rule]]`, `[[route]]` and `[[listener]]`.
 #[derive(Clone, Debug)]
 struct EnvOverrides {
     /// (configuration key, variable name, value)
@@ -337,8 +337,10 @@ fn env_key(rest: &str) -> String {
             key.push('.');
         }
         key.push_str(part);
-        let is_list =
-            matches!(part.as_str(), "upstream" | "dkim" | "header_rule" | "route") && i == 0;
+        let is_list = matches!(
+            part.as_str(),
+            "upstream" | "dkim" | "header_rule" | "route" | "listener"
+        ) && i == 0;
         let next_is_index = parts.get(i + 1).is_some_and(|p| p.parse::<usize>().is_ok());
         if is_list && !next_is_index && parts.len() > 1 {
             key.push_str("[0]");

@@ -75,6 +75,32 @@ pub struct Config {
     /// `[auth]`: the users who may submit with SMTP AUTH.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[[listener]]`: submission ports beside `server.listen`, where clients outside
+    /// `trusted_networks` may send after AUTH over TLS.
+    #[serde(default)]
+    pub listener: Vec<ListenerConfig>,
+}
+
+/// `[[listener]]`: a submission port (587 with STARTTLS, 465 with implicit TLS). Clients
+/// in `server.trusted_networks` may send without AUTH; any other client must AUTH first,
+/// and AUTH is offered only over TLS. The certificate is the server's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Where to listen, e.g. `0.0.0.0:587`.
+    pub address: SocketAddr,
+    /// How TLS starts on this port.
+    pub tls: ListenerTls,
+}
+
+/// How TLS starts on a `[[listener]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plaintext greeting, then STARTTLS (port 587); AUTH only after it.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
 }
 
 /// `[auth]`: authenticated submission. The users file is read at `serve` start (see

@@ -24,6 +24,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Invalid> {
     dkim(&mut config.dkim)?;
     header_rules(&config.header_rule)?;
     auth(&mut config.auth)?;
+    listeners(&config.listener, &config.server)?;
     route::routes(&config.route, &config.upstream)
 }
 
@@ -344,6 +345,34 @@ fn auth(auth: &mut AuthConfig) -> Result<(), Invalid> {
             "auth.lockout".into(),
             "must be longer than zero, e.g. \"15m\"".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Every `[[listener]]`: TLS needs the server's certificate, and no port twice.
+fn listeners(listeners: &[super::ListenerConfig], server: &ServerConfig) -> Result<(), Invalid> {
+    let mut seen: HashSet<std::net::SocketAddr> = server.listen.iter().copied().collect();
+    for (i, listener) in listeners.iter().enumerate() {
+        if server.tls_cert_file.is_none() {
+            return Err((
+                format!("listener[{i}].tls"),
+                format!(
+                    "the listener on {} needs a certificate: set server.tls_cert_file and server.tls_key_file \
+                     (AUTH is offered only over TLS)",
+                    listener.address
+                ),
+            ));
+        }
+        // Port 0 asks the system for a free port: never the same twice.
+        if listener.address.port() != 0 && !seen.insert(listener.address) {
+            return Err((
+                format!("listener[{i}].address"),
+                format!(
+                    "{} is already a listening address (server.listen or an earlier listener): give each port once",
+                    listener.address
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -48,8 +48,20 @@ pub enum Command {
     Help,
     /// `STARTTLS` (RFC 3207)
     StartTls,
-    /// `AUTH ...` (RFC 4954); never offered to trusted submitters.
-    Auth,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth(AuthArgs),
+}
+
+/// What follows `AUTH`. It may hold a password (an initial response), so `Debug` shows
+/// only the mechanism.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthArgs(pub String);
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mechanism = self.0.split_whitespace().next().unwrap_or_default();
+        write!(f, "AuthArgs({mechanism:?} ..)")
+    }
 }
 
 /// `BODY=` values of `MAIL FROM` (RFC 6152).
@@ -159,7 +171,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, SyntaxError> {
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_args(Command::StartTls),
-        "AUTH" => Ok(Command::Auth),
+        "AUTH" => Ok(Command::Auth(AuthArgs(arg.to_owned()))),
         "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" | "OPTIONS" | "DELETE" => {
             Err(SyntaxError::Http)
         }
@@ -356,7 +368,10 @@ mod tests {
             ("QUIT", Ok(Command::Quit)),
             ("VRFY postmaster", Ok(Command::Vrfy)),
             ("STARTTLS", Ok(Command::StartTls)),
-            ("AUTH PLAIN AGFAYgA=", Ok(Command::Auth)),
+            (
+                "AUTH PLAIN AGFAYgA=",
+                Ok(Command::Auth(AuthArgs("PLAIN AGFAYgA=".into()))),
+            ),
             ("GET / HTTP/1.1", Err(SyntaxError::Http)),
             ("FROB", Err(SyntaxError::UnknownCommand)),
             ("", Err(SyntaxError::UnknownCommand)),

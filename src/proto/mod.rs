@@ -14,7 +14,7 @@ pub mod response;
 
 pub use address::{Address, AddressError, ReversePath};
 pub use auth::{AuthCommand, AuthError, Credentials, Exchange, Mechanism, Step, parse_auth};
-pub use command::{Body, Command, MailParams, SyntaxError, parse_command};
+pub use command::{AuthArgs, Body, Command, MailParams, SyntaxError, parse_command};
 pub use dot::{DataReader, Framing, encode_data, encode_lines, line_pieces};
 pub use reply::{Enhanced, Reply};
 pub use response::{Capabilities, Response, ResponseError, parse_response};

@@ -31,8 +31,9 @@ pub enum ClientTrace {
 
 /// The `Received` header for this hop, folded, ending in CRLF.
 ///
-/// The `with` keyword follows RFC 3848 and RFC 6531 §3.7.3: SMTP, ESMTP, ESMTPS, and the
-/// UTF8 variants when the client used SMTPUTF8.
+/// The `with` keyword follows RFC 3848 and RFC 6531 §3.7.3: SMTP, ESMTP, ESMTPS, ESMTPA,
+/// ESMTPSA, and the UTF8 variants when the client used SMTPUTF8. An authenticated
+/// client's user name follows in a comment unless the client is hidden.
 pub fn received_header(
     client: &ClientInfo,
     trace: ClientTrace,
@@ -41,12 +42,22 @@ pub fn received_header(
     by: &str,
     now: SystemTime,
 ) -> String {
-    let protocol = match (envelope.smtputf8, client.esmtp, client.tls.is_some()) {
-        (true, _, true) => "UTF8SMTPS",
-        (true, _, false) => "UTF8SMTP",
-        (false, true, true) => "ESMTPS",
-        (false, true, false) => "ESMTP",
-        (false, false, _) => "SMTP",
+    let authenticated = client.user.is_some();
+    let protocol = match (
+        envelope.smtputf8,
+        client.esmtp,
+        client.tls.is_some(),
+        authenticated,
+    ) {
+        (true, _, true, true) => "UTF8SMTPSA",
+        (true, _, false, true) => "UTF8SMTPA",
+        (true, _, true, false) => "UTF8SMTPS",
+        (true, _, false, false) => "UTF8SMTP",
+        (false, true, true, true) => "ESMTPSA",
+        (false, true, false, true) => "ESMTPA",
+        (false, true, true, false) => "ESMTPS",
+        (false, true, false, false) => "ESMTP",
+        (false, false, _, _) => "SMTP",
     };
     let from = match trace {
         ClientTrace::Shown => from_client(client),
@@ -57,6 +68,10 @@ pub fn received_header(
     let mut header = format!("Received: from {from}\r\n\tby {by} (smarthost) with {protocol}");
     if let Some(tls) = &client.tls {
         header.push_str(&format!("\r\n\t({tls})"));
+    }
+    if let (Some(user), ClientTrace::Shown) = (&client.user, trace) {
+        // User names are [A-Za-z0-9._@-]+ (the users file checks): safe in a comment.
+        header.push_str(&format!("\r\n\t(authenticated as {user})"));
     }
     header.push_str(&format!("\r\n\tid {id}"));
     if let [only] = envelope.recipients.as_slice() {
@@ -155,6 +170,7 @@ mod tests {
             helo: "app.local".into(),
             esmtp: true,
             tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+            user: None,
         };
         let env = Envelope {
             sender: ReversePath::Null,
@@ -199,5 +215,37 @@ mod tests {
         let hidden = received_header(&v6, ClientTrace::Hidden, &env, id, "r", UNIX_EPOCH);
         assert!(hidden.starts_with("Received: from unknown\r\n\tby r (smarthost)"));
         assert!(!hidden.contains("2001:db8"));
+    }
+
+    #[test]
+    fn an_authenticated_client_is_received_with_esmtpsa_and_its_user() {
+        let client = ClientInfo {
+            ip: "192.0.2.1".parse().unwrap(),
+            helo: "app.local".into(),
+            esmtp: true,
+            tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+            user: Some("billing".into()),
+        };
+        let mut env = Envelope {
+            sender: ReversePath::Null,
+            recipients: vec![Address::parse("to@example.com").unwrap()],
+            smtputf8: false,
+            eight_bit: false,
+            route: None,
+        };
+        let id = QueueId::parse("0000000000000001").unwrap();
+        let h = received_header(&client, ClientTrace::Shown, &env, id, "r", UNIX_EPOCH);
+        assert!(
+            h.contains("with ESMTPSA\r\n\t(TLSv1.3 TLS13_AES_256_GCM_SHA384)\r\n\t(authenticated as billing)\r\n\tid "),
+            "{h}"
+        );
+        let hidden = received_header(&client, ClientTrace::Hidden, &env, id, "r", UNIX_EPOCH);
+        assert!(
+            hidden.contains("with ESMTPSA") && !hidden.contains("billing"),
+            "{hidden}"
+        );
+        env.smtputf8 = true;
+        let utf8 = received_header(&client, ClientTrace::Shown, &env, id, "r", UNIX_EPOCH);
+        assert!(utf8.contains("with UTF8SMTPSA"), "{utf8}");
     }
 }

@@ -116,6 +116,15 @@ impl Relay {
         self.addr
     }
 
+    /// Every listening address: `server.listen`'s, then each `[[listener]]`'s.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.handle
+            .as_ref()
+            .expect("the relay runs")
+            .local_addrs()
+            .to_vec()
+    }
+
     /// The Maildir the relay delivers into.
     pub fn maildir(&self) -> &Path {
         &self.maildir
