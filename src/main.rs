@@ -581,9 +581,9 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The users file of `[auth] users_file`, read and checked at start so that a missing
-/// or malformed file stops the relay with the fix. Not yet used by sessions (SMTP AUTH
-/// arrives with the listener slice).
+/// The users file of `[auth] users_file`, checked before anything starts so that a
+/// missing or malformed file stops `serve` with the configuration exit code and the
+/// fix (the relay reads it again for its sessions).
 fn load_users(config: &Config) -> Result<(), config::UsersError> {
     let Some(path) = &config.auth.users_file else {
         return Ok(());

@@ -51,8 +51,8 @@ pub enum StartError {
     Users(#[from] UsersError),
 }
 
-/// The users of `[auth] users_file`; none without one. A missing file is no error (the
-/// first `smarthost user add` creates it, and SIGHUP loads it).
+/// The users of `[auth] users_file`; none without one. A missing file is an error: a
+/// mistyped path must not leave every login failing without a word.
 fn load_users(config: &Config) -> Result<Arc<Users>, UsersError> {
     let Some(path) = &config.auth.users_file else {
         if !config.listener.is_empty() {
@@ -62,9 +62,9 @@ fn load_users(config: &Config) -> Result<Arc<Users>, UsersError> {
         }
         return Ok(Arc::default());
     };
-    let users = Users::load_or_empty(path)?;
+    let users = Users::load(path)?;
     if users.is_empty() && !config.listener.is_empty() {
-        warn!(users_file = %path.display(), "no users yet: add one with `smarthost user add NAME`, then send SIGHUP");
+        warn!(users_file = %path.display(), "the users file has no users: add one with `smarthost user add NAME`, then send SIGHUP");
     } else {
         info!(users_file = %path.display(), users = users.len(), "users loaded");
     }

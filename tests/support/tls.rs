@@ -32,6 +32,11 @@ impl TestCert {
         }
     }
 
+    /// The certificate's PEM file (for clients outside Rust that must trust it).
+    pub fn cert_file(&self) -> &std::path::Path {
+        &self.cert_file
+    }
+
     /// The `[server]` keys that configure inbound STARTTLS with this certificate.
     pub fn server_toml(&self) -> String {
         format!(
