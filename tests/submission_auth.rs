@@ -348,3 +348,88 @@ async fn auth_takes_an_initial_response_longer_than_a_command_line() {
     c.expect(&format!("AUTH PLAIN {}", plain("billing", PASSWORD)), 235)
         .await;
 }
+
+#[tokio::test]
+async fn a_route_with_users_takes_only_the_authenticated_users_mail() {
+    let cert = TestCert::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    write_users(&users);
+    let (billing_out, rest_out) = (dir.path().join("billing-out"), dir.path().join("rest-out"));
+    let config = TestConfig::new(dir.path()).toml(&format!(
+        "[server]\n{}trusted_networks = [\"127.0.0.0/8\"]\n\
+         [auth]\nusers_file = \"{}\"\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
+         {}{}\
+         [[route]]\nname = \"billing\"\nusers = [\"billing\"]\nupstreams = [\"billing-out\"]\n\
+         [[route]]\nname = \"rest\"\nupstreams = [\"rest-out\"]\n",
+        cert.server_toml(),
+        users.display(),
+        support::config::upstream(
+            "billing-out",
+            &format!("maildir:{}", billing_out.display()),
+            ""
+        ),
+        support::config::upstream("rest-out", &format!("maildir:{}", rest_out.display()), ""),
+    ));
+    let relay = Relay::start(config, dir).await;
+
+    // The same trusted client: once authenticated as billing, once not.
+    let mut c = submission(&relay, &cert).await;
+    c.expect(&format!("AUTH PLAIN {}", plain("billing", PASSWORD)), 235)
+        .await;
+    let content = "From: <a@billing.test>\r\nSubject: billing\r\n\r\nhi\r\n";
+    c.send_content("a@billing.test", &["customer@example.net"], content)
+        .await;
+    let mut c = submission(&relay, &cert).await;
+    let content = "From: <a@billing.test>\r\nSubject: trusted\r\n\r\nhi\r\n";
+    c.send_content("a@billing.test", &["customer@example.net"], content)
+        .await;
+
+    let subjects = |dir: &Path| -> Vec<String> {
+        support::list_maildir(dir)
+            .iter()
+            .filter_map(|m| header(&m.text(), "Subject"))
+            .collect()
+    };
+    support::wait_for("both messages delivered", || async {
+        (subjects(&billing_out).len() + subjects(&rest_out).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(subjects(&billing_out), ["billing"]);
+    assert_eq!(subjects(&rest_out), ["trusted"]);
+}
+
+#[tokio::test]
+async fn implicit_tls_works_behind_a_proxy_protocol_header() {
+    use tokio::io::AsyncWriteExt as _;
+    let cert = TestCert::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    write_users(&users);
+    let config = TestConfig::new(dir.path()).toml(&format!(
+        "[server]\n{}trusted_networks = [\"10.0.0.0/8\"]\n\
+         proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [auth]\nusers_file = \"{}\"\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n",
+        cert.server_toml(),
+        users.display()
+    ));
+    let mut relay = Relay::start(config, dir).await;
+    // The header claims a trusted client; the TLS handshake follows it at once, so
+    // the relay reads the start of the handshake together with the header.
+    let mut tcp = TcpStream::connect(relay.addrs()[1]).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 40000 465\r\n")
+        .await
+        .unwrap();
+    let mut c = tls(&cert, tcp).await;
+    c.greeting().await;
+    c.expect("EHLO app.test", 250).await;
+    let content = "From: <app@example.com>\r\nSubject: proxied\r\n\r\nhi\r\n";
+    c.send_content("app@example.com", &["customer@example.net"], content)
+        .await;
+    c.expect("QUIT", 221).await;
+    let messages = relay.finish(1).await;
+    let received = header(&messages[0].text(), "Received").unwrap();
+    assert!(received.contains("[10.1.2.3]"), "{received}");
+}
