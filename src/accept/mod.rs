@@ -99,6 +99,7 @@ pub struct ListenerControl {
 struct SharedAuthState {
     guard: Arc<FailureGuard>,
     budgets: Arc<UserBudgets>,
+    verifications: Arc<Semaphore>,
 }
 
 impl SharedAuthState {
@@ -109,6 +110,7 @@ impl SharedAuthState {
                 config.auth.lockout,
             )),
             budgets: Arc::default(),
+            verifications: Arc::new(Semaphore::new(submission::verification_slots())),
         }
     }
 
@@ -117,6 +119,7 @@ impl SharedAuthState {
             users,
             guard: self.guard.clone(),
             budgets: self.budgets.clone(),
+            verifications: self.verifications.clone(),
         })
     }
 }

@@ -658,6 +658,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let name = credentials.authcid().to_owned();
         let users = submission.users.clone();
+        let Ok(_slot) = submission.verifications.clone().acquire_owned().await else {
+            return self.reply(Reply::temporary_failure());
+        };
         let verified = tokio::task::spawn_blocking(move || {
             users
                 .verify(credentials.authcid(), credentials.password())
@@ -893,6 +896,7 @@ mod tests {
                     Duration::from_secs(60),
                 )),
                 budgets: Arc::default(),
+                verifications: Arc::new(tokio::sync::Semaphore::new(1)),
             }),
         });
         let (client, server) = tokio::io::duplex(256);

@@ -58,6 +58,15 @@ pub struct Submission {
     pub guard: Arc<FailureGuard>,
     /// Sending budgets per user.
     pub budgets: Arc<UserBudgets>,
+    /// Password checks running at once: each takes argon2's memory (19 MiB) and tens of
+    /// milliseconds of a core, so a flood of AUTH attempts waits here instead of
+    /// filling the blocking pool.
+    pub verifications: Arc<tokio::sync::Semaphore>,
+}
+
+/// Password checks allowed at once: one per core.
+pub fn verification_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// Failed AUTH attempts per client address: after `max_failures` within `lockout` of
