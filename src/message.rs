@@ -275,4 +275,9 @@ pub trait Handoff: Send + Sync + 'static {
     fn content_memory(&self) -> Option<&std::sync::Arc<ContentMemory>> {
         None
     }
+
+    /// Where acceptance records the messages it hands over, for the status page.
+    fn activity(&self) -> Option<&std::sync::Arc<crate::telemetry::activity::Activity>> {
+        None
+    }
 }

@@ -12,6 +12,7 @@ use crate::accept::{BindError, Handoff, Listener, ListenerControl, RunState};
 use crate::config::{Config, DeliveryMode, Users, UsersError};
 use crate::deliver::{Deliverer, SetupError};
 use crate::ops::metrics;
+use crate::ops::status::{Queue, Status, StatusSource};
 use crate::queue::{Passthrough, Scheduler, Settings};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::TlsSetupError;
@@ -85,6 +86,7 @@ pub struct RelayHandle {
     metrics_task: Option<JoinHandle<()>>,
     control: ListenerControl,
     running: std::sync::Mutex<Arc<Config>>,
+    status: StatusSource,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -132,6 +134,12 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         None => None,
     };
     let users = load_users(&config)?;
+    let queue = match (&scheduler, &passthrough_handle) {
+        (Some(scheduler), _) => Queue::Spool(scheduler.clone()),
+        (None, Some(passthrough)) => Queue::Passthrough(passthrough.clone()),
+        (None, None) => unreachable!("one delivery mode is set up"),
+    };
+    let status = StatusSource::new(config.server.hostname.clone(), deliverer.clone(), queue);
     let listener = Listener::bind(&config, handoff, tls, users).await?;
     let addrs = listener.local_addrs();
     let control = listener.control();
@@ -168,6 +176,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         metrics_task,
         control,
         running: std::sync::Mutex::new(config.clone()),
+        status,
     })
 }
 
@@ -229,6 +238,11 @@ impl RelayHandle {
         }
         *running = Arc::new(config);
         Ok(notes)
+    }
+
+    /// The relay's state now, as the status page and `/api/status` show it.
+    pub fn status(&self) -> Status {
+        self.status.status()
     }
 
     /// The address of the metrics and health endpoint, if configured.

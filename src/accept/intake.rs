@@ -172,6 +172,9 @@ pub(super) async fn complete(
     let reply = match submitted {
         Ok(()) => {
             metrics::counter!(name::RECEIVED).increment(1);
+            if let Some(activity) = ctx.handoff.activity() {
+                activity.received(&id.to_string(), &sender, rcpts);
+            }
             // Without routes the field is left out.
             let route = route.as_deref().map(tracing::field::display);
             let user = identity.user_name().map(tracing::field::display);

@@ -18,6 +18,7 @@ pub mod oauth;
 pub mod outcome;
 pub mod ratelimit;
 mod route;
+mod state;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -31,10 +32,12 @@ use crate::config::{Config, UpstreamUrl};
 use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::message::{Message, QueueId};
 use crate::proto::{Enhanced, Reply, Response};
+use crate::telemetry::activity::{Activity, EventKind};
 use crate::telemetry::name;
 use crate::transform::Transformer;
 use failover::{RcptOutcome, Reason, Report};
 use maildir::Maildir;
+pub use state::UpstreamState;
 use upstream::SmtpUpstream;
 
 /// What [`Progress::accepted`] returns: `Err` with the reason when the recipients
@@ -117,6 +120,8 @@ pub struct Deliverer {
     routing: RwLock<Arc<Routing>>,
     /// Counts and signals upstreams becoming usable again.
     recovered: Arc<Recoveries>,
+    /// Recent outcomes, for the status page.
+    activity: Arc<Activity>,
 }
 
 /// The upstreams and the transformer in force; replaced as a whole on reload, while a
@@ -143,7 +148,13 @@ impl Deliverer {
                 routes: route::Routes::from_config(config),
             })),
             recovered,
+            activity: Arc::default(),
         })
+    }
+
+    /// The recent activity every stage of this relay records to.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Use the upstreams of `config` and `transformer` for deliveries from now on (SIGHUP
@@ -324,6 +335,7 @@ impl Deliverer {
                 }
                 RcptOutcome::Failed(_) => {}
             }
+            let (queue_id, address) = (id.to_string(), rcpt.to_string());
             match status {
                 RcptOutcome::Delivered { upstream, response } => {
                     let reply = response
@@ -331,12 +343,23 @@ impl Deliverer {
                         .map(ToString::to_string)
                         .unwrap_or_default();
                     info!(queue_id = %id, rcpt = %rcpt, upstream = %upstream, reply = %reply, "delivered");
+                    let kind = EventKind::Delivered;
+                    self.activity
+                        .outcome(&queue_id, &address, kind, Some(upstream), &reply);
                 }
                 RcptOutcome::Failed(reason) => {
-                    warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently")
+                    warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently");
+                    let (kind, upstream) = (EventKind::Failed, reason.upstream());
+                    let text = reason.to_string();
+                    self.activity
+                        .outcome(&queue_id, &address, kind, upstream, &text);
                 }
                 RcptOutcome::Deferred(reason) => {
-                    warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "deferred")
+                    warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "deferred");
+                    let (kind, upstream) = (EventKind::Deferred, reason.upstream());
+                    let text = reason.to_string();
+                    self.activity
+                        .outcome(&queue_id, &address, kind, upstream, &text);
                 }
             }
         }

@@ -40,6 +40,34 @@ impl Budget {
         self.rate.is_some() || self.daily.is_some()
     }
 
+    /// What may be sent now without waiting: messages within the rate, and what is left
+    /// of today's quota (`None` where no such limit is set).
+    pub fn left(&self, now: SystemTime) -> (Option<u64>, Option<u64>) {
+        let state = self.state.lock().expect("budget lock");
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let daily = self.daily.map(|limit| {
+            if state.day == secs / DAY {
+                limit.saturating_sub(state.sent_today)
+            } else {
+                limit
+            }
+        });
+        let rate = self.rate.map(|rate| {
+            let interval = rate.per / rate.count;
+            let Some(tat) = state.tat.filter(|tat| *tat > now) else {
+                return u64::from(rate.count);
+            };
+            // `take` allows the k-th send from now while now >= tat - per + k * interval.
+            let allowed_from = tat.checked_sub(rate.per).unwrap_or(UNIX_EPOCH);
+            now.duration_since(allowed_from)
+                .map_or(0, |room| {
+                    (room.as_nanos() / interval.as_nanos().max(1)) as u64
+                })
+                .min(u64::from(rate.count))
+        });
+        (rate, daily)
+    }
+
     /// Take one message from the budget at `now`, or say when the next one is allowed.
     pub fn take(&self, now: SystemTime) -> Result<(), SystemTime> {
         let mut state = self.state.lock().expect("budget lock");
@@ -89,6 +117,29 @@ mod tests {
         assert_eq!(next, t0 + Duration::from_secs(2));
         assert!(b.take(next).is_ok());
         assert!(b.take(next).is_err());
+    }
+
+    #[test]
+    fn left_counts_down_with_each_message_and_refills_with_time() {
+        let b = Budget::new(
+            Some(RateLimit {
+                count: 3,
+                per: Duration::from_secs(60),
+            }),
+            Some(10),
+        );
+        let t0 = UNIX_EPOCH + Duration::from_secs(20_000 * DAY + 100);
+        assert_eq!(b.left(t0), (Some(3), Some(10)));
+        for expected in [2, 1, 0] {
+            b.take(t0).unwrap();
+            assert_eq!(b.left(t0).0, Some(expected));
+        }
+        assert!(b.take(t0).is_err());
+        assert_eq!(b.left(t0).1, Some(7));
+        // One interval (20 s) later one more may go; a whole period later all three.
+        assert_eq!(b.left(t0 + Duration::from_secs(20)).0, Some(1));
+        assert_eq!(b.left(t0 + Duration::from_secs(60)).0, Some(3));
+        assert_eq!(Budget::new(None, None).left(t0), (None, None));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -62,6 +62,8 @@ pub struct SmtpUpstream {
     pub breaker: Breaker,
     /// Sending budget (`rate_limit`, `daily_limit`).
     pub budget: Budget,
+    /// The last failed attempt: when, and what went wrong (for the status page).
+    last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 /// An attempt that ended early ([`SmtpUpstream::send`]).
@@ -157,6 +159,7 @@ impl SmtpUpstream {
             max_recipients: up.max_recipients,
             max_connections: up.max_connections,
             slots: Arc::new(Semaphore::new(up.max_connections)),
+            last_error: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             breaker: breaker(&config.delivery, up.timeout),
             budget: Budget::new(up.rate_limit, up.daily_limit),
@@ -264,6 +267,26 @@ impl SmtpUpstream {
         }
         *self.offers_8bitmime.lock().expect("8BITMIME lock") = Some(session.caps.has("8BITMIME"));
         Ok(session)
+    }
+
+    /// Most connections at once (`max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Connections in use by deliveries now.
+    pub fn in_flight(&self) -> usize {
+        self.max_connections - self.slots.available_permits()
+    }
+
+    /// Remember a failed attempt (its text names no secret: replies and our diagnoses).
+    pub fn note_failure(&self, error: String) {
+        *self.last_error.lock().expect("last error lock") = Some((SystemTime::now(), error));
+    }
+
+    /// The last failed attempt, if any: when, and what went wrong.
+    pub fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error.lock().expect("last error lock").clone()
     }
 
     /// A connection: an idle pooled one, or a new one.

@@ -8,4 +8,5 @@ pub mod oauth;
 pub mod queue;
 pub mod route;
 pub mod send;
+pub mod status;
 pub mod user;

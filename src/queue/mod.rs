@@ -12,4 +12,4 @@ pub mod passthrough;
 pub mod scheduler;
 
 pub use passthrough::Passthrough;
-pub use scheduler::{Scheduler, Settings};
+pub use scheduler::{QueueSummary, Scheduler, Settings, deferral_kind};

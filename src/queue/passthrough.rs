@@ -97,6 +97,10 @@ impl Handoff for Passthrough {
         Some(&self.settings.memory)
     }
 
+    fn activity(&self) -> Option<&Arc<crate::telemetry::activity::Activity>> {
+        Some(self.deliverer.activity())
+    }
+
     fn submit(&self, message: Message) -> HandoffFuture<'_> {
         Box::pin(async move {
             let message = Arc::new(message);

@@ -281,6 +281,25 @@ impl Spool {
             .min()
     }
 
+    /// Messages per `key` of their entry (entries where `key` gives `None` are left
+    /// out), and when the oldest message was accepted: one pass under the index lock,
+    /// nothing copied.
+    pub fn tally<K: Ord>(
+        &self,
+        key: impl Fn(&Entry) -> Option<K>,
+    ) -> (std::collections::BTreeMap<K, usize>, Option<SystemTime>) {
+        let index = self.index.lock().expect("spool index");
+        let mut counts = std::collections::BTreeMap::new();
+        let mut oldest: Option<SystemTime> = None;
+        for entry in index.messages.values() {
+            oldest = Some(oldest.map_or(entry.received_at, |o| o.min(entry.received_at)));
+            if let Some(k) = key(entry) {
+                *counts.entry(k).or_insert(0) += 1;
+            }
+        }
+        (counts, oldest)
+    }
+
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

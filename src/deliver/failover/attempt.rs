@@ -156,6 +156,7 @@ pub(super) async fn attempt(
     }
     up_gauge.set(if up.breaker.is_up() { 1.0 } else { 0.0 });
     warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
+    up.note_failure(failure.to_string());
     let permanent = failure.is_permanent();
     let ended = match failure {
         Failure::Unsuitable(why) => Attempt::Unsuitable(up.name.clone(), why),

@@ -64,6 +64,16 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// The upstream whose reply this is, if an upstream answered.
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            Reason::Reply { upstream, .. } => Some(upstream),
+            Reason::Text(_) | Reason::Local { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -118,6 +118,10 @@ impl Scheduler {
         match self.inner.spool.put(&dsn).await {
             Ok(()) => {
                 metrics::counter!(crate::telemetry::name::BOUNCED).increment(1);
+                self.inner
+                    .deliverer
+                    .activity()
+                    .bounced(&message.id.to_string());
                 info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "bounce queued to the sender");
                 self.enqueue(dsn_id, Some(Arc::new(dsn)));
                 true

@@ -27,6 +27,9 @@ mod maintain;
 mod outcomes;
 mod pacing;
 mod retry;
+mod summary;
+
+pub use summary::{QueueSummary, deferral_kind};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -270,6 +273,10 @@ impl Scheduler {
             let dsn_id = dsn.id;
             self.inner.spool.put(&dsn).await?;
             metrics::counter!(crate::telemetry::name::BOUNCED).increment(1);
+            self.inner
+                .deliverer
+                .activity()
+                .bounced(&message.id.to_string());
             info!(queue_id = %message.id, bounce_id = %dsn_id, recipients = failed.len(), "passthrough: bounce queued to the sender for the refused recipients");
             self.enqueue(dsn_id, Some(Arc::new(dsn)));
         } else if !failed.is_empty() {
@@ -450,6 +457,10 @@ impl Handoff for Scheduler {
 
     fn content_memory(&self) -> Option<&Arc<ContentMemory>> {
         Some(&self.inner.settings.memory)
+    }
+
+    fn activity(&self) -> Option<&Arc<crate::telemetry::activity::Activity>> {
+        Some(self.inner.deliverer.activity())
     }
 
     fn submit(&self, message: Message) -> HandoffFuture<'_> {

@@ -1,5 +1,8 @@
-//! Metric names and their descriptions: a leaf every stage may use to record what it
-//! does (with the `metrics` macros). Serving them is `ops::metrics`'s job.
+//! Metric names and their descriptions, and the recent [`activity`] the status page
+//! shows: a leaf every stage may use to record what it does (with the `metrics` macros,
+//! and through [`activity::Activity`]). Serving them is `ops::metrics`'s job.
+
+pub mod activity;
 
 /// Metric names, in one place (the SPEC lists them).
 pub mod name {

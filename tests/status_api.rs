@@ -1,0 +1,127 @@
+//! The status the page and `/api/status` show, taken from a running relay after real
+//! deliveries: an upstream that fails is shown open with its last error, the one that
+//! works with its deliveries, the queue with why its messages wait, the per-minute
+//! counts and the message events (issue 16).
+
+pub mod support;
+
+use support::config::upstream;
+use support::{Relay, TestConfig, free_port, wait_for};
+
+const CONTENT: &str = "From: <app@example.com>\r\nSubject: status\r\n\r\nhi\r\n";
+
+#[tokio::test]
+async fn a_failing_upstream_shows_open_with_its_error_and_the_working_one_its_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("maildir");
+    let config = TestConfig::new(dir.path()).toml(&format!(
+        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown = \"5m\"\n{}{}",
+        upstream(
+            "broken",
+            &format!("smtp://127.0.0.1:{}?tls=none", free_port()),
+            "priority = 0\nrate_limit = \"10/min\"\n"
+        ),
+        upstream(
+            "local",
+            &format!("maildir:{}", maildir.display()),
+            "priority = 1\n"
+        ),
+    ));
+    let mut relay = Relay::start(config, dir).await;
+    let mut c = relay.client().await;
+    let id = c
+        .send_content(
+            "app@example.com",
+            &["a@example.net", "b@example.net"],
+            CONTENT,
+        )
+        .await
+        .queue_id();
+    c.expect("QUIT", 221).await;
+    relay.wait_for_messages(1).await;
+
+    let handle = relay.take_handle();
+    let status = wait_for("the deliveries in the status", || async {
+        let status = handle.status();
+        (status.upstreams[1].delivered_last_hour == 2).then_some(status)
+    })
+    .await;
+    let json = serde_json::to_value(&status).unwrap();
+    let broken = &json["upstreams"][0];
+    assert_eq!(broken["name"], "broken");
+    assert_eq!(broken["kind"], "smtp");
+    assert_eq!(broken["state"], "open", "{json:#}");
+    assert!(broken["probe_at"].as_u64().is_some(), "{json:#}");
+    assert!(
+        broken["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{json:#}"
+    );
+    assert!(broken["last_error_at"].as_u64().is_some(), "{json:#}");
+    assert_eq!(broken["in_flight"], 0);
+    // The failed attempt took one message from its budget.
+    assert_eq!(broken["rate_left"], 9, "{json:#}");
+    assert!(broken["daily_left"].is_null());
+    let local = &json["upstreams"][1];
+    assert_eq!(
+        (local["name"].as_str(), local["state"].as_str()),
+        (Some("local"), Some("up"))
+    );
+    assert_eq!(local["delivered_last_hour"], 2);
+
+    assert_eq!(json["mode"], "queue");
+    assert_eq!(json["queue"]["messages"], 0);
+    let minutes = json["per_minute"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let total = |key: &str| {
+        minutes
+            .iter()
+            .map(|m| m[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!((total("received"), total("delivered")), (1, 2), "{json:#}");
+    let events = json["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["delivered", "delivered", "received"], "{json:#}");
+    assert!(
+        events.iter().all(|e| e["queue_id"] == id.as_str()),
+        "{json:#}"
+    );
+    assert_eq!(events[0]["upstream"], "local");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_queue_shows_its_messages_and_why_they_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new(dir.path()).toml(&upstream(
+        "broken",
+        &format!("smtp://127.0.0.1:{}?tls=none", free_port()),
+        "",
+    ));
+    let mut relay = Relay::start(config, dir).await;
+    let mut c = relay.client().await;
+    c.send_content("app@example.com", &["a@example.net"], CONTENT)
+        .await;
+    c.expect("QUIT", 221).await;
+
+    let handle = relay.take_handle();
+    let status = wait_for("the deferral in the status", || async {
+        let status = handle.status();
+        status
+            .queue
+            .as_ref()
+            .is_some_and(|q| !q.deferred_by_reason.is_empty())
+            .then_some(status)
+    })
+    .await;
+    let queue = status.queue.unwrap();
+    assert_eq!(queue.messages, 1);
+    assert!(queue.oldest_age_seconds.is_some());
+    assert_eq!(
+        queue.deferred_by_reason.into_iter().collect::<Vec<_>>(),
+        [("no answer (connection, TLS or timeout)".to_owned(), 1)]
+    );
+    let deferred = status.per_minute.iter().map(|m| m.deferred).sum::<u64>();
+    assert_eq!(deferred, 1);
+    handle.shutdown().await;
+}
