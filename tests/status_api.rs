@@ -58,6 +58,7 @@ async fn a_failing_upstream_shows_open_with_its_error_and_the_working_one_its_de
     );
     assert!(broken["last_error_at"].as_u64().is_some(), "{json:#}");
     assert_eq!(broken["in_flight"], 0);
+    assert_eq!(broken["failed_attempts_last_hour"], 1, "{json:#}");
     // The failed attempt took one message from its budget.
     assert_eq!(broken["rate_left"], 9, "{json:#}");
     assert!(broken["daily_left"].is_null());

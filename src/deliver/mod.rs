@@ -319,6 +319,9 @@ impl Deliverer {
         }
         metrics::histogram!(name::DELIVERY_DURATION, "route" => route.clone())
             .record(started.elapsed().as_secs_f64());
+        for upstream in &report.failed_attempts {
+            self.activity.attempt_failed(upstream);
+        }
         for (rcpt, status) in &report.recipients {
             match status {
                 RcptOutcome::Delivered { upstream, .. } => {
@@ -564,6 +567,7 @@ mod tests {
             held_until: None,
             breakers_open_until: None,
             waiting_for_upstream: false,
+            failed_attempts: Vec::new(),
         }
     }
 

@@ -25,8 +25,11 @@ pub struct UpstreamState {
     pub max_connections: Option<usize>,
     /// Recipients delivered through it in the last hour.
     pub delivered_last_hour: u64,
-    /// Recipients it deferred (or failed to take) in the last hour.
+    /// Recipients it deferred with its reply in the last hour.
     pub deferred_last_hour: u64,
+    /// Its attempts that failed as a whole in the last hour (connection, TLS, AUTH, a
+    /// timeout, a refused transaction).
+    pub failed_attempts_last_hour: u64,
     /// The last failed attempt's error.
     pub last_error: Option<String>,
     /// When that was (Unix time).
@@ -59,6 +62,7 @@ impl Deliverer {
                     max_connections: None,
                     delivered_last_hour: recent.delivered_last_hour,
                     deferred_last_hour: recent.deferred_last_hour,
+                    failed_attempts_last_hour: recent.failed_attempts_last_hour,
                     last_error: None,
                     last_error_at: None,
                     rate_left: None,

@@ -95,3 +95,59 @@ impl StatusSource {
         }
     }
 }
+
+/// The status page: self-contained HTML, CSS and script, with `status` in it so the
+/// first view needs no second request; the page then refreshes itself from
+/// `/api/status`.
+pub fn page(status: &Status) -> String {
+    const PAGE: &str = include_str!("status_page.html");
+    let json = serde_json::to_string(status).expect("the status serializes");
+    // Inside a <script> element `</script>` or `<!--` in a reply text would end or
+    // confuse it; \u003c is the same character to the JSON parser.
+    let json = json.replace('<', "\\u003c");
+    PAGE.replacen("/*STATUS_JSON*/", &json, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::activity::{EventKind, MINUTES};
+
+    #[test]
+    fn the_page_carries_the_status_and_no_text_can_close_its_script() {
+        let activity = Activity::default();
+        activity.outcome(
+            "0000000000000001",
+            "a@example.net",
+            EventKind::Deferred,
+            Some("ses"),
+            "451 </script><script>alert(1)</script> <!--",
+        );
+        let snapshot = activity.snapshot();
+        let status = Status {
+            generated_at: 1,
+            hostname: "relay.test".into(),
+            version: "0",
+            started_at: 0,
+            mode: "queue",
+            upstreams: Vec::new(),
+            queue: None,
+            per_minute: snapshot.per_minute,
+            events: snapshot.events,
+        };
+        let html = page(&status);
+        assert!(!html.contains("/*STATUS_JSON*/"));
+        assert_eq!(html.matches("</script>").count(), 2, "{html}");
+        assert!(!html.contains("<!--"));
+        let start = html.find("application/json\">").unwrap() + "application/json\">".len();
+        let end = start + html[start..].find("</script>").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+        assert_eq!(json["per_minute"].as_array().unwrap().len(), MINUTES);
+        assert!(
+            json["events"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("</script>")
+        );
+    }
+}

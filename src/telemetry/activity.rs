@@ -35,6 +35,9 @@ pub struct MinuteCounts {
     pub failed: u64,
     /// Bounces generated.
     pub bounced: u64,
+    /// Delivery attempts that failed as a whole (the next upstream was tried, or the
+    /// message waits): connection, TLS, AUTH, a timeout, a refused transaction.
+    pub failed_attempts: u64,
 }
 
 /// What happened to a message.
@@ -77,8 +80,10 @@ pub struct Event {
 pub struct UpstreamActivity {
     /// Recipients delivered in the last hour.
     pub delivered_last_hour: u64,
-    /// Recipients deferred in the last hour (after this upstream answered, or failed).
+    /// Recipients deferred in the last hour after this upstream answered.
     pub deferred_last_hour: u64,
+    /// Its attempts that failed as a whole in the last hour.
+    pub failed_attempts_last_hour: u64,
 }
 
 /// A ring of per-minute counts.
@@ -186,8 +191,7 @@ impl Activity {
         };
         self.record(now, bump);
         if let Some(name) = upstream {
-            let mut ring = self.upstreams.entry(name.to_owned()).or_default();
-            bump(ring.slot(minute_of(now)));
+            self.upstream_ring(name, |ring| bump(ring.slot(minute_of(now))));
         }
         self.push(Event {
             at: now,
@@ -197,6 +201,23 @@ impl Activity {
             upstream: upstream.map(str::to_owned),
             detail: shorten(detail),
         });
+    }
+
+    /// An attempt on `upstream` failed as a whole.
+    pub fn attempt_failed(&self, upstream: &str) {
+        let now = unix_now();
+        self.record(now, |m| m.failed_attempts += 1);
+        self.upstream_ring(upstream, |ring| {
+            ring.slot(minute_of(now)).failed_attempts += 1
+        });
+    }
+
+    /// Change `upstream`'s ring, creating it the first time (the name is copied only then).
+    fn upstream_ring(&self, upstream: &str, change: impl FnOnce(&mut Ring)) {
+        if let Some(mut ring) = self.upstreams.get_mut(upstream) {
+            return change(&mut ring);
+        }
+        change(&mut self.upstreams.entry(upstream.to_owned()).or_default());
     }
 
     /// A bounce was generated for the message.
@@ -237,6 +258,7 @@ impl Activity {
         UpstreamActivity {
             delivered_last_hour: hour.iter().map(|m| m.delivered).sum(),
             deferred_last_hour: hour.iter().map(|m| m.deferred).sum(),
+            failed_attempts_last_hour: hour.iter().map(|m| m.failed_attempts).sum(),
         }
     }
 
@@ -328,8 +350,10 @@ mod tests {
             None,
             &"é".repeat(400),
         );
+        activity.attempt_failed("ses");
         let ses = activity.upstream("ses");
         assert_eq!((ses.delivered_last_hour, ses.deferred_last_hour), (1, 1));
+        assert_eq!(ses.failed_attempts_last_hour, 1);
         assert_eq!(activity.upstream("other"), UpstreamActivity::default());
         let snap = activity.snapshot();
         assert!(snap.events[0].detail.len() <= MAX_DETAIL + "…".len());

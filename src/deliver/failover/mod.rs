@@ -100,6 +100,9 @@ pub struct Report {
     /// attempt failed as a whole (connection, TLS, a timeout) or was skipped by a
     /// breaker. Such mail is sent again as soon as a breaker closes.
     pub waiting_for_upstream: bool,
+    /// The upstreams whose attempt failed as a whole (connection, TLS, AUTH, a timeout,
+    /// a refusal of the transaction), in the order tried.
+    pub failed_attempts: Vec<String>,
 }
 
 impl Report {
@@ -196,6 +199,7 @@ struct Walk {
     held_until: Option<SystemTime>,
     /// Whether any upstream got as far as answering for the recipients.
     answered: bool,
+    failed_attempts: Vec<String>,
 }
 
 impl Walk {
@@ -216,6 +220,7 @@ impl Walk {
             attempted: false,
             held_until: None,
             answered: false,
+            failed_attempts: Vec::new(),
         }
     }
 
@@ -341,9 +346,11 @@ impl Walk {
                 }
                 self.settle_replies(target, replies);
             }
-            Attempt::Transient(reason) | Attempt::Skipped(reason) => {
+            Attempt::Transient(reason) => {
+                self.failed_attempts.push(target.name.clone());
                 self.last_transient = Some(reason)
             }
+            Attempt::Skipped(reason) => self.last_transient = Some(reason),
             Attempt::Unsuitable(name, why) => self.unsuitable.push((name, why)),
             Attempt::Held(until) => {
                 self.held_until = Some(self.held_until.map_or(until, |h| h.min(until)));
@@ -435,6 +442,7 @@ impl Walk {
                 None
             },
             waiting_for_upstream: deferred && !self.answered && self.held_until.is_none(),
+            failed_attempts: self.failed_attempts,
             recipients: self
                 .status
                 .into_iter()
