@@ -4,7 +4,8 @@
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh --test cli      # arguments go to `cargo test`
 #
-# Extras are Python modules used by interop tests (e.g. an independent DKIM verifier).
+# Extras are Python modules used by interop tests (e.g. an independent DKIM verifier),
+# and programs some tests drive (headless Chromium for the status page).
 # A module python3 can already import is used as it is; a missing one is installed with
 # pip into $CARGO_TARGET_DIR/test-python (default target/test-python), which is put on
 # PYTHONPATH for the tests. Nothing is installed system-wide, so this also works where
@@ -47,6 +48,35 @@ for extra in "${EXTRAS[@]}"; do
         die "pip install $requirement failed (see above)"
     python3 -c "import $module" ||
         die "installed $requirement but python3 still cannot import '$module'"
+done
+
+# Programs some tests drive (command -> Debian package): headless Chromium renders the
+# status page. A missing one is installed with apt-get (as root, or with sudo -n).
+SYSTEM_EXTRAS=(
+    "chromium chromium"
+)
+
+apt_get() {
+    if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        sudo -n env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get "$@"
+    else
+        return 1
+    fi
+}
+
+for extra in "${SYSTEM_EXTRAS[@]}"; do
+    read -r command package <<<"$extra"
+    if command -v "$command" >/dev/null; then
+        echo "scripts/test.sh: '$command' is available"
+        continue
+    fi
+    echo "scripts/test.sh: '$command' is missing; installing the Debian package $package"
+    apt_get install -y --no-install-recommends "$package" ||
+        { apt_get update && apt_get install -y --no-install-recommends "$package"; } ||
+        die "cannot install $package (needs root or passwordless sudo, and apt); install it and rerun"
+    command -v "$command" >/dev/null || die "installed $package but '$command' is still not on PATH"
 done
 
 echo "scripts/test.sh: cargo test $*"
