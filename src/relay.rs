@@ -160,7 +160,8 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
             }
             deliverer.usable()
         });
-        tokio::spawn(metrics::serve(listener, ready))
+        let endpoint = metrics::Endpoint::new(ready, config.metrics.password.as_ref());
+        tokio::spawn(metrics::serve(listener, endpoint))
     });
     let listener = listener.spawn(state_rx);
     info!(listen = ?addrs, hostname = %config.server.hostname, "smarthost accepting mail");
@@ -202,7 +203,7 @@ impl RelayHandle {
         let mut notes = Vec::new();
         let listeners =
             |c: &Config| -> Vec<_> { c.listener.iter().map(|l| (l.address, l.tls)).collect() };
-        let restart_only: [(&str, bool); 7] = [
+        let restart_only: [(&str, bool); 8] = [
             ("server.listen", old.server.listen != config.server.listen),
             ("listener", listeners(&old) != listeners(&config)),
             (
@@ -229,6 +230,11 @@ impl RelayHandle {
             (
                 "metrics.listen",
                 old.metrics.listen != config.metrics.listen,
+            ),
+            (
+                "metrics.password_file",
+                old.metrics.password_file != config.metrics.password_file
+                    || old.metrics.password != config.metrics.password,
             ),
         ];
         for (key, changed) in restart_only {

@@ -692,6 +692,14 @@ pub struct MetricsConfig {
     /// default when a file leaves it out) serves none.
     #[serde(deserialize_with = "values::optional_addr")]
     pub listen: Option<SocketAddr>,
+    /// A file holding the password of HTTP Basic authentication (user `admin`) for
+    /// every endpoint but `/healthz` and `/readyz`; read at start, trailing newlines
+    /// trimmed. Empty (`SMARTHOST__METRICS__PASSWORD_FILE=`) means none.
+    pub password_file: Option<PathBuf>,
+    /// The password read from `password_file` (filled in by validation; never in a
+    /// file itself).
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 /// How log lines are written.

@@ -8,8 +8,8 @@ mod route;
 
 use super::values::Secret;
 use super::{
-    AuthConfig, Config, DeliveryConfig, DkimConfig, HeaderAction, HeaderRule, PROTECTED_HEADERS,
-    ServerConfig, SpoolConfig, UpstreamConfig, UpstreamUrl,
+    AuthConfig, Config, DeliveryConfig, DkimConfig, HeaderAction, HeaderRule, MetricsConfig,
+    PROTECTED_HEADERS, ServerConfig, SpoolConfig, UpstreamConfig, UpstreamUrl,
 };
 
 /// An error: the key (`server.listen`, `upstream[0].timeout`) and what to do.
@@ -25,6 +25,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Invalid> {
     header_rules(&config.header_rule)?;
     auth(&mut config.auth)?;
     listeners(&config.listener, &config.server)?;
+    metrics(&mut config.metrics)?;
     route::routes(&config.route, &config.upstream)
 }
 
@@ -346,6 +347,40 @@ fn auth(auth: &mut AuthConfig) -> Result<(), Invalid> {
             "must be longer than zero, e.g. \"15m\"".into(),
         ));
     }
+    Ok(())
+}
+
+/// `[metrics]`: the password of `password_file` read (an empty path means none).
+fn metrics(metrics: &mut MetricsConfig) -> Result<(), Invalid> {
+    metrics.password = None;
+    let Some(file) = metrics
+        .password_file
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty())
+    else {
+        metrics.password_file = None;
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        (
+            "metrics.password_file".into(),
+            format!(
+                "cannot read {}: {e}; make the file readable by smarthost, or remove password_file",
+                file.display()
+            ),
+        )
+    })?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err((
+            "metrics.password_file".into(),
+            format!(
+                "{} is empty: write the password for the HTTP endpoint (user admin) into it, or remove password_file",
+                file.display()
+            ),
+        ));
+    }
+    metrics.password = Some(Secret::new(password));
     Ok(())
 }
 

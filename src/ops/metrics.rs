@@ -2,18 +2,36 @@
 //!
 //! `GET /metrics` (Prometheus text format), `GET /healthz` (the process is alive) and
 //! `GET /readyz` (the spool is writable and at least one upstream is usable; 503 with
-//! the reason otherwise). The HTTP side is deliberately tiny: one request per
-//! connection, GET only.
+//! the reason otherwise). HEAD works wherever GET does; other methods get 405.
+//!
+//! The server is hyper's HTTP/1.1 (keep-alive, so a scraper reuses its connection),
+//! with a bound on connections and on the time to send a request's header, which also
+//! closes idle keep-alive connections. [`Endpoint`] holds what the answers need and
+//! routes a request by path ([`Route`]); it has no I/O, so it is tested without sockets.
+//!
+//! With `[metrics] password_file`, every route but `/healthz` and `/readyz` needs HTTP
+//! Basic authentication (RFC 7617) as user `admin`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use aws_lc_rs::digest::{SHA256, digest};
+use base64::Engine as _;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
+use crate::config::Secret;
 use crate::telemetry::name;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -45,93 +63,363 @@ pub fn gauge_up(upstream: &str) {
 /// What `/readyz` asks: `Ok` or the reason it is not ready.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// Connections served at once; further clients wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's header, and how long a keep-alive
+/// connection may stay idle before the next one.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The user name of HTTP Basic authentication.
+const USER: &str = "admin";
+
+/// The realm and charset of the `WWW-Authenticate` challenge (RFC 7617 §2, §2.1).
+const CHALLENGE: &str = "Basic realm=\"smarthost\", charset=\"UTF-8\"";
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Bind the endpoint; fails before anything is served if the address is unusable.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve `/metrics`, `/healthz`, `/readyz` until the task is dropped.
-pub async fn serve(listener: TcpListener, ready: Readiness) {
-    let handle = recorder();
-    if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "metrics and health endpoints");
+/// A path the endpoint serves. Later routes (a status page) are added here and in
+/// [`Endpoint::respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/metrics`: Prometheus text format.
+    Metrics,
+    /// `/healthz`: the process is alive.
+    Healthz,
+    /// `/readyz`: ready to accept and deliver mail.
+    Readyz,
+    /// Anything else: 404 with the paths that exist.
+    NotFound,
+}
+
+impl Route {
+    /// The route of a request path (without the query).
+    pub fn of(path: &str) -> Route {
+        match path {
+            "/metrics" => Route::Metrics,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            _ => Route::NotFound,
+        }
     }
-    loop {
-        let Ok((mut stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0; 4096];
-            let mut len = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while len < buf.len() {
-                    let n = stream.read(&mut buf[len..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-                        || buf[..len].windows(2).any(|w| w == b"\n\n")
-                    {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf[..len]);
-            let mut words = request.split_whitespace();
-            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-            let (status, content_type, body) = respond(method, path, handle, &ready);
-            debug!(client = %peer, path, status, "metrics request");
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                stream.write_all(head.as_bytes()).await?;
-                stream.write_all(body.as_bytes()).await?;
-                stream.shutdown().await
-            })
-            .await;
-        });
+
+    /// Whether the route answers without authentication: the probes of an orchestrator
+    /// (which carry no credentials) and reveal nothing but "up" or the reason it is not.
+    pub fn is_open(self) -> bool {
+        matches!(self, Route::Healthz | Route::Readyz)
     }
 }
 
-fn respond(
-    method: &str,
-    path: &str,
-    handle: &PrometheusHandle,
-    ready: &Readiness,
-) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    if method != "GET" && method != "HEAD" {
-        return ("405 Method Not Allowed", TEXT, "only GET\n".into());
+/// The credentials of HTTP Basic authentication, kept as the SHA-256 digest of
+/// `admin:password`: comparing digests takes the same time whatever the guess.
+struct BasicAuth {
+    expected: [u8; 32],
+}
+
+impl BasicAuth {
+    fn new(password: &Secret) -> BasicAuth {
+        BasicAuth {
+            expected: sha256(format!("{USER}:{}", password.expose()).as_bytes()),
+        }
     }
-    match path.split('?').next().unwrap_or("") {
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            handle.render(),
-        ),
-        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
-        "/readyz" => match ready() {
-            Ok(()) => ("200 OK", TEXT, "ready\n".into()),
-            Err(reason) => (
-                "503 Service Unavailable",
-                TEXT,
-                format!("not ready: {reason}\n"),
-            ),
-        },
-        _ => (
-            "404 Not Found",
-            TEXT,
-            "try /metrics, /healthz or /readyz\n".into(),
-        ),
+
+    /// Whether `headers` carry `Authorization: Basic` with user `admin` and the password.
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let value = value.as_bytes();
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let Some(token) = value
+            .get(..6)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"basic "))
+            .map(|_| value[6..].trim_ascii())
+        else {
+            return false;
+        };
+        let Ok(credentials) = base64::engine::general_purpose::STANDARD.decode(token) else {
+            return false;
+        };
+        fixed_time_eq(&sha256(&credentials), &self.expected)
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+/// Equality whose time does not depend on where the digests differ.
+fn fixed_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// What the endpoint answers with: the metrics, the readiness check, the credentials.
+pub struct Endpoint {
+    metrics: &'static PrometheusHandle,
+    ready: Readiness,
+    auth: Option<BasicAuth>,
+}
+
+impl Endpoint {
+    /// An endpoint asking `ready` for `/readyz`; with `password`, every route but the
+    /// open ones ([`Route::is_open`]) needs Basic authentication as `admin`.
+    pub fn new(ready: Readiness, password: Option<&Secret>) -> Endpoint {
+        Endpoint {
+            metrics: recorder(),
+            ready,
+            auth: password.map(BasicAuth::new),
+        }
+    }
+
+    /// Whether a password protects the endpoint.
+    pub fn has_password(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// The answer to `method path` with `headers`. For HEAD, hyper sends the head of
+    /// this answer (with its Content-Length) and leaves the body out.
+    pub fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let route = Route::of(path);
+        if !route.is_open()
+            && let Some(auth) = &self.auth
+            && !auth.admits(headers)
+        {
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "authentication required: log in as admin with the password in [metrics] password_file\n",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
+            return response;
+        }
+        match route {
+            Route::Metrics => body(StatusCode::OK, PROMETHEUS_TEXT, self.metrics.render()),
+            Route::Healthz => text(StatusCode::OK, "ok\n"),
+            Route::Readyz => match (self.ready)() {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(reason) => body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {reason}\n"),
+                ),
+            },
+            Route::NotFound => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
+        }
+    }
+}
+
+fn text(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    body(status, TEXT, text)
+}
+
+fn body(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Whether only this host can reach `addr` (IPv4-mapped loopback included).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Serve `endpoint` on `listener` until the task is dropped (which ends the
+/// connections too).
+pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, authentication = endpoint.has_password(), "metrics and health endpoints");
+        if !is_loopback(addr) && !endpoint.has_password() {
+            warn!(
+                listen = %addr,
+                "the metrics endpoint is reachable from other hosts without a password: anyone who can \
+                 connect reads /metrics (message counts, upstream names, queue state). Set [metrics] \
+                 password_file (SMARTHOST__METRICS__PASSWORD_FILE) to require HTTP Basic authentication, \
+                 or listen on 127.0.0.1"
+            );
+        }
+    }
+    let endpoint = Arc::new(endpoint);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
+            connections.join_next().await;
+            continue;
+        }
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                connections.spawn(serve_connection(stream, peer, endpoint.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                debug!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 connection, as many requests as the client sends on it.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, endpoint: Arc<Endpoint>) {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let response = endpoint.respond(request.method(), request.uri().path(), request.headers());
+        debug!(client = %peer, method = %request.method(), path = request.uri().path(), status = response.status().as_u16(), "metrics request");
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        debug!(client = %peer, error = %e, "metrics connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(password: Option<&str>, ready: Result<(), String>) -> Endpoint {
+        let ready: Readiness = Arc::new(move || ready.clone());
+        Endpoint::new(ready, password.map(Secret::new).as_ref())
+    }
+
+    fn basic(credentials: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let token = base64::engine::general_purpose::STANDARD.encode(credentials);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {token}")).unwrap(),
+        );
+        headers
+    }
+
+    fn status(e: &Endpoint, method: Method, path: &str, headers: &HeaderMap) -> u16 {
+        e.respond(&method, path, headers).status().as_u16()
+    }
+
+    #[test]
+    fn routes_by_path() {
+        let e = endpoint(None, Ok(()));
+        let none = HeaderMap::new();
+        assert_eq!(status(&e, Method::GET, "/metrics", &none), 200);
+        assert_eq!(status(&e, Method::HEAD, "/healthz", &none), 200);
+        assert_eq!(status(&e, Method::GET, "/readyz", &none), 200);
+        assert_eq!(status(&e, Method::GET, "/", &none), 404);
+        assert_eq!(status(&e, Method::GET, "/metrics/", &none), 404);
+        let post = e.respond(&Method::POST, "/metrics", &none);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+    }
+
+    #[tokio::test]
+    async fn not_ready_is_503_with_the_reason() {
+        use http_body_util::BodyExt as _;
+        let e = endpoint(None, Err("spool full".into()));
+        let r = e.respond(&Method::GET, "/readyz", &HeaderMap::new());
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "not ready: spool full\n");
+    }
+
+    #[test]
+    fn a_password_guards_all_but_the_probes() {
+        let e = endpoint(Some("s3cret"), Ok(()));
+        let none = HeaderMap::new();
+        for path in ["/metrics", "/nope", "/"] {
+            let r = e.respond(&Method::GET, path, &none);
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(r.headers()[header::WWW_AUTHENTICATE], CHALLENGE);
+        }
+        assert_eq!(status(&e, Method::GET, "/healthz", &none), 200);
+        assert_eq!(status(&e, Method::GET, "/readyz", &none), 200);
+        assert_eq!(
+            status(&e, Method::GET, "/metrics", &basic("admin:s3cret")),
+            200
+        );
+        assert_eq!(
+            status(&e, Method::GET, "/nope", &basic("admin:s3cret")),
+            404
+        );
+        for wrong in [
+            "admin:s3cre",
+            "admin:s3cret ",
+            "root:s3cret",
+            "s3cret",
+            "admin:",
+        ] {
+            assert_eq!(
+                status(&e, Method::GET, "/metrics", &basic(wrong)),
+                401,
+                "{wrong}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_authorization_header_is_parsed_strictly() {
+        let auth = BasicAuth::new(&Secret::new("pw"));
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            auth.admits(&headers)
+        };
+        let token = base64::engine::general_purpose::STANDARD.encode("admin:pw");
+        assert!(with(&format!("Basic {token}")));
+        assert!(
+            with(&format!("basic {token}")),
+            "the scheme is case-insensitive"
+        );
+        assert!(with(&format!("BASIC  {token} ")));
+        assert!(!with(&format!("Bearer {token}")));
+        assert!(!with("Basic not-base64!"));
+        assert!(!with("Basic"));
+        assert!(!with(""));
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for (addr, want) in [
+            ("127.0.0.1:9025", true),
+            ("[::1]:9025", true),
+            ("[::ffff:127.0.0.1]:9025", true),
+            ("0.0.0.0:9025", false),
+            ("[::]:9025", false),
+            ("10.1.2.3:9025", false),
+        ] {
+            assert_eq!(is_loopback(addr.parse().unwrap()), want, "{addr}");
+        }
     }
 }

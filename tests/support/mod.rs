@@ -223,22 +223,124 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 /// `GET path` from the relay's HTTP endpoint at `addr` (metrics, health): the status
 /// code and the body. Bounded by [`HANG_GUARD`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut response = String::new();
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await?;
-        stream.read_to_string(&mut response).await
-    };
-    within(&format!("GET {path}"), exchange).await.unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let response = http_request(addr, "GET", path, &[]).await;
+    (response.status, response.body)
+}
+
+/// `method path` with `headers` on a new connection to the relay's HTTP endpoint at
+/// `addr` (`Connection: close` is added). Bounded by [`HANG_GUARD`].
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut connection = HttpConnection::open(addr).await;
+    let mut headers = headers.to_vec();
+    headers.push(("Connection", "close"));
+    connection.request(method, path, &headers).await
+}
+
+/// An HTTP/1.1 response as [`HttpConnection`] reads it.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The header fields, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty for HEAD).
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the first header field named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 client connection that sends requests one after the other (keep-alive)
+/// and reads each response by its Content-Length. Every exchange is bounded by
+/// [`HANG_GUARD`].
+pub struct HttpConnection {
+    stream: tokio::io::BufReader<TcpStream>,
+}
+
+impl HttpConnection {
+    /// Connect to `addr`.
+    pub async fn open(addr: SocketAddr) -> HttpConnection {
+        let stream = within(&format!("connect to {addr}"), TcpStream::connect(addr))
+            .await
+            .expect("connect to the HTTP endpoint");
+        HttpConnection {
+            stream: tokio::io::BufReader::new(stream),
+        }
+    }
+
+    /// Send `method path` with `headers` (and `Host`) and read the response.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let exchange = async {
+            self.stream.get_mut().write_all(request.as_bytes()).await?;
+            let mut status_line = String::new();
+            self.stream.read_line(&mut status_line).await?;
+            let status = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
+            let mut headers = Vec::new();
+            loop {
+                let mut line = String::new();
+                if self.stream.read_line(&mut line).await? == 0 {
+                    break;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                let (name, value) = line.split_once(':').expect("a header field");
+                headers.push((name.to_owned(), value.trim().to_owned()));
+            }
+            let length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse::<usize>().expect("a Content-Length"));
+            let mut body = Vec::new();
+            match length {
+                _ if method == "HEAD" => {}
+                Some(n) => {
+                    body.resize(n, 0);
+                    self.stream.read_exact(&mut body).await?;
+                }
+                None => {
+                    self.stream.read_to_end(&mut body).await?;
+                }
+            }
+            let body = String::from_utf8(body).expect("a UTF-8 body");
+            Ok::<_, std::io::Error>(HttpResponse {
+                status,
+                headers,
+                body,
+            })
+        };
+        within(&format!("{method} {path}"), exchange)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
 }
 
 /// Poll `check` every 20 ms until it returns `Some`, for at most [`HANG_GUARD`];

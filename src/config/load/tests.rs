@@ -1137,3 +1137,59 @@ fn auth_mistakes_name_the_key() {
         assert!(got.contains(want), "{got}\nwanted: {want}");
     }
 }
+
+#[test]
+fn metrics_password_file_is_read_trimmed_and_set_by_the_environment() {
+    let (_f, src) = file(MINIMAL);
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(c.metrics.password_file, None);
+    assert!(c.metrics.password.is_none());
+
+    let mut pw = tempfile::NamedTempFile::new().unwrap();
+    write!(pw, "p4ss word\r\n\n").unwrap();
+    let (_f, src) = file(&format!(
+        "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:0\"\npassword_file = \"{}\"\n",
+        pw.path().display()
+    ));
+    let c = load(&src, &[]).unwrap();
+    assert_eq!(c.metrics.password.as_ref().unwrap().expose(), "p4ss word");
+    assert!(
+        !format!("{:?}", c.metrics).contains("p4ss"),
+        "the password is never printed"
+    );
+
+    let (_f, src) = file(MINIMAL);
+    let path = pw.path().display().to_string();
+    let c = load(
+        &src,
+        &env(&[("SMARTHOST__METRICS__PASSWORD_FILE", path.as_str())]),
+    )
+    .unwrap();
+    assert_eq!(c.metrics.password.as_ref().unwrap().expose(), "p4ss word");
+    let c = load(&src, &env(&[("SMARTHOST__METRICS__PASSWORD_FILE", "")])).unwrap();
+    assert!(c.metrics.password.is_none(), "empty means none");
+}
+
+#[test]
+fn an_empty_metrics_password_file_names_the_key() {
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    let got = error(
+        &format!(
+            "{MINIMAL}[metrics]\npassword_file = \"{}\"\n",
+            pw.path().display()
+        ),
+        &[],
+    );
+    assert!(
+        got.contains("`metrics.password_file`") && got.contains("is empty"),
+        "{got}"
+    );
+    let got = error(
+        &format!("{MINIMAL}[metrics]\npassword_file = \"/nonexistent/pw\"\n"),
+        &[],
+    );
+    assert!(
+        got.contains("`metrics.password_file`") && got.contains("cannot read /nonexistent/pw"),
+        "{got}"
+    );
+}
