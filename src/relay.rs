@@ -160,7 +160,8 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
             }
             deliverer.usable()
         });
-        let endpoint = metrics::Endpoint::new(ready, config.metrics.password.as_ref());
+        let endpoint = metrics::Endpoint::new(ready, config.metrics.password.as_ref())
+            .with_status(status.clone());
         tokio::spawn(metrics::serve(listener, endpoint))
     });
     let listener = listener.spawn(state_rx);

@@ -126,3 +126,171 @@ async fn the_queue_shows_its_messages_and_why_they_wait() {
     assert_eq!(deferred, 1);
     handle.shutdown().await;
 }
+
+/// Every key `/api/status` documents, with the JSON type of its value (`null` allowed
+/// where a key is optional).
+fn assert_schema(json: &serde_json::Value) {
+    use serde_json::Value;
+    fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+    fn check(v: &Value, fields: &[(&str, &[&str])], what: &str) {
+        let object = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{what} is not an object: {v}"));
+        for (key, kinds) in fields {
+            let value = object
+                .get(*key)
+                .unwrap_or_else(|| panic!("{what} has no {key}: {v}"));
+            assert!(kinds.contains(&kind(value)), "{what}.{key} is {value}");
+        }
+        let known: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        for key in object.keys() {
+            assert!(
+                known.contains(&key.as_str()),
+                "{what}.{key} is not documented"
+            );
+        }
+    }
+    const N: &[&str] = &["number"];
+    const S: &[&str] = &["string"];
+    const NN: &[&str] = &["number", "null"];
+    const SN: &[&str] = &["string", "null"];
+    check(
+        json,
+        &[
+            ("generated_at", N),
+            ("hostname", S),
+            ("version", S),
+            ("started_at", N),
+            ("mode", S),
+            ("upstreams", &["array"]),
+            ("queue", &["object", "null"]),
+            ("per_minute", &["array"]),
+            ("events", &["array"]),
+        ],
+        "status",
+    );
+    for upstream in json["upstreams"].as_array().unwrap() {
+        check(
+            upstream,
+            &[
+                ("name", S),
+                ("kind", S),
+                ("state", S),
+                ("probe_at", NN),
+                ("in_flight", N),
+                ("max_connections", NN),
+                ("delivered_last_hour", N),
+                ("deferred_last_hour", N),
+                ("failed_attempts_last_hour", N),
+                ("last_error", SN),
+                ("last_error_at", NN),
+                ("rate_left", NN),
+                ("daily_left", NN),
+            ],
+            "upstream",
+        );
+    }
+    if !json["queue"].is_null() {
+        check(
+            &json["queue"],
+            &[
+                ("messages", N),
+                ("oldest_age_seconds", NN),
+                ("deferred_by_reason", &["object"]),
+            ],
+            "queue",
+        );
+    }
+    for minute in json["per_minute"].as_array().unwrap() {
+        let counts = [
+            "minute",
+            "received",
+            "delivered",
+            "deferred",
+            "failed",
+            "bounced",
+            "failed_attempts",
+        ];
+        let fields: Vec<(&str, &[&str])> = counts.iter().map(|k| (*k, N)).collect();
+        check(minute, &fields, "per_minute[]");
+    }
+    for event in json["events"].as_array().unwrap() {
+        let object = event.as_object().unwrap();
+        // rcpt and upstream are left out where they do not apply.
+        let mut fields: Vec<(&str, &[&str])> =
+            vec![("at", N), ("queue_id", S), ("kind", S), ("detail", S)];
+        for optional in ["rcpt", "upstream"] {
+            if object.contains_key(optional) {
+                fields.push((optional, S));
+            }
+        }
+        check(event, &fields, "events[]");
+    }
+}
+
+#[tokio::test]
+async fn api_status_serves_the_documented_json_behind_the_metrics_password() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("metrics-password");
+    std::fs::write(&password_file, "status-secret\n").unwrap();
+    let config = TestConfig::new(dir.path()).toml(&format!(
+        "[metrics]\npassword_file = \"{}\"\n",
+        password_file.display()
+    ));
+    let mut relay = Relay::start(config, dir).await;
+    let mut c = relay.client().await;
+    c.send_content("app@example.com", &["a@example.net"], CONTENT)
+        .await;
+    c.expect("QUIT", 221).await;
+    relay.wait_for_messages(1).await;
+
+    let http = relay.metrics_addr().unwrap();
+    for path in ["/", "/api/status"] {
+        let refused = support::http_request(http, "GET", path, &[]).await;
+        assert_eq!(refused.status, 401, "{path}: {}", refused.body);
+    }
+    let login = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:status-secret")
+    );
+    let auth = [("Authorization", login.as_str())];
+    let api = support::http_request(http, "GET", "/api/status", &auth).await;
+    assert_eq!(api.status, 200, "{}", api.body);
+    assert_eq!(api.header("Content-Type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert_schema(&json);
+    assert_eq!(json["upstreams"][0]["name"], "maildir");
+    assert!(!api.body.contains("status-secret"));
+
+    let page = support::http_request(http, "GET", "/", &auth).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("Content-Type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.header("Content-Security-Policy")
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert!(page.body.contains("id=\"throughput-chart\""));
+    // No external assets: nothing is loaded from another origin.
+    for reference in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(
+            !page.body.contains(reference),
+            "the page loads {reference}..."
+        );
+    }
+    relay.shutdown().await;
+}

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::status::{self, StatusSource};
 use crate::config::Secret;
 use crate::telemetry::name;
 
@@ -78,6 +79,12 @@ const CHALLENGE: &str = "Basic realm=\"smarthost\", charset=\"UTF-8\"";
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// The status page's own inline style and script, its data from this origin, nothing
+/// from anywhere else.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Bind the endpoint; fails before anything is served if the address is unusable.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -88,6 +95,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// [`Endpoint::respond`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `/`: the status page.
+    StatusPage,
+    /// `/api/status`: the status page's data as JSON.
+    StatusApi,
     /// `/metrics`: Prometheus text format.
     Metrics,
     /// `/healthz`: the process is alive.
@@ -102,6 +113,8 @@ impl Route {
     /// The route of a request path (without the query).
     pub fn of(path: &str) -> Route {
         match path {
+            "/" => Route::StatusPage,
+            "/api/status" => Route::StatusApi,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
@@ -167,6 +180,7 @@ pub struct Endpoint {
     metrics: &'static PrometheusHandle,
     ready: Readiness,
     auth: Option<BasicAuth>,
+    status: Option<StatusSource>,
 }
 
 impl Endpoint {
@@ -177,7 +191,14 @@ impl Endpoint {
             metrics: recorder(),
             ready,
             auth: password.map(BasicAuth::new),
+            status: None,
         }
+    }
+
+    /// Serve the status page and `/api/status` from `status`.
+    pub fn with_status(mut self, status: StatusSource) -> Endpoint {
+        self.status = Some(status);
+        self
     }
 
     /// Whether a password protects the endpoint.
@@ -215,7 +236,32 @@ impl Endpoint {
             );
             return response;
         }
+        match (route, &self.status) {
+            (Route::StatusPage, Some(status)) => {
+                let mut response = body(StatusCode::OK, HTML, status::page(&status.status()));
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(PAGE_POLICY),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return response;
+            }
+            (Route::StatusApi, Some(status)) => {
+                let json = serde_json::to_string(&status.status()).expect("the status serializes");
+                let mut response = body(StatusCode::OK, JSON, json);
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return response;
+            }
+            _ => {}
+        }
         match route {
+            Route::StatusPage | Route::StatusApi => text(
+                StatusCode::NOT_FOUND,
+                "no status page here; try /metrics, /healthz or /readyz\n",
+            ),
             Route::Metrics => body(StatusCode::OK, PROMETHEUS_TEXT, self.metrics.render()),
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz => match (self.ready)() {
@@ -226,7 +272,10 @@ impl Endpoint {
                     format!("not ready: {reason}\n"),
                 ),
             },
-            Route::NotFound => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
+            Route::NotFound => text(
+                StatusCode::NOT_FOUND,
+                "try / (status page), /api/status, /metrics, /healthz or /readyz\n",
+            ),
         }
     }
 }
