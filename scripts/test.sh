@@ -5,7 +5,8 @@
 #   ./scripts/test.sh --test cli      # arguments go to `cargo test`
 #
 # Extras are Python modules used by interop tests (e.g. an independent DKIM verifier),
-# and programs some tests drive (headless Chromium for the status page).
+# and programs some tests drive (headless Chromium for the status page, redis-server for
+# the replicas' shared store).
 # A module python3 can already import is used as it is; a missing one is installed with
 # pip into $CARGO_TARGET_DIR/test-python (default target/test-python), which is put on
 # PYTHONPATH for the tests. Nothing is installed system-wide, so this also works where
@@ -51,9 +52,12 @@ for extra in "${EXTRAS[@]}"; do
 done
 
 # Programs some tests drive (command -> Debian package): headless Chromium renders the
-# status page. A missing one is installed with apt-get (as root, or with sudo -n).
+# status page; redis-server is the store several replicas share (each test starts its
+# own on 127.0.0.1 and a free port). A missing one is installed with apt-get (as root,
+# or with sudo -n).
 SYSTEM_EXTRAS=(
     "chromium chromium"
+    "redis-server redis-server"
 )
 
 apt_get() {

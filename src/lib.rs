@@ -19,11 +19,12 @@
 //! | [`transform`] | stage 3: pure rewrites: the header block, From/Sender/Reply-To and the `[[header_rule]]`s at acceptance, the upstream's `sender` policy, 7-bit conversion and DKIM at delivery |
 //! | [`queue`] | between spool and delivery: the scheduler (retries, bounces, outcomes the disk cannot take yet, disk guard, `queue` requests) and the passthrough hand-off |
 //! | [`deliver`] | stage 4: the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
+//! | [`cluster`] | what several replicas share through a Redis-protocol store: upstream budgets, the live replicas |
 //! | [`config`] | typed configuration: layering, environment, validation per section, provider presets |
-//! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `route`, `send`, `user`, and the metrics/health HTTP endpoint |
+//! | [`ops`] | what operators run: `check`, `queue`, `dkim`, `oauth login`, `route`, `send`, `user`, and the HTTP endpoint (status page, metrics, health) |
 //! | [`relay`] | wiring the stages together, reload, graceful shutdown |
 //! | [`message`] | what flows between stages: queue id, envelope, content |
-//! | [`telemetry`] | metric names and descriptions: a leaf every stage records to |
+//! | [`telemetry`] | metric names and descriptions, and the recent activity the status page shows: a leaf every stage records to |
 //! | [`tls`] | rustls set-up from PEM files, shared by SMTP and HTTPS |
 //!
 //! In queue mode a client hears `250` only once the message is fsync'd in the spool; in
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod message;

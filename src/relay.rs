@@ -87,6 +87,8 @@ pub struct RelayHandle {
     control: ListenerControl,
     running: std::sync::Mutex<Arc<Config>>,
     status: StatusSource,
+    /// The `[cluster]` heartbeat, if there is a cluster.
+    heartbeat: Option<JoinHandle<()>>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -164,6 +166,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
             .with_status(status.clone());
         tokio::spawn(metrics::serve(listener, endpoint))
     });
+    let heartbeat = deliverer.cluster().map(|cluster| cluster.spawn_heartbeat());
     let listener = listener.spawn(state_rx);
     info!(listen = ?addrs, hostname = %config.server.hostname, "smarthost accepting mail");
     Ok(RelayHandle {
@@ -179,6 +182,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         control,
         running: std::sync::Mutex::new(config.clone()),
         status,
+        heartbeat,
     })
 }
 
@@ -204,7 +208,12 @@ impl RelayHandle {
         let mut notes = Vec::new();
         let listeners =
             |c: &Config| -> Vec<_> { c.listener.iter().map(|l| (l.address, l.tls)).collect() };
-        let restart_only: [(&str, bool); 8] = [
+        let cluster = |c: &Config| {
+            let k = &c.cluster;
+            (k.store.clone(), k.node.clone(), k.namespace.clone())
+        };
+        let restart_only: [(&str, bool); 9] = [
+            ("cluster", cluster(&old) != cluster(&config)),
             ("server.listen", old.server.listen != config.server.listen),
             ("listener", listeners(&old) != listeners(&config)),
             (
@@ -295,6 +304,9 @@ impl RelayHandle {
         // Say goodbye to upstreams instead of dropping pooled connections.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.deliverer.close_idle()).await;
         if let Some(task) = self.metrics_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.heartbeat.take() {
             task.abort();
         }
         info!("smarthost stopped");

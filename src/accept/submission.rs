@@ -158,9 +158,9 @@ impl UserBudgets {
         let mut entry = self
             .budgets
             .entry(user.name.clone())
-            .or_insert_with(|| (rate, Arc::new(Budget::new(Some(rate), None))));
+            .or_insert_with(|| (rate, Arc::new(Budget::with_burst(rate))));
         if entry.0 != rate {
-            *entry = (rate, Arc::new(Budget::new(Some(rate), None)));
+            *entry = (rate, Arc::new(Budget::with_burst(rate)));
         }
         Some(entry.1.clone())
     }

@@ -79,6 +79,36 @@ pub struct Config {
     /// `trusted_networks` may send after AUTH over TLS.
     #[serde(default)]
     pub listener: Vec<ListenerConfig>,
+    /// `[cluster]`: what several replicas share through a Redis-protocol store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: replicas share each upstream's `rate_limit` and `daily_limit` through a
+/// Redis-protocol store (Valkey, Redis 6 or later). Without `store`, each relay keeps
+/// its budgets to itself.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port/db`; a password in it is never logged.
+    pub store: Option<Secret>,
+    /// A file holding the store's password (Docker and Kubernetes secrets).
+    pub store_password_file: Option<PathBuf>,
+    /// This replica's name in the store (default: the host name).
+    pub node: Option<String>,
+    /// Prefix of every key, so that two clusters can share one store.
+    pub namespace: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            store: None,
+            store_password_file: None,
+            node: None,
+            namespace: "smarthost".into(),
+        }
+    }
 }
 
 /// `[[listener]]`: a submission port (587 with STARTTLS, 465 with implicit TLS). Clients

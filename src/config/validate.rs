@@ -25,6 +25,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Invalid> {
     header_rules(&config.header_rule)?;
     auth(&mut config.auth)?;
     listeners(&config.listener, &config.server)?;
+    cluster(&mut config.cluster)?;
     metrics(&mut config.metrics)?;
     route::routes(&config.route, &config.upstream)
 }
@@ -381,6 +382,79 @@ fn metrics(metrics: &mut MetricsConfig) -> Result<(), Invalid> {
         ));
     }
     metrics.password = Some(Secret::new(password));
+    Ok(())
+}
+
+/// `[cluster]`: a `redis://` store, the password file read, a node name.
+fn cluster(cluster: &mut super::ClusterConfig) -> Result<(), Invalid> {
+    if cluster
+        .store
+        .as_ref()
+        .is_some_and(|s| s.expose().trim().is_empty())
+    {
+        cluster.store = None;
+    }
+    let Some(store) = &cluster.store else {
+        if cluster.store_password_file.is_some() {
+            return Err((
+                "cluster.store_password_file".into(),
+                "is set but cluster.store is not: give the store's URL, e.g. \"redis://valkey:6379/0\"".into(),
+            ));
+        }
+        return Ok(());
+    };
+    let url = store.expose();
+    if url.starts_with("rediss://") {
+        return Err((
+            "cluster.store".into(),
+            "rediss:// (TLS to the store) is not supported yet: use redis:// on a private network"
+                .into(),
+        ));
+    }
+    if !url.starts_with("redis://") {
+        return Err((
+            "cluster.store".into(),
+            "must be a redis:// URL, e.g. \"redis://valkey:6379/0\" (Valkey, or Redis 6 or later)"
+                .into(),
+        ));
+    }
+    if let Some(file) = &cluster.store_password_file {
+        let password = std::fs::read_to_string(file).map_err(|e| {
+            (
+                "cluster.store_password_file".into(),
+                format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err((
+                "cluster.store_password_file".into(),
+                format!(
+                    "{} is empty: put the store's password in it",
+                    file.display()
+                ),
+            ));
+        }
+        let rest = &url["redis://".len()..];
+        if rest.contains('@') {
+            return Err((
+                "cluster.store_password_file".into(),
+                "cluster.store already has credentials: give the password in one place".into(),
+            ));
+        }
+        let encoded =
+            percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+        cluster.store = Some(Secret::new(format!("redis://:{encoded}@{rest}")));
+    }
+    if cluster.namespace.is_empty() || cluster.namespace.contains(char::is_whitespace) {
+        return Err((
+            "cluster.namespace".into(),
+            "must be a non-empty name without spaces".into(),
+        ));
+    }
+    if cluster.node.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        cluster.node = None;
+    }
     Ok(())
 }
 

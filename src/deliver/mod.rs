@@ -28,6 +28,7 @@ use breaker::Recoveries;
 
 use tracing::{info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::{Config, UpstreamUrl};
 use crate::message::{Handoff, HandoffError, HandoffFuture};
 use crate::message::{Message, QueueId};
@@ -91,6 +92,9 @@ pub enum SetupError {
         /// Why.
         source: crate::tls::TlsSetupError,
     },
+    /// `[cluster] store` is unusable.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// One configured destination.
@@ -122,6 +126,8 @@ pub struct Deliverer {
     recovered: Arc<Recoveries>,
     /// Recent outcomes, for the status page.
     activity: Arc<Activity>,
+    /// The other replicas' shared budgets (`[cluster]`); fixed at start.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The upstreams and the transformer in force; replaced as a whole on reload, while a
@@ -140,7 +146,8 @@ impl Deliverer {
         transformer: Arc<Transformer>,
     ) -> Result<Deliverer, SetupError> {
         let recovered = Arc::new(Recoveries::default());
-        let targets = build_upstreams(config, &recovered)?;
+        let cluster = Cluster::from_config(&config.cluster)?;
+        let targets = build_upstreams(config, &recovered, cluster.as_ref())?;
         Ok(Deliverer {
             routing: RwLock::new(Arc::new(Routing {
                 targets: Arc::new(targets),
@@ -149,7 +156,13 @@ impl Deliverer {
             })),
             recovered,
             activity: Arc::default(),
+            cluster,
         })
+    }
+
+    /// The cluster this relay shares budgets with, if `[cluster] store` is set.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The recent activity every stage of this relay records to.
@@ -164,7 +177,7 @@ impl Deliverer {
         config: &Config,
         transformer: Arc<Transformer>,
     ) -> Result<(), SetupError> {
-        let targets = build_upstreams(config, &self.recovered)?;
+        let targets = build_upstreams(config, &self.recovered, self.cluster.as_ref())?;
         let new = Arc::new(Routing {
             targets: Arc::new(targets),
             transformer,
@@ -198,6 +211,7 @@ impl Deliverer {
 fn build_upstreams(
     config: &Config,
     recovered: &Arc<Recoveries>,
+    cluster: Option<&Arc<Cluster>>,
 ) -> Result<Vec<Upstream>, SetupError> {
     let mut targets = Vec::new();
     for up in &config.upstream {
@@ -222,7 +236,8 @@ fn build_upstreams(
                         name: name.clone(),
                         source,
                     })?
-                    .with_recovery_signal(recovered.clone());
+                    .with_recovery_signal(recovered.clone())
+                    .with_cluster(cluster);
                 UpstreamKind::Smtp(Arc::new(smtp))
             }
         };

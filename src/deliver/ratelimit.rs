@@ -1,5 +1,11 @@
-//! Per-upstream sending budgets: a rate (`rate_limit = "30/min"`) and a daily quota
-//! (`daily_limit`). Mail over budget is held in the queue, not failed.
+//! Sending budgets: a rate (`rate_limit = "30/min"`) and a daily quota (`daily_limit`).
+//! Mail over an upstream's budget is held in the queue, not failed.
+//!
+//! An upstream's rate is spread evenly: one message every period/N, so no window of the
+//! period ever holds more than N (providers count per sliding minute, and a burst of N
+//! followed by the steady rate would let 2N−1 through in the first minute of a backlog).
+//! A submitting user's rate ([`Budget::with_burst`]) allows N at once instead: an app
+//! that hands over a handful of messages together should not hear `450` for the second.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,13 +17,15 @@ use crate::config::RateLimit;
 pub struct Budget {
     rate: Option<RateLimit>,
     daily: Option<u64>,
+    /// Whether up to N may go at once (else one every period/N).
+    burst: bool,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// GCRA "theoretical arrival time" (RFC-less but standard): the next send is free at
-    /// `tat - period` or later.
+    /// GCRA "theoretical arrival time": the next send is free at `tat - tolerance` or
+    /// later, where the tolerance is 0 (evenly spread) or `period - period/N` (bursts).
     tat: Option<SystemTime>,
     day: u64,
     sent_today: u64,
@@ -26,13 +34,43 @@ struct State {
 const DAY: u64 = 86_400;
 
 impl Budget {
-    /// A budget from the upstream's configuration.
+    /// An upstream's budget: the rate spread evenly, and the daily quota.
     pub fn new(rate: Option<RateLimit>, daily: Option<u64>) -> Budget {
         Budget {
             rate,
             daily,
+            burst: false,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// A budget that lets up to N go at once, then one every period/N.
+    pub fn with_burst(rate: RateLimit) -> Budget {
+        Budget {
+            rate: Some(rate),
+            daily: None,
+            burst: true,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// How far ahead of the theoretical arrival time a send may be.
+    fn tolerance(&self, rate: RateLimit) -> Duration {
+        if self.burst {
+            rate.per - rate.per / rate.count
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The rate limit, if any.
+    pub fn rate(&self) -> Option<RateLimit> {
+        self.rate
+    }
+
+    /// The daily limit, if any.
+    pub fn daily(&self) -> Option<u64> {
+        self.daily
     }
 
     /// Whether any limit is configured.
@@ -52,18 +90,15 @@ impl Budget {
                 limit
             }
         });
+        // Of the next window of the period: N less those the sends so far have spoken
+        // for (each one moves `tat` on by period/N).
         let rate = self.rate.map(|rate| {
-            let interval = rate.per / rate.count;
-            let Some(tat) = state.tat.filter(|tat| *tat > now) else {
-                return u64::from(rate.count);
-            };
-            // `take` allows the k-th send from now while now >= tat - per + k * interval.
-            let allowed_from = tat.checked_sub(rate.per).unwrap_or(UNIX_EPOCH);
-            now.duration_since(allowed_from)
-                .map_or(0, |room| {
-                    (room.as_nanos() / interval.as_nanos().max(1)) as u64
-                })
-                .min(u64::from(rate.count))
+            let interval = (rate.per / rate.count).as_nanos().max(1);
+            let ahead = state
+                .tat
+                .and_then(|tat| tat.duration_since(now).ok())
+                .map_or(0, |d| d.as_nanos().div_ceil(interval) as u64);
+            u64::from(rate.count).saturating_sub(ahead)
         });
         (rate, daily)
     }
@@ -85,9 +120,9 @@ impl Budget {
         if let Some(rate) = self.rate {
             let interval = rate.per / rate.count;
             let tat = state.tat.unwrap_or(now).max(now);
-            let allowed_from = tat.checked_sub(rate.per).unwrap_or(UNIX_EPOCH);
-            if now < allowed_from + interval {
-                return Err(allowed_from + interval);
+            let free_at = tat.checked_sub(self.tolerance(rate)).unwrap_or(UNIX_EPOCH);
+            if now < free_at {
+                return Err(free_at);
             }
             state.tat = Some(tat + interval);
         }
@@ -100,15 +135,43 @@ impl Budget {
 mod tests {
     use super::*;
 
+    fn rate(count: u32, secs: u64) -> RateLimit {
+        RateLimit {
+            count,
+            per: Duration::from_secs(secs),
+        }
+    }
+
     #[test]
-    fn allows_a_burst_of_the_rate_then_spaces_messages() {
-        let b = Budget::new(
-            Some(RateLimit {
-                count: 30,
-                per: Duration::from_secs(60),
-            }),
-            None,
-        );
+    fn an_upstream_rate_is_spread_evenly_and_no_window_holds_more_than_n() {
+        let b = Budget::new(Some(rate(30, 60)), None);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(b.take(t0).is_ok());
+        // The next one only after 60 s / 30.
+        assert_eq!(b.take(t0), Err(t0 + Duration::from_secs(2)));
+        // A backlog sent as fast as the budget allows, over three minutes.
+        let mut sent = vec![t0];
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(180) {
+            match b.take(now) {
+                Ok(()) => sent.push(now),
+                Err(next) => now = next,
+            }
+        }
+        for (i, start) in sent.iter().enumerate() {
+            let in_window = sent[i..]
+                .iter()
+                .take_while(|t| **t < *start + Duration::from_secs(60))
+                .count();
+            assert!(in_window <= 30, "{in_window} in the minute from {start:?}");
+        }
+        // One every 2 s for 180 s.
+        assert_eq!(sent.len(), 90);
+    }
+
+    #[test]
+    fn a_users_rate_allows_a_burst_then_spaces_messages() {
+        let b = Budget::with_burst(rate(30, 60));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         for _ in 0..30 {
             assert!(b.take(t0).is_ok());
@@ -120,25 +183,24 @@ mod tests {
     }
 
     #[test]
-    fn left_counts_down_with_each_message_and_refills_with_time() {
-        let b = Budget::new(
-            Some(RateLimit {
-                count: 3,
-                per: Duration::from_secs(60),
-            }),
-            Some(10),
-        );
+    fn left_counts_what_the_next_window_still_allows() {
+        let b = Budget::new(Some(rate(3, 60)), Some(10));
         let t0 = UNIX_EPOCH + Duration::from_secs(20_000 * DAY + 100);
         assert_eq!(b.left(t0), (Some(3), Some(10)));
-        for expected in [2, 1, 0] {
-            b.take(t0).unwrap();
-            assert_eq!(b.left(t0).0, Some(expected));
-        }
+        b.take(t0).unwrap();
+        assert_eq!(b.left(t0), (Some(2), Some(9)));
         assert!(b.take(t0).is_err());
-        assert_eq!(b.left(t0).1, Some(7));
-        // One interval (20 s) later one more may go; a whole period later all three.
-        assert_eq!(b.left(t0 + Duration::from_secs(20)).0, Some(1));
-        assert_eq!(b.left(t0 + Duration::from_secs(60)).0, Some(3));
+        // 20 s later the next one may go; after it, one interval is spoken for again.
+        let t1 = t0 + Duration::from_secs(20);
+        assert_eq!(b.left(t1).0, Some(3));
+        b.take(t1).unwrap();
+        assert_eq!(b.left(t1), (Some(2), Some(8)));
+        let burst = Budget::with_burst(rate(3, 60));
+        for expected in [2, 1, 0] {
+            burst.take(t0).unwrap();
+            assert_eq!(burst.left(t0).0, Some(expected));
+        }
+        assert_eq!(burst.left(t0 + Duration::from_secs(20)).0, Some(1));
         assert_eq!(Budget::new(None, None).left(t0), (None, None));
     }
 

@@ -34,7 +34,7 @@ pub struct UpstreamState {
     pub last_error: Option<String>,
     /// When that was (Unix time).
     pub last_error_at: Option<u64>,
-    /// Messages its `rate_limit` lets go now (none: no rate limit).
+    /// How many more the next window of its `rate_limit` allows (none: no rate limit).
     pub rate_left: Option<u64>,
     /// What is left of today's `daily_limit` (none: no daily limit).
     pub daily_left: Option<u64>,
@@ -86,7 +86,7 @@ impl Deliverer {
                     state.last_error = Some(error);
                     state.last_error_at = Some(unix(at));
                 }
-                (state.rate_left, state.daily_left) = up.budget.left(wall);
+                (state.rate_left, state.daily_left) = up.budget_left();
                 state
             })
             .collect()

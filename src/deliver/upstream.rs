@@ -16,6 +16,7 @@ use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
 use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
 use super::ratelimit::Budget;
+use crate::cluster::{Cluster, SharedBudget, Verdict};
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
 use crate::proto::{Address, Response, ReversePath};
@@ -60,8 +61,10 @@ pub struct SmtpUpstream {
     idle: Mutex<Vec<Idle>>,
     /// Health: skipped while open.
     pub breaker: Breaker,
-    /// Sending budget (`rate_limit`, `daily_limit`).
+    /// Sending budget (`rate_limit`, `daily_limit`) of this replica.
     pub budget: Budget,
+    /// The same budget shared by every replica of a `[cluster]`, when there is one.
+    pub shared: Option<SharedBudget>,
     /// The last failed attempt: when, and what went wrong (for the status page).
     last_error: Mutex<Option<(SystemTime, String)>>,
 }
@@ -163,7 +166,38 @@ impl SmtpUpstream {
             idle: Mutex::new(Vec::new()),
             breaker: breaker(&config.delivery, up.timeout),
             budget: Budget::new(up.rate_limit, up.daily_limit),
+            shared: None,
         })
+    }
+
+    /// Share this upstream's budget with the other replicas of `cluster`.
+    pub fn with_cluster(mut self, cluster: Option<&Arc<Cluster>>) -> SmtpUpstream {
+        self.shared = cluster.and_then(|c| {
+            let (rate, daily) = (self.budget.rate(), self.budget.daily());
+            SharedBudget::new(c.clone(), &self.name, rate, daily)
+        });
+        self
+    }
+
+    /// Take one message from the sending budget (the cluster's when shared), or say
+    /// when the next one may go.
+    pub async fn take_budget(&self) -> Result<(), SystemTime> {
+        match &self.shared {
+            Some(shared) => match shared.take().await {
+                Verdict::Go => Ok(()),
+                Verdict::WaitUntil(until) => Err(until),
+            },
+            None => self.budget.take(SystemTime::now()),
+        }
+    }
+
+    /// What the budget still allows: the next window's room and today's rest.
+    pub fn budget_left(&self) -> (Option<u64>, Option<u64>) {
+        let now = SystemTime::now();
+        match &self.shared {
+            Some(shared) => shared.left(now),
+            None => self.budget.left(now),
+        }
     }
 
     /// Notify `signal` when this upstream's breaker closes after having been open.

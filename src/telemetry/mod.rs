@@ -43,6 +43,10 @@ pub mod name {
     pub const AUTH_FAILURES: &str = "smarthost_auth_failures_total";
     /// Client addresses locked out after `[auth] max_failures` failed attempts.
     pub const AUTH_LOCKOUTS: &str = "smarthost_auth_lockouts_total";
+    /// 1 while the `[cluster]` store answers, 0 while budgets fall back to local shares.
+    pub const CLUSTER_STORE_UP: &str = "smarthost_cluster_store_up";
+    /// Live replicas at the last heartbeat that reached the store.
+    pub const CLUSTER_NODES: &str = "smarthost_cluster_nodes";
 }
 
 /// Describe every metric to the installed recorder (units and help texts).
@@ -98,6 +102,14 @@ pub fn describe() {
     describe_counter!(
         name::AUTH_FAILURES,
         "Failed SMTP AUTH attempts (wrong user name or password)"
+    );
+    describe_gauge!(
+        name::CLUSTER_STORE_UP,
+        "1 while the cluster store answers; 0 while each replica uses a local share of the budgets"
+    );
+    describe_gauge!(
+        name::CLUSTER_NODES,
+        "Live replicas at the last heartbeat that reached the cluster store"
     );
     describe_counter!(
         name::AUTH_LOCKOUTS,

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 pub mod config;
 pub mod maildir;
 pub mod process;
+pub mod redis;
 pub mod smtp;
 pub mod tls;
 
@@ -123,6 +124,11 @@ impl Relay {
             .expect("the relay runs")
             .local_addrs()
             .to_vec()
+    }
+
+    /// The relay's status, as `/api/status` serves it.
+    pub fn status(&self) -> smarthost::ops::status::Status {
+        self.handle.as_ref().expect("the relay runs").status()
     }
 
     /// The Maildir the relay delivers into.

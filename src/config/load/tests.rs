@@ -1193,3 +1193,55 @@ fn an_empty_metrics_password_file_names_the_key() {
         "{got}"
     );
 }
+
+#[test]
+fn cluster_store_from_the_environment_with_its_password_from_a_file() {
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pw.path(), "p@ss word\n").unwrap();
+    let (_f, src) = file(MINIMAL);
+    let path = pw.path().display().to_string();
+    let vars = env(&[
+        ("SMARTHOST__CLUSTER__STORE", "redis://valkey:6379/0"),
+        ("SMARTHOST__CLUSTER__STORE_PASSWORD_FILE", &path),
+        ("SMARTHOST__CLUSTER__NODE", "relay-1"),
+    ]);
+    let config = load(&src, &vars).unwrap();
+    let store = config.cluster.store.as_ref().unwrap();
+    assert_eq!(store.expose(), "redis://:p%40ss%20word@valkey:6379/0");
+    assert_eq!(format!("{store:?}"), "<redacted>");
+    assert_eq!(config.cluster.node.as_deref(), Some("relay-1"));
+    assert_eq!(config.cluster.namespace, "smarthost");
+}
+
+#[test]
+fn cluster_mistakes_name_the_key() {
+    let got = error(
+        &format!("{MINIMAL}[cluster]\nstore = \"rediss://v:6380\"\n"),
+        &[],
+    );
+    assert!(
+        got.contains("`cluster.store`") && got.contains("not supported yet"),
+        "{got}"
+    );
+    let got = error(
+        &format!("{MINIMAL}[cluster]\nstore = \"valkey:6379\"\n"),
+        &[],
+    );
+    assert!(
+        got.contains("`cluster.store`") && got.contains("redis://"),
+        "{got}"
+    );
+    let got = error(
+        &format!("{MINIMAL}[cluster]\nstore_password_file = \"/x\"\n"),
+        &[],
+    );
+    assert!(got.contains("`cluster.store_password_file`"), "{got}");
+    let got = error(
+        &format!("{MINIMAL}[cluster]\nstore = \"redis://:secret@v:6379\"\nnamespace = \"a b\"\n"),
+        &[],
+    );
+    assert!(
+        got.contains("`cluster.namespace`") && !got.contains("secret"),
+        "{got}"
+    );
+}

@@ -44,7 +44,7 @@ pub(super) enum Attempt {
 
 /// Whether `target` may be tried now: its sending budget and its circuit breaker.
 /// Asked before the message is prepared for it, so a skipped upstream costs no signature.
-pub(super) fn admit(target: &Upstream, message: &Message) -> Result<Admission, Attempt> {
+pub(super) async fn admit(target: &Upstream, message: &Message) -> Result<Admission, Attempt> {
     let UpstreamKind::Smtp(up) = &target.kind else {
         return Ok(Admission::Allowed);
     };
@@ -59,7 +59,7 @@ pub(super) fn admit(target: &Upstream, message: &Message) -> Result<Admission, A
     if up.breaker.is_cooling_down(Instant::now()) {
         return skipped();
     }
-    if let Err(until) = up.budget.take(SystemTime::now()) {
+    if let Err(until) = up.take_budget().await {
         info!(queue_id = %message.id, upstream = %up.name, "held: sending budget of this upstream used up");
         return Err(Attempt::Held(until));
     }

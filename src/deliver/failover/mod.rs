@@ -275,7 +275,7 @@ impl Walk {
             .map(|i| self.status[*i].0.clone())
             .collect();
         let mut seven_bit = self.eight_bit && known_7bit(target);
-        let admission = match admit(target, message) {
+        let admission = match admit(target, message).await {
             Err(not_now) => return not_now,
             Ok(admission) => admission,
         };
