@@ -147,3 +147,51 @@ async fn without_the_store_a_replica_uses_its_share_and_loses_nothing() {
     .await;
     assert_eq!(fake.messages().len(), 6, "each message once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opened_by_one_replica_is_honoured_by_the_others() {
+    let store = RedisServer::start();
+    let fake = FakeUpstream::builder(Mode::Plain).start().await;
+    fake.set_healthy(false);
+    let limits = "";
+    let delivery = "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown = \"5m\"\n";
+    let replica_with = |node: &'static str| {
+        let (store, fake_url) = (store.url(), fake.plain_url());
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let config = TestConfig::new(dir.path()).toml(&format!(
+                "{delivery}[cluster]\nstore = \"{store}\"\nnode = \"{node}\"\n{}",
+                upstream("provider", &fake_url, limits)
+            ));
+            Relay::start(config, dir).await
+        }
+    };
+    let a = replica_with("a").await;
+    let b = replica_with("b").await;
+    send(&a, 1, "a").await;
+    wait_for("replica a's breaker open", || async {
+        (a.status().upstreams[0].state == "open").then_some(())
+    })
+    .await;
+    let tried = fake.connections();
+    assert!(tried >= 1);
+
+    // Replica b never tried the upstream itself, yet skips it.
+    send(&b, 1, "b").await;
+    let queue = wait_for("replica b deferring its message", || async {
+        let status = b.status();
+        let queue = status.queue.unwrap();
+        (!queue.deferred_by_reason.is_empty()).then_some(queue)
+    })
+    .await;
+    assert_eq!(
+        queue.deferred_by_reason.into_iter().collect::<Vec<_>>(),
+        [("circuit breaker open".to_owned(), 1)]
+    );
+    assert_eq!(
+        fake.connections(),
+        tried,
+        "replica b connected to an open upstream"
+    );
+    assert_eq!(b.status().upstreams[0].state, "open");
+}

@@ -6,6 +6,8 @@
 //!   `daily_limit` as one counter per UTC day that outlives restarts. Both are judged
 //!   by one script in the store ([`Cluster::take`]), on the store's clock, so replicas
 //!   with skewed clocks agree.
+//! - Each upstream's circuit breaker: a replica that opens it tells the others, which
+//!   skip the upstream until the cool-down ends; then one replica probes it.
 //! - The live replicas: each one announces itself every [`HEARTBEAT`], and is counted
 //!   while its announcement is younger than [`NODE_TTL`].
 //!
@@ -15,6 +17,7 @@
 //! log, exports `smarthost_cluster_store_up 0`, and goes back to the store when the
 //! next heartbeat reaches it.
 
+mod breaker;
 mod budget;
 
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{info, warn};
 
+pub use breaker::{ClusterBreaker, SharedBreaker};
 pub use budget::{SharedBudget, Verdict};
 
 use crate::config::ClusterConfig;
@@ -51,6 +55,9 @@ pub struct Cluster {
     nodes: AtomicUsize,
     take_script: redis::Script,
     heartbeat_script: redis::Script,
+    check_breaker_script: redis::Script,
+    open_breaker_script: redis::Script,
+    close_breaker_script: redis::Script,
 }
 
 /// One replica's announcement: add it with its expiry on the store's clock, forget the
@@ -90,6 +97,9 @@ impl Cluster {
             nodes: AtomicUsize::new(1),
             take_script: redis::Script::new(budget::TAKE_SCRIPT),
             heartbeat_script: redis::Script::new(HEARTBEAT_SCRIPT),
+            check_breaker_script: redis::Script::new(breaker::CHECK_SCRIPT),
+            open_breaker_script: redis::Script::new(breaker::OPEN_SCRIPT),
+            close_breaker_script: redis::Script::new(breaker::CLOSE_SCRIPT),
         })))
     }
 

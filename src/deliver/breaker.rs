@@ -116,6 +116,19 @@ impl Breaker {
         }
     }
 
+    /// How long the breaker stays open now, if it is open.
+    pub fn open_cooldown(&self) -> Option<Duration> {
+        match self.state() {
+            BreakerState::Open { cooldown, .. } => Some(cooldown),
+            _ => None,
+        }
+    }
+
+    /// The cool-down after the first opening.
+    pub fn base_cooldown(&self) -> Duration {
+        self.base_cooldown
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         *self.state.lock().expect("breaker lock")

@@ -80,6 +80,10 @@ impl Deliverer {
                     }
                     BreakerState::HalfOpen { .. } => ("half-open", None),
                 };
+                if state.state == "up" && up.shared_breaker.as_ref().is_some_and(|b| b.seen_open())
+                {
+                    state.state = "open";
+                }
                 state.in_flight = up.in_flight();
                 state.max_connections = Some(up.max_connections());
                 if let Some((at, error)) = up.last_error() {

@@ -16,7 +16,7 @@ use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
 use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
 use super::ratelimit::Budget;
-use crate::cluster::{Cluster, SharedBudget, Verdict};
+use crate::cluster::{Cluster, SharedBreaker, SharedBudget, Verdict};
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
 use crate::proto::{Address, Response, ReversePath};
@@ -65,6 +65,8 @@ pub struct SmtpUpstream {
     pub budget: Budget,
     /// The same budget shared by every replica of a `[cluster]`, when there is one.
     pub shared: Option<SharedBudget>,
+    /// The cluster's view of this upstream's breaker, when there is a `[cluster]`.
+    pub shared_breaker: Option<SharedBreaker>,
     /// The last failed attempt: when, and what went wrong (for the status page).
     last_error: Mutex<Option<(SystemTime, String)>>,
 }
@@ -167,6 +169,7 @@ impl SmtpUpstream {
             breaker: breaker(&config.delivery, up.timeout),
             budget: Budget::new(up.rate_limit, up.daily_limit),
             shared: None,
+            shared_breaker: None,
         })
     }
 
@@ -175,6 +178,11 @@ impl SmtpUpstream {
         self.shared = cluster.and_then(|c| {
             let (rate, daily) = (self.budget.rate(), self.budget.daily());
             SharedBudget::new(c.clone(), &self.name, rate, daily)
+        });
+        self.shared_breaker = cluster.map(|c| {
+            // A probe is one delivery attempt: it may take the whole data timeout.
+            let probe_timeout = self.endpoint.timeout + self.endpoint.data_timeout;
+            SharedBreaker::new(c.clone(), &self.name, probe_timeout)
         });
         self
     }

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use tracing::{info, warn};
 
 use super::Reason;
+use crate::cluster::ClusterBreaker;
 use crate::deliver::breaker::Admission;
 use crate::deliver::client::RcptReply;
 use crate::deliver::outcome::{Failure, Scope, Unsuitable};
@@ -59,6 +60,21 @@ pub(super) async fn admit(target: &Upstream, message: &Message) -> Result<Admiss
     if up.breaker.is_cooling_down(Instant::now()) {
         return skipped();
     }
+    // The other replicas' breaker, asked while this replica's own is closed.
+    let cluster_probe = match (&up.shared_breaker, up.breaker.is_up()) {
+        (Some(shared), true) => match shared.check().await {
+            ClusterBreaker::Open => {
+                info!(queue_id = %message.id, upstream = %up.name, "skipped: circuit breaker open on another replica");
+                return Err(Attempt::Skipped(Reason::Text(format!(
+                    "{}: skipped while its circuit breaker is open on another replica after repeated failures (that replica's log has the errors)",
+                    up.name
+                ))));
+            }
+            ClusterBreaker::Probe => true,
+            ClusterBreaker::Closed => false,
+        },
+        _ => false,
+    };
     if let Err(until) = up.take_budget().await {
         info!(queue_id = %message.id, upstream = %up.name, "held: sending budget of this upstream used up");
         return Err(Attempt::Held(until));
@@ -67,7 +83,11 @@ pub(super) async fn admit(target: &Upstream, message: &Message) -> Result<Admiss
     if admission == Admission::Skip {
         return skipped();
     }
-    Ok(admission)
+    Ok(if cluster_probe {
+        Admission::Probe
+    } else {
+        admission
+    })
 }
 
 /// The walk's [`Progress`] for one upstream: it hears indices into the pending
@@ -130,8 +150,14 @@ pub(super) async fn attempt(
     };
     let (settled, failure) = match up.send(message, pending, progress).await {
         Ok(replies) => {
-            if up.breaker.record_success() {
+            let recovered = up.breaker.record_success();
+            if recovered {
                 info!(upstream = %up.name, "circuit breaker closed: the upstream works again");
+            }
+            if let Some(shared) = &up.shared_breaker
+                && (recovered || admission == Admission::Probe)
+            {
+                shared.closed().await;
             }
             metrics::gauge!(crate::telemetry::name::UPSTREAM_UP, "upstream" => up.name.clone())
                 .set(1.0);
@@ -147,12 +173,24 @@ pub(super) async fn attempt(
     let up_gauge =
         metrics::gauge!(crate::telemetry::name::UPSTREAM_UP, "upstream" => up.name.clone());
     if failure.scope() == Scope::Upstream {
-        if up.breaker.record_failure(admission, Instant::now()) {
+        let opened = up.breaker.record_failure(admission, Instant::now());
+        if opened {
             warn!(upstream = %up.name, "circuit breaker opened: skipping this upstream for a while");
+        }
+        if let Some(shared) = &up.shared_breaker
+            && (opened || admission == Admission::Probe)
+        {
+            let cooldown = up.breaker.open_cooldown();
+            shared
+                .opened(cooldown.unwrap_or(up.breaker.base_cooldown()))
+                .await;
         }
     } else if admission == Admission::Probe {
         // The upstream answered; it is up even if this message did not suit it.
         up.breaker.record_success();
+        if let Some(shared) = &up.shared_breaker {
+            shared.closed().await;
+        }
     }
     up_gauge.set(if up.breaker.is_up() { 1.0 } else { 0.0 });
     warn!(queue_id = %message.id, upstream = %up.name, error = %failure, fix = fix.as_deref().unwrap_or(""), "attempt failed");
