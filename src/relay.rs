@@ -87,8 +87,8 @@ pub struct RelayHandle {
     control: ListenerControl,
     running: std::sync::Mutex<Arc<Config>>,
     status: StatusSource,
-    /// The `[cluster]` heartbeat, if there is a cluster.
-    heartbeat: Option<JoinHandle<()>>,
+    /// With a `[cluster]`: the heartbeat, and idle connections given back.
+    cluster_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
@@ -166,7 +166,13 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
             .with_status(status.clone());
         tokio::spawn(metrics::serve(listener, endpoint))
     });
-    let heartbeat = deliverer.cluster().map(|cluster| cluster.spawn_heartbeat());
+    let cluster_tasks: Vec<JoinHandle<()>> = match deliverer.cluster() {
+        Some(cluster) => vec![
+            cluster.spawn_heartbeat(),
+            tokio::spawn(deliverer.clone().return_idle_connections()),
+        ],
+        None => Vec::new(),
+    };
     let listener = listener.spawn(state_rx);
     info!(listen = ?addrs, hostname = %config.server.hostname, "smarthost accepting mail");
     Ok(RelayHandle {
@@ -182,7 +188,7 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
         control,
         running: std::sync::Mutex::new(config.clone()),
         status,
-        heartbeat,
+        cluster_tasks,
     })
 }
 
@@ -306,7 +312,7 @@ impl RelayHandle {
         if let Some(task) = self.metrics_task.take() {
             task.abort();
         }
-        if let Some(task) = self.heartbeat.take() {
+        for task in self.cluster_tasks.drain(..) {
             task.abort();
         }
         info!("smarthost stopped");

@@ -195,3 +195,31 @@ async fn a_breaker_opened_by_one_replica_is_honoured_by_the_others() {
     );
     assert_eq!(b.status().upstreams[0].state, "open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_across_replicas() {
+    let store = RedisServer::start();
+    let fake = FakeUpstream::builder(Mode::Plain).start().await;
+    // Each message takes a while, so that deliveries overlap.
+    fake.set_fault(Some(fake_upstream::Fault::SlowEndOfData(
+        Duration::from_millis(300),
+    )));
+    let limits = "max_connections = 2";
+    let a = replica(&store.url(), "a", &fake, limits).await;
+    let b = replica(&store.url(), "b", &fake, limits).await;
+    const EACH: usize = 6;
+    tokio::join!(send(&a, EACH, "a"), send(&b, EACH, "b"));
+    wait_for_up_to(
+        "every message delivered",
+        Duration::from_secs(30),
+        || async { (fake.messages().len() >= 2 * EACH).then_some(()) },
+    )
+    .await;
+    assert_eq!(fake.messages().len(), 2 * EACH, "each message once");
+    // Each replica alone may use 2; together they must not go over 2 either.
+    assert!(
+        fake.peak_connections() <= 2,
+        "{} connections at once",
+        fake.peak_connections()
+    );
+}

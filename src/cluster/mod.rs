@@ -8,6 +8,8 @@
 //!   with skewed clocks agree.
 //! - Each upstream's circuit breaker: a replica that opens it tells the others, which
 //!   skip the upstream until the cool-down ends; then one replica probes it.
+//! - Each upstream's `max_connections`: a connection in use holds a lease in the store,
+//!   renewed while held; a dead replica's leases expire.
 //! - The live replicas: each one announces itself every [`HEARTBEAT`], and is counted
 //!   while its announcement is younger than [`NODE_TTL`].
 //!
@@ -19,6 +21,7 @@
 
 mod breaker;
 mod budget;
+mod lease;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,6 +32,7 @@ use tracing::{info, warn};
 
 pub use breaker::{ClusterBreaker, SharedBreaker};
 pub use budget::{SharedBudget, Verdict};
+pub use lease::{ConnectionLease, LEASE_TTL, SharedConnections};
 
 use crate::config::ClusterConfig;
 use crate::telemetry::name;
@@ -58,6 +62,10 @@ pub struct Cluster {
     check_breaker_script: redis::Script,
     open_breaker_script: redis::Script,
     close_breaker_script: redis::Script,
+    acquire_lease_script: redis::Script,
+    renew_leases_script: redis::Script,
+    /// The connection leases this replica holds: name → lease set.
+    leases: dashmap::DashMap<String, String>,
 }
 
 /// One replica's announcement: add it with its expiry on the store's clock, forget the
@@ -100,6 +108,9 @@ impl Cluster {
             check_breaker_script: redis::Script::new(breaker::CHECK_SCRIPT),
             open_breaker_script: redis::Script::new(breaker::OPEN_SCRIPT),
             close_breaker_script: redis::Script::new(breaker::CLOSE_SCRIPT),
+            acquire_lease_script: redis::Script::new(lease::ACQUIRE_SCRIPT),
+            renew_leases_script: redis::Script::new(lease::RENEW_SCRIPT),
+            leases: dashmap::DashMap::new(),
         })))
     }
 
@@ -188,13 +199,43 @@ impl Cluster {
         }
     }
 
+    /// Extend every connection lease this replica holds.
+    async fn renew_leases(&self) {
+        let held: Vec<(String, String)> = self
+            .leases
+            .iter()
+            .map(|e| (e.value().clone(), e.key().clone()))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let mut invocation = self.renew_leases_script.prepare_invoke();
+        invocation.arg(LEASE_TTL.as_millis() as u64);
+        for (key, member) in &held {
+            invocation.key(key).arg(member);
+        }
+        let _ = self.request::<u64>(invocation).await;
+    }
+
+    /// Give a connection lease back.
+    async fn release(&self, key: &str, member: &str) {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("ZREM");
+        command.arg(key).arg(member);
+        let remove = command.query_async::<u64>(&mut connection);
+        // Not given back: it expires within LEASE_TTL.
+        let _ = tokio::time::timeout(STORE_TIMEOUT, remove).await;
+    }
+
     /// Heartbeats every [`HEARTBEAT`] until the task is dropped.
     pub fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let cluster = self.clone();
         info!(node = %cluster.node, namespace = %cluster.namespace, "cluster: sharing upstream budgets through the store");
         tokio::spawn(async move {
             loop {
-                cluster.heartbeat().await;
+                if cluster.heartbeat().await {
+                    cluster.renew_leases().await;
+                }
                 tokio::time::sleep(HEARTBEAT).await;
             }
         })

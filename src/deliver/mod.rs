@@ -130,6 +130,9 @@ pub struct Deliverer {
     cluster: Option<Arc<Cluster>>,
 }
 
+/// How long a connection may stay idle in a cluster before it is closed.
+pub const CLUSTER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The upstreams and the transformer in force; replaced as a whole on reload, while a
 /// delivery under way finishes with the one it started with.
 struct Routing {
@@ -389,6 +392,22 @@ impl Deliverer {
         for target in self.current().targets.iter() {
             if let UpstreamKind::Smtp(up) = &target.kind {
                 up.close_idle().await;
+            }
+        }
+    }
+
+    /// With a `[cluster]`: close connections idle for [`CLUSTER_IDLE`], every second,
+    /// so that a connection this replica does not use goes back to the cluster's
+    /// `max_connections` for the others. Runs until the task is dropped.
+    pub async fn return_idle_connections(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            for target in self.current().targets.iter() {
+                if let UpstreamKind::Smtp(up) = &target.kind
+                    && up.shares_connections()
+                {
+                    up.close_idle_older_than(CLUSTER_IDLE).await;
+                }
             }
         }
     }

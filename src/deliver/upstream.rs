@@ -16,7 +16,9 @@ use super::connect::{Endpoint, Event, Session, establish};
 use super::oauth::TokenManager;
 use super::outcome::{Failure, Stage, Unsuitable, is_too_many_recipients};
 use super::ratelimit::Budget;
-use crate::cluster::{Cluster, SharedBreaker, SharedBudget, Verdict};
+use crate::cluster::{
+    Cluster, ConnectionLease, SharedBreaker, SharedBudget, SharedConnections, Verdict,
+};
 use crate::config::{Config, DeliveryConfig, Secret, TlsMode, UpstreamConfig, UpstreamUrl};
 use crate::message::Message;
 use crate::proto::{Address, Response, ReversePath};
@@ -67,6 +69,8 @@ pub struct SmtpUpstream {
     pub shared: Option<SharedBudget>,
     /// The cluster's view of this upstream's breaker, when there is a `[cluster]`.
     pub shared_breaker: Option<SharedBreaker>,
+    /// `max_connections` across the cluster, when there is a `[cluster]`.
+    shared_connections: Option<SharedConnections>,
     /// The last failed attempt: when, and what went wrong (for the status page).
     last_error: Mutex<Option<(SystemTime, String)>>,
 }
@@ -95,6 +99,8 @@ struct Idle {
     session: Session,
     sent: usize,
     since: Instant,
+    /// The cluster's permission for this connection: held while it is open.
+    lease: Option<ConnectionLease>,
 }
 
 /// A connection in use, with its pool slot.
@@ -105,6 +111,9 @@ struct Lease {
     /// with it (a per-connection message cap, an idle timeout).
     reused: bool,
     _slot: OwnedSemaphorePermit,
+    /// The cluster's permission for this connection, with a `[cluster]`: held as long
+    /// as the connection is open, in use or idle (the provider counts both).
+    lease: Option<ConnectionLease>,
 }
 
 impl SmtpUpstream {
@@ -170,6 +179,7 @@ impl SmtpUpstream {
             budget: Budget::new(up.rate_limit, up.daily_limit),
             shared: None,
             shared_breaker: None,
+            shared_connections: None,
         })
     }
 
@@ -184,6 +194,8 @@ impl SmtpUpstream {
             let probe_timeout = self.endpoint.timeout + self.endpoint.data_timeout;
             SharedBreaker::new(c.clone(), &self.name, probe_timeout)
         });
+        self.shared_connections =
+            cluster.map(|c| SharedConnections::new(c.clone(), &self.name, self.max_connections));
         self
     }
 
@@ -355,15 +367,57 @@ impl SmtpUpstream {
                 sent: idle.sent,
                 reused: true,
                 _slot: slot,
+                lease: idle.lease,
             });
         }
+        let lease = match &self.shared_connections {
+            Some(shared) => Some(self.cluster_lease(shared).await?),
+            None => None,
+        };
         let session = self.open(&mut |_| {}).await?;
         Ok(Lease {
             session,
             sent: 0,
             reused: false,
             _slot: slot,
+            lease,
         })
+    }
+
+    /// Close idle connections older than `age`: in a cluster an idle connection holds
+    /// one of the cluster's `max_connections`, which another replica may be waiting for.
+    pub async fn close_idle_older_than(&self, age: Duration) {
+        let old: Vec<Idle> = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            let (old, keep) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|c| c.since.elapsed() >= age);
+            *idle = keep;
+            old
+        };
+        for conn in old {
+            conn.session.client.quit().await;
+        }
+    }
+
+    /// Whether this upstream's connections count against a cluster-wide cap.
+    pub fn shares_connections(&self) -> bool {
+        self.shared_connections.is_some()
+    }
+
+    /// A connection lease from the cluster, waiting up to the connect timeout for one
+    /// that another replica gives back.
+    async fn cluster_lease(&self, shared: &SharedConnections) -> Result<ConnectionLease, Failure> {
+        let deadline = tokio::time::Instant::now() + self.endpoint.timeout;
+        loop {
+            if let Some(lease) = shared.try_acquire().await {
+                return Ok(lease);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::Busy(self.max_connections));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn checkin(&self, lease: Lease) {
@@ -376,6 +430,7 @@ impl SmtpUpstream {
             session: lease.session,
             sent,
             since: Instant::now(),
+            lease: lease.lease,
         });
     }
 
@@ -513,6 +568,7 @@ impl SmtpUpstream {
             session: lease.session,
             sent: lease.sent,
             since: Instant::now(),
+            lease: lease.lease,
         });
     }
 }

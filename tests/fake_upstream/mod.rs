@@ -302,6 +302,8 @@ impl Builder {
             healthy: AtomicBool::new(true),
             fault: Mutex::new(None),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
             auth_failures: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
@@ -335,6 +337,9 @@ struct Shared {
     healthy: AtomicBool,
     fault: Mutex<Option<Fault>>,
     connections: AtomicUsize,
+    /// Connections open now, and the most open at once.
+    open: AtomicUsize,
+    peak: AtomicUsize,
     reads: AtomicUsize,
     auth_failures: AtomicUsize,
     /// Messages whose end of data is being held ([`Fault::HoldEndOfDataAfter`]).
@@ -403,6 +408,11 @@ impl FakeUpstream {
     /// Messages whose end of data was held so far ([`Fault::HoldEndOfDataAfter`]).
     pub fn held(&self) -> usize {
         self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once so far.
+    pub fn peak_connections(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
@@ -591,7 +601,25 @@ fn b64(text: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// Counts a connection as open while it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: &Arc<Shared>) -> OpenConnection {
+        let now = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak.fetch_max(now, Ordering::SeqCst);
+        OpenConnection(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: usize) {
+    let _open = OpenConnection::new(&shared);
     let mut conn = Conn {
         io: Box::new(tcp),
         buf: Vec::new(),
