@@ -3,14 +3,18 @@
 //! (the binary, [`Daemon`], whose only upstream is unreachable so its mail stays queued)
 //! and with no relay running on the spool. Every message must arrive exactly once with
 //! its pending recipients and its content, and leave the first queue only then; with
-//! the target unreachable nothing leaves.
+//! the target unreachable nothing leaves. A scripted target ([`fake_upstream`]) refuses
+//! recipients permanently (they stay queued, the others are handed over) and
+//! temporarily (the drain stops there).
 
+pub mod fake_upstream;
 pub mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use fake_upstream::{FakeUpstream, Mode};
 use smarthost::message::{Envelope, Message, QueueId, SpooledBody};
 use smarthost::proto::{Address, ReversePath};
 use smarthost::spool::{DeliveryState, RcptState, Spool};
@@ -299,5 +303,62 @@ async fn with_no_relay_running_the_command_drains_the_spool_itself() {
             ("large", &["c@example.net"]),
         ],
         &large,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_recipients_stay_queued_and_a_temporary_refusal_stops_the_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = stuck_config(tmp.path());
+    let spool_dir = tmp.path().join("spool");
+    let (mixed, busy, plain) = {
+        let spool = Spool::open(&spool_dir).unwrap();
+        (
+            seed(
+                &spool,
+                "mixed",
+                &["ok@example.net", "gone@example.net"],
+                0,
+                None,
+            )
+            .await,
+            seed(&spool, "busy", &["busy@example.net"], 0, None).await,
+            seed(&spool, "plain", &["plain@example.net"], 0, None).await,
+        )
+    };
+    let fake = FakeUpstream::builder(Mode::Plain)
+        .rcpt_reply_for("gone@example.net", "550 5.1.1 no such user")
+        .rcpt_reply_for("busy@example.net", "451 4.2.0 mailbox busy")
+        .start()
+        .await;
+    let run = drain(&config, &format!("127.0.0.1:{}", fake.port()), tmp.path()).await;
+    assert_code(&run, 1);
+    assert!(
+        run.stdout.contains(&format!(
+            "left {mixed}: refused: <gone@example.net>: 550 5.1.1 no such user"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("stopped at {busy}: refused for now")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("3 left in the queue"), "{run:?}");
+
+    // The accepted recipient went once; the refused one and the rest stay queued.
+    let got: Vec<Vec<String>> = fake.messages().into_iter().map(|m| m.rcpts).collect();
+    assert_eq!(got, [["ok@example.net"]]);
+    let queued = Spool::inspect(&spool_dir).unwrap();
+    let ids: Vec<QueueId> = queued.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        [mixed, busy, plain],
+        "plain was not tried after the 4xx"
+    );
+    assert_eq!(
+        queued[0].1.state.rcpts,
+        [RcptState::Delivered, RcptState::Pending],
+        "the accepted recipient is recorded, the refused one pending"
     );
 }

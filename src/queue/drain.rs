@@ -237,7 +237,14 @@ async fn hand_over_one(
             });
         }
     };
-    settle(spool, id, &entry.state, &pending, &recipients, &replies).await
+    let sender = match &entry.envelope.sender {
+        ReversePath::Null => "<>".to_owned(),
+        ReversePath::Mailbox(a) => a.to_string(),
+    };
+    match settle(spool, id, &entry.state, &pending, &recipients, &replies).await? {
+        Outcome::HandedOver(line) => Ok(Outcome::HandedOver(format!("{sender} -> {line}"))),
+        left => Ok(left),
+    }
 }
 
 /// Apply the replies for the `pending` recipients (in order, named `recipients`).
