@@ -17,7 +17,7 @@
 //! | [`accept`] | stage 1: listener, connection limits, the session state machine ([`accept::phase`]) and its driver; hands each message over through [`accept::Handoff`] |
 //! | [`spool`] | stage 2: the durable journal (group commit, recovery, quarantine), per-recipient state, `ctl/` requests from the `queue` command |
 //! | [`transform`] | stage 3: pure rewrites: the header block, From/Sender/Reply-To and the `[[header_rule]]`s at acceptance, the upstream's `sender` policy, 7-bit conversion and DKIM at delivery |
-//! | [`queue`] | between spool and delivery: the scheduler (retries, bounces, outcomes the disk cannot take yet, disk guard, `queue` requests) and the passthrough hand-off |
+//! | [`queue`] | between spool and delivery: the scheduler (retries, bounces, outcomes the disk cannot take yet, disk guard, `queue` requests), the passthrough hand-off, and `drain` (the queue handed to another relay) |
 //! | [`deliver`] | stage 4: the walk over the upstreams, the SMTP client, connection pools, circuit breakers, rate budgets, OAuth tokens, Maildir |
 //! | [`cluster`] | what several replicas share through a Redis-protocol store: upstream budgets, the live replicas |
 //! | [`config`] | typed configuration: layering, environment, validation per section, provider presets |

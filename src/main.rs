@@ -239,6 +239,19 @@ enum QueueAction {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Hand every queued message to another relay over SMTP (scale-down); each leaves
+    /// the queue only after that relay answered 250.
+    Drain {
+        /// The other relay, as HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        to: String,
+        /// Give up (and report what is left) after this long.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Exit code for an invalid configuration (and for commands this version lacks).
@@ -309,6 +322,14 @@ fn main() -> ExitCode {
             user,
             config,
         } => route(config, &from, client, user.as_deref()),
+        Command::Queue {
+            action:
+                QueueAction::Drain {
+                    to,
+                    timeout,
+                    config,
+                },
+        } => runtime.block_on(queue_drain(config, &to, timeout)),
         Command::Queue { action } => queue(action),
         Command::User { action } => user(action),
         Command::Oauth {
@@ -322,7 +343,8 @@ fn queue(action: QueueAction) -> ExitCode {
         QueueAction::List { config }
         | QueueAction::Show { config, .. }
         | QueueAction::Retry { config, .. }
-        | QueueAction::Delete { config, .. } => config.clone(),
+        | QueueAction::Delete { config, .. }
+        | QueueAction::Drain { config, .. } => config.clone(),
     };
     if let QueueAction::Retry { id, all, .. } = &action
         && id.is_some() == *all
@@ -340,6 +362,7 @@ fn queue(action: QueueAction) -> ExitCode {
         QueueAction::Show { id, .. } => ops::queue::show(dir, &id),
         QueueAction::Retry { id, .. } => ops::queue::retry(dir, id.as_deref()),
         QueueAction::Delete { id, .. } => ops::queue::delete(dir, &id),
+        QueueAction::Drain { .. } => unreachable!("run by queue_drain"),
     };
     match result {
         Ok(text) => {
@@ -351,6 +374,36 @@ fn queue(action: QueueAction) -> ExitCode {
         }
         Err(e) => {
             eprintln!("smarthost queue: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `smarthost queue drain`: exit 0 when the queue is empty at the end, 1 when something
+/// is left (the output says why), 2 for an invalid configuration or `--to`.
+async fn queue_drain(path: Option<PathBuf>, to: &str, timeout: Duration) -> ExitCode {
+    let (config, _) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let mut say = |line: &str| println!("{line}");
+    match ops::queue::drain(
+        &config.spool.dir,
+        &config.server.hostname,
+        to,
+        timeout,
+        &mut say,
+    )
+    .await
+    {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e @ ops::queue::QueueError::BadTarget(_)) => {
+            eprintln!("smarthost queue drain: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("smarthost queue drain: {e}");
             ExitCode::FAILURE
         }
     }

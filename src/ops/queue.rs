@@ -1,14 +1,18 @@
-//! `smarthost queue list|show|retry|delete`: the spool of a running or stopped relay.
+//! `smarthost queue list|show|retry|delete|drain`: the spool of a running or stopped relay.
 //!
 //! Reading never changes the spool, so it is safe while `serve` runs. Retry and delete
 //! are requests the running relay carries out within a second (or the next start does).
+//! Drain is a request the running relay answers as it goes; with no relay running, the
+//! command drains the spool itself (see `queue/drain.rs` for the design).
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::message::QueueId;
 use crate::proto::ReversePath;
+use crate::queue::drain::{Summary, Target, hand_over};
 use crate::spool::ctl::{self, Request};
 use crate::spool::{Entry, RcptState, Spool, SpoolError};
 use crate::transform::trace::rfc5322_date;
@@ -25,6 +29,9 @@ pub enum QueueError {
     /// No such message.
     #[error("no message {0} in the queue (it may have been delivered already)")]
     Unknown(QueueId),
+    /// `--to` is not `HOST:PORT`.
+    #[error("--to {0:?} is not HOST:PORT (the relay to hand the queue to, e.g. relay-1.relay:25)")]
+    BadTarget(String),
     /// The request could not be written.
     #[error("cannot leave the request in {dir}: {source}")]
     Request {
@@ -188,4 +195,136 @@ fn submit(spool_dir: &Path, request: Request) -> Result<String, QueueError> {
     } else {
         "requested; no relay is running on this spool, so it is carried out when `smarthost serve` starts".into()
     })
+}
+
+/// Bound for connecting to the other relay and for each of its replies (but the one to
+/// the end of data, which gets the usual ten minutes).
+const TARGET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the running relay's answer is read.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long past its time limit the running relay's last lines are awaited (a message
+/// under way when the limit passes is finished first).
+const ANSWER_GRACE: Duration = Duration::from_secs(30);
+
+/// `queue drain --to HOST:PORT`: hand every queued message to the relay at `to`, within
+/// `wait`. Each line of progress goes to `say` as it happens, the summary last. Returns
+/// whether the queue is empty at the end.
+pub async fn drain(
+    spool_dir: &Path,
+    hostname: &str,
+    to: &str,
+    wait: Duration,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<bool, QueueError> {
+    match to.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        _ => return Err(QueueError::BadTarget(to.to_owned())),
+    }
+    let target = Target {
+        addr: to.to_owned(),
+        helo: hostname.to_owned(),
+        timeout: TARGET_TIMEOUT,
+    };
+    let until = SystemTime::now() + wait;
+    if !Spool::is_locked(spool_dir)
+        && let Some(empty) = drain_here(spool_dir, &target, until, say).await?
+    {
+        return Ok(empty);
+    }
+    let token = QueueId::generate();
+    let until_secs = until.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    ctl::submit(
+        spool_dir,
+        Request::Drain {
+            token,
+            to: to.to_owned(),
+            until: until_secs,
+        },
+    )
+    .map_err(|source| QueueError::Request {
+        dir: spool_dir.join("ctl").display().to_string(),
+        source,
+    })?;
+    say(&format!(
+        "asked the running relay to hand its queue over to {to}"
+    ));
+    let output = ctl::drain_output(spool_dir, token);
+    let mut shown = 0;
+    let give_up = until + ANSWER_GRACE;
+    loop {
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .collect();
+        for line in lines.get(shown..).unwrap_or_default() {
+            let line = line.trim_end();
+            if let Some(summary) = Summary::parse_end_line(line) {
+                let _ = std::fs::remove_file(&output);
+                return Ok(summary.left == 0);
+            }
+            say(line);
+        }
+        shown = lines.len();
+        if !Spool::is_locked(spool_dir) {
+            // The relay stopped before it finished: nobody owns the spool now, so the
+            // rest is drained from here.
+            say("the running relay stopped before it finished; draining the rest from here");
+            let _ = std::fs::remove_file(&output);
+            if let Some(empty) = drain_here(spool_dir, &target, until, say).await? {
+                return Ok(empty);
+            }
+        }
+        if SystemTime::now() >= give_up {
+            let left = Spool::inspect(spool_dir)?.len();
+            say(&format!(
+                "the running relay did not finish within {}; {left} message(s) left in the queue",
+                humantime::format_duration(Duration::from_secs(wait.as_secs()))
+            ));
+            return Ok(left == 0);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Drain with the spool opened here (no relay runs). `None` if a relay took the spool
+/// meanwhile.
+async fn drain_here(
+    spool_dir: &Path,
+    target: &Target,
+    until: SystemTime,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<Option<bool>, QueueError> {
+    let spool = match Spool::open(spool_dir) {
+        Ok(spool) => Arc::new(spool),
+        Err(SpoolError::Locked { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    apply_left_requests(&spool).await;
+    let summary = hand_over(&spool, target, until, &|_| None, &|| None, say).await;
+    say(&summary.text(&target.addr));
+    Ok(Some(summary.left == 0))
+}
+
+/// Requests left for a relay that is not running: a deletion wins over the drain (the
+/// operator did not want that message sent); retries are left for the next start;
+/// drain requests nobody answered are void.
+async fn apply_left_requests(spool: &Spool) {
+    for request in ctl::take(spool.dir()) {
+        match request {
+            Request::Delete(id) => {
+                if spool.entry(id).is_some()
+                    && let Err(e) = spool.remove(id).await
+                {
+                    tracing::error!(queue_id = %id, error = %e, "cannot delete");
+                }
+            }
+            Request::Drain { .. } => {}
+            other => {
+                let _ = ctl::submit(spool.dir(), other);
+            }
+        }
+    }
 }

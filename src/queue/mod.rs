@@ -3,11 +3,13 @@
 //! bounces (RFC 3464, [`bounce`]) after `max_queue_lifetime` or a permanent refusal,
 //! keeps delivery outcomes the spool cannot record yet, refuses new mail while the disk
 //! is full, and carries out the `queue` command's requests. In passthrough mode the
-//! [`Passthrough`] hand-off delivers at once and queues only the leftovers.
+//! [`Passthrough`] hand-off delivers at once and queues only the leftovers. [`drain`]
+//! hands the whole queue to another relay (`queue drain`, for scale-down).
 //!
 //! The queue calls delivery ([`crate::deliver::Deliverer`]); delivery never calls the queue.
 
 pub mod bounce;
+pub mod drain;
 pub mod passthrough;
 pub mod scheduler;
 

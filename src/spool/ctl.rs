@@ -4,14 +4,18 @@
 //! then rename, so a half-written request is never seen); the running relay picks the
 //! requests up within a second and deletes them. A relay that is not running applies
 //! them when it starts.
+//!
+//! A drain request is answered: the relay appends its progress, one line per message,
+//! to `<spool>/ctl/drain-<token>.out` and ends it with a line `end HANDED LEFT` (see
+//! [`drain_output`]); the command prints the lines as they come and removes the file.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::message::QueueId;
 
 /// What the operator asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Try this message again now.
     Retry(QueueId),
@@ -19,14 +23,24 @@ pub enum Request {
     RetryAll,
     /// Drop this message without delivering or bouncing it.
     Delete(QueueId),
+    /// Hand every queued message over to another relay (`queue drain`).
+    Drain {
+        /// Names the answer file ([`drain_output`]).
+        token: QueueId,
+        /// The other relay, `HOST:PORT`.
+        to: String,
+        /// Unix time after which the request is void: the command stopped waiting.
+        until: u64,
+    },
 }
 
 impl Request {
-    fn to_text(self) -> String {
+    fn to_text(&self) -> String {
         match self {
             Request::Retry(id) => format!("retry {id}"),
             Request::RetryAll => "retry-all".into(),
             Request::Delete(id) => format!("delete {id}"),
+            Request::Drain { token, to, until } => format!("drain {token} {to} {until}"),
         }
     }
 
@@ -36,6 +50,11 @@ impl Request {
             ("retry", Some(id)) => Request::Retry(QueueId::parse(id)?),
             ("retry-all", None) => Request::RetryAll,
             ("delete", Some(id)) => Request::Delete(QueueId::parse(id)?),
+            ("drain", Some(token)) => Request::Drain {
+                token: QueueId::parse(token)?,
+                to: words.next()?.to_owned(),
+                until: words.next()?.parse().ok()?,
+            },
             _ => return None,
         };
         words.next().is_none().then_some(request)
@@ -50,6 +69,11 @@ pub fn submit(spool_dir: &Path, request: Request) -> std::io::Result<()> {
     let tmp = dir.join(format!(".tmp-{name}"));
     fs::write(&tmp, request.to_text())?;
     fs::rename(&tmp, dir.join(format!("{name}.req")))
+}
+
+/// Where the relay answers the drain request `token`.
+pub fn drain_output(spool_dir: &Path, token: QueueId) -> PathBuf {
+    spool_dir.join("ctl").join(format!("drain-{token}.out"))
 }
 
 /// Take every pending request, oldest first (unreadable ones are dropped with a warning).
@@ -91,9 +115,20 @@ mod tests {
         submit(dir.path(), Request::Retry(id)).unwrap();
         submit(dir.path(), Request::RetryAll).unwrap();
         submit(dir.path(), Request::Delete(id)).unwrap();
+        let drain = Request::Drain {
+            token: id,
+            to: "relay-1.relay:25".into(),
+            until: 1_700_000_000,
+        };
+        submit(dir.path(), drain.clone()).unwrap();
         assert_eq!(
             take(dir.path()),
-            vec![Request::Retry(id), Request::RetryAll, Request::Delete(id)]
+            vec![
+                Request::Retry(id),
+                Request::RetryAll,
+                Request::Delete(id),
+                drain
+            ]
         );
         assert!(take(dir.path()).is_empty());
     }

@@ -270,6 +270,20 @@ impl Spool {
         self.index.lock().expect("spool index").messages.len()
     }
 
+    /// The ids of every queued message, oldest first.
+    pub fn ids(&self) -> Vec<QueueId> {
+        let mut ids: Vec<QueueId> = self
+            .index
+            .lock()
+            .expect("spool index")
+            .messages
+            .keys()
+            .copied()
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// When the oldest queued message was accepted.
     pub fn oldest(&self) -> Option<SystemTime> {
         self.index

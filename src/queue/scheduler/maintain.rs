@@ -1,5 +1,5 @@
 //! The scheduler's housekeeping, every second: the `queue` command's requests (retry,
-//! delete), queue gauges, the disk-usage guard, spool segment clean-up and, every
+//! delete, drain), queue gauges, the disk-usage guard, spool segment clean-up and, every
 //! minute, body files left by sessions that ended before their message was accepted.
 
 use std::sync::atomic::Ordering;
@@ -99,6 +99,7 @@ impl Scheduler {
                     Err(e) => error!(queue_id = %id, error = %e, "cannot delete"),
                 }
             }
+            Request::Drain { token, to, until } => self.drain(token, to, until).await,
             Request::Retry(id) | Request::Delete(id) => {
                 warn!(queue_id = %id, "queue request for a message that is not queued")
             }

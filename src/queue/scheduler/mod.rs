@@ -19,10 +19,12 @@
 //! This module is the run loop (workers, the ready and waiting queues, parking, the
 //! hand-off from accept and passthrough); `attempt` is one delivery attempt of one
 //! message, `retry` decides when a deferred message goes again, `outcomes` gets
-//! outcomes onto the spool (or holds them while it cannot), and `maintain` is the
-//! housekeeping tick (operator requests, gauges, the disk guard).
+//! outcomes onto the spool (or holds them while it cannot), `maintain` is the
+//! housekeeping tick (operator requests, gauges, the disk guard), and `handover` runs
+//! a `queue drain` request with every worker held at the delivery gate.
 
 mod attempt;
+mod handover;
 mod maintain;
 mod outcomes;
 mod pacing;
@@ -155,6 +157,10 @@ struct Inner {
     taken: Notify,
     /// Ready messages above which new mail is paced.
     pace_above: usize,
+    /// The delivery gate: a worker holds it shared from taking a message to recording
+    /// its outcome; a drain (`handover`) holds it exclusively, so no delivery starts
+    /// while the queue is handed to another relay and none is under way when it begins.
+    gate: tokio::sync::RwLock<()>,
 }
 
 /// The queue-mode delivery engine.
@@ -181,6 +187,7 @@ impl Scheduler {
             unrecorded: Mutex::new(Unrecorded::default()),
             taken: Notify::new(),
             pace_above: pacing::pace_above(workers),
+            gate: tokio::sync::RwLock::new(()),
         });
         let scheduler = Scheduler { inner };
         {
@@ -386,6 +393,10 @@ impl Scheduler {
                 }
                 continue;
             }
+            let gate = self.inner.gate.read().await;
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             match self.next() {
                 Ok(ready) => {
                     self.inner.busy.fetch_add(1, Ordering::SeqCst);
@@ -406,8 +417,10 @@ impl Scheduler {
                         .remove(&id);
                     self.inner.settings.memory.give_back(cached);
                     self.inner.busy.fetch_sub(1, Ordering::SeqCst);
+                    drop(gate);
                 }
                 Err(wait) => {
+                    drop(gate);
                     let wait = wait
                         .unwrap_or(Duration::from_secs(1))
                         .min(Duration::from_secs(1));
