@@ -223,3 +223,60 @@ async fn max_connections_holds_across_replicas() {
         fake.peak_connections()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_connection_lease_expires_for_the_others() {
+    use support::process::Daemon;
+    let store = RedisServer::start();
+    let fake = FakeUpstream::builder(Mode::Plain).start().await;
+    // The first message's end of data is never answered: the connection stays in use.
+    fake.set_fault(Some(fake_upstream::Fault::HoldEndOfDataAfter(0)));
+    // Deliveries may wait for a lease longer than a lease lives.
+    let limits = "max_connections = 1\ntimeout = \"30s\"";
+    let dir = tempfile::tempdir().unwrap();
+    let path = TestConfig::new(dir.path())
+        .toml(&format!(
+            "[cluster]\nstore = \"{}\"\nnode = \"doomed\"\n{}",
+            store.url(),
+            upstream("provider", &fake.plain_url(), limits)
+        ))
+        .write();
+    let doomed = tokio::task::spawn_blocking({
+        let (path, cwd) = (path.clone(), dir.path().to_owned());
+        move || Daemon::start(&path, &cwd)
+    })
+    .await
+    .unwrap();
+    let mut c = support::SmtpClient::connect(doomed.addr()).await;
+    c.greeting().await;
+    c.expect("EHLO client.test", 250).await;
+    c.send_content(
+        "app@example.com",
+        &["user@example.net"],
+        "From: <app@example.com>\r\nSubject: held\r\n\r\nhi\r\n",
+    )
+    .await;
+    wait_for("the doomed replica's delivery held", || async {
+        (fake.held() == 1).then_some(())
+    })
+    .await;
+    // Killed with its lease: nobody gives it back.
+    tokio::task::spawn_blocking(move || doomed.kill())
+        .await
+        .unwrap();
+    fake.set_fault(None);
+
+    let survivor = replica(&store.url(), "survivor", &fake, limits).await;
+    send(&survivor, 1, "after").await;
+    let lease_ttl = smarthost::cluster::LEASE_TTL;
+    wait_for_up_to(
+        "the survivor's delivery after the lease expired",
+        lease_ttl + Duration::from_secs(15),
+        || async { (fake.messages().len() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        support::header(&fake.messages()[0].text(), "Subject").as_deref(),
+        Some("after-0")
+    );
+}
