@@ -4,7 +4,8 @@
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh --test cli      # arguments go to `cargo test`
 #
-# Extras are Python modules used by interop tests (e.g. an independent DKIM verifier),
+# Extras are Python modules used by interop tests (e.g. an independent DKIM verifier, the
+# Kubernetes schema validator for deploy/kubernetes/),
 # and programs some tests drive (headless Chromium for the status page, redis-server for
 # the replicas' shared store).
 # A module python3 can already import is used as it is; a missing one is installed with
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 EXTRAS=(
     "dkim dkimpy"
     "nacl pynacl"
+    "kubernetes_validate kubernetes-validate"
 )
 
 die() {
