@@ -280,3 +280,33 @@ async fn a_killed_replicas_connection_lease_expires_for_the_others() {
         Some("after-0")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_may_be_reached_over_tls_with_a_private_ca() {
+    let cert = support::TestCert::generate();
+    let store = RedisServer::start_tls(&cert);
+    let fake = FakeUpstream::builder(Mode::Plain).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new(dir.path()).toml(&format!(
+        "[cluster]\nstore = \"{}\"\nstore_ca_file = \"{}\"\nnode = \"tls\"\n{}",
+        store.tls_url(),
+        cert.cert_file().display(),
+        upstream("provider", &fake.plain_url(), "daily_limit = 1")
+    ));
+    let relay = Relay::start(config, dir).await;
+    send(&relay, 2, "tls").await;
+    // The count in the store holds the second message back.
+    wait_for("the daily limit reached through the TLS store", || async {
+        let status = relay.status();
+        (status.upstreams[0].daily_left == Some(0)).then_some(())
+    })
+    .await;
+    let metrics = support::http_get(relay.metrics_addr().unwrap(), "/metrics")
+        .await
+        .1;
+    assert!(
+        metrics.contains("smarthost_cluster_store_up 1"),
+        "{metrics}"
+    );
+    assert_eq!(fake.messages().len(), 1);
+}

@@ -87,8 +87,19 @@ impl Cluster {
             return Ok(None);
         };
         // The URL may hold the password: errors name the problem, never the URL.
-        let client = redis::Client::open(store.expose())
-            .map_err(|e| ClusterError(format!("not a usable redis:// URL ({:?})", e.kind())))?;
+        let client = match &config.store_ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| ClusterError(format!("cannot read {}: {e}", ca.display())))?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(store.expose(), certificates)
+            }
+            None => redis::Client::open(store.expose()),
+        }
+        .map_err(|e| ClusterError(format!("not a usable store URL ({:?})", e.kind())))?;
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(STORE_TIMEOUT))
             .set_response_timeout(Some(STORE_TIMEOUT))

@@ -94,6 +94,9 @@ pub struct ClusterConfig {
     pub store: Option<Secret>,
     /// A file holding the store's password (Docker and Kubernetes secrets).
     pub store_password_file: Option<PathBuf>,
+    /// PEM certificate(s) of the CA that signed a `rediss://` store's certificate, when
+    /// it is not a public one.
+    pub store_ca_file: Option<PathBuf>,
     /// This replica's name in the store (default: the host name).
     pub node: Option<String>,
     /// Prefix of every key, so that two clusters can share one store.
@@ -105,6 +108,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             store: None,
             store_password_file: None,
+            store_ca_file: None,
             node: None,
             namespace: "smarthost".into(),
         }

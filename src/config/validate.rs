@@ -404,19 +404,25 @@ fn cluster(cluster: &mut super::ClusterConfig) -> Result<(), Invalid> {
         return Ok(());
     };
     let url = store.expose();
-    if url.starts_with("rediss://") {
+    let scheme = if url.starts_with("rediss://") {
+        "rediss://"
+    } else if url.starts_with("redis://") {
+        "redis://"
+    } else {
         return Err((
             "cluster.store".into(),
-            "rediss:// (TLS to the store) is not supported yet: use redis:// on a private network"
-                .into(),
+            "must be a redis:// or rediss:// (TLS) URL, e.g. \"redis://valkey:6379/0\" (Valkey, or Redis 6 or later)".into(),
         ));
-    }
-    if !url.starts_with("redis://") {
-        return Err((
-            "cluster.store".into(),
-            "must be a redis:// URL, e.g. \"redis://valkey:6379/0\" (Valkey, or Redis 6 or later)"
-                .into(),
-        ));
+    };
+    if let Some(ca) = &cluster.store_ca_file {
+        if scheme != "rediss://" {
+            return Err((
+                "cluster.store_ca_file".into(),
+                "is only for a rediss:// (TLS) store".into(),
+            ));
+        }
+        crate::tls::load_certificates(ca)
+            .map_err(|e| ("cluster.store_ca_file".into(), e.to_string()))?;
     }
     if let Some(file) = &cluster.store_password_file {
         let password = std::fs::read_to_string(file).map_err(|e| {
@@ -435,7 +441,7 @@ fn cluster(cluster: &mut super::ClusterConfig) -> Result<(), Invalid> {
                 ),
             ));
         }
-        let rest = &url["redis://".len()..];
+        let rest = &url[scheme.len()..];
         if rest.contains('@') {
             return Err((
                 "cluster.store_password_file".into(),
@@ -444,7 +450,7 @@ fn cluster(cluster: &mut super::ClusterConfig) -> Result<(), Invalid> {
         }
         let encoded =
             percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
-        cluster.store = Some(Secret::new(format!("redis://:{encoded}@{rest}")));
+        cluster.store = Some(Secret::new(format!("{scheme}:{encoded}@{rest}")));
     }
     if cluster.namespace.is_empty() || cluster.namespace.contains(char::is_whitespace) {
         return Err((

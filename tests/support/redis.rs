@@ -21,8 +21,36 @@ impl RedisServer {
 
     /// Start one on `port` (to bring a stopped store back where the relays look).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// Start one that speaks only TLS, with `cert` (made for `localhost`).
+    pub fn start_tls(cert: &super::TestCert) -> RedisServer {
+        let port = free_port();
+        let (cert_file, key_file) = (cert.cert_file().display(), cert.key_file().display());
+        let (cert_file, key_file) = (cert_file.to_string(), key_file.to_string());
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &cert_file,
+            "--tls-auth-clients",
+            "no",
+        ];
+        RedisServer::spawn(port, &args)
+    }
+
+    fn spawn(port: u16, args: &[&str]) -> RedisServer {
+        let tls = args.contains(&"--tls-port");
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(args)
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -35,7 +63,15 @@ impl RedisServer {
             port,
         };
         let deadline = Instant::now() + HANG_GUARD;
-        while !server.answers() {
+        // A TLS port is ready when it accepts connections; a plain one answers PING.
+        let ready = |s: &RedisServer| {
+            if tls {
+                std::net::TcpStream::connect(("127.0.0.1", s.port)).is_ok()
+            } else {
+                s.answers()
+            }
+        };
+        while !ready(&server) {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {port} does not answer PING"
@@ -48,6 +84,11 @@ impl RedisServer {
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://localhost:PORT/0`, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.port)
     }
 
     /// `redis://127.0.0.1:PORT/0`.

@@ -32,6 +32,11 @@ impl TestCert {
         }
     }
 
+    /// The private key's PEM file (for servers outside Rust that present the certificate).
+    pub fn key_file(&self) -> &std::path::Path {
+        &self.key_file
+    }
+
     /// The certificate's PEM file (for clients outside Rust that must trust it).
     pub fn cert_file(&self) -> &std::path::Path {
         &self.cert_file

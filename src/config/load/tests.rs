@@ -1216,11 +1216,11 @@ fn cluster_store_from_the_environment_with_its_password_from_a_file() {
 #[test]
 fn cluster_mistakes_name_the_key() {
     let got = error(
-        &format!("{MINIMAL}[cluster]\nstore = \"rediss://v:6380\"\n"),
+        &format!("{MINIMAL}[cluster]\nstore = \"redis://v:6380\"\nstore_ca_file = \"/x.pem\"\n"),
         &[],
     );
     assert!(
-        got.contains("`cluster.store`") && got.contains("not supported yet"),
+        got.contains("`cluster.store_ca_file`") && got.contains("rediss://"),
         "{got}"
     );
     let got = error(
