@@ -5,7 +5,7 @@
 
 pub mod support;
 
-use support::config::upstream;
+use support::config::{failing_then_working, upstream};
 use support::{Relay, TestConfig, free_port, wait_for};
 
 const CONTENT: &str = "From: <app@example.com>\r\nSubject: status\r\n\r\nhi\r\n";
@@ -14,19 +14,8 @@ const CONTENT: &str = "From: <app@example.com>\r\nSubject: status\r\n\r\nhi\r\n"
 async fn a_failing_upstream_shows_open_with_its_error_and_the_working_one_its_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let maildir = dir.path().join("maildir");
-    let config = TestConfig::new(dir.path()).toml(&format!(
-        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown = \"5m\"\n{}{}",
-        upstream(
-            "broken",
-            &format!("smtp://127.0.0.1:{}?tls=none", free_port()),
-            "priority = 0\nrate_limit = \"10/min\"\n"
-        ),
-        upstream(
-            "local",
-            &format!("maildir:{}", maildir.display()),
-            "priority = 1\n"
-        ),
-    ));
+    let config = TestConfig::new(dir.path())
+        .toml(&failing_then_working(&maildir, "rate_limit = \"10/min\"\n"));
     let mut relay = Relay::start(config, dir).await;
     let mut c = relay.client().await;
     let id = c

@@ -9,8 +9,8 @@ pub mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::config::upstream;
-use support::{Relay, TestConfig, free_port, wait_for};
+use support::config::failing_then_working;
+use support::{Relay, TestConfig, wait_for};
 
 /// Chromium's flags for a sandboxed machine without network or display (the
 /// background-networking flags keep it from dialling out at start).
@@ -59,19 +59,7 @@ fn run_chromium(profile: &Path, url: &str, extra: &[&str]) -> String {
 async fn the_rendered_page_shows_the_failing_upstream_the_queue_and_a_chart() {
     let dir = tempfile::tempdir().unwrap();
     let maildir = dir.path().join("maildir");
-    let config = TestConfig::new(dir.path()).toml(&format!(
-        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown = \"5m\"\n{}{}",
-        upstream(
-            "broken",
-            &format!("smtp://127.0.0.1:{}?tls=none", free_port()),
-            "priority = 0\n"
-        ),
-        upstream(
-            "local",
-            &format!("maildir:{}", maildir.display()),
-            "priority = 1\n"
-        ),
-    ));
+    let config = TestConfig::new(dir.path()).toml(&failing_then_working(&maildir, ""));
     let mut relay = Relay::start(config, dir).await;
     for i in 0..3 {
         let mut c = relay.client().await;

@@ -557,17 +557,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             MAX_COMMAND_LINE
         };
         let line = match self.conn.next_line(&mut self.shutdown, idle, limit).await {
-            Ok(Line::Command(line)) if line.len() + 2 > MAX_COMMAND_LINE && !is_auth(&line) => {
-                self.errors += 1;
-                self.conn.queue(&Reply::new(
-                    500,
-                    Enhanced(5, 5, 2),
-                    format!("Line too long (limit {MAX_COMMAND_LINE} octets)"),
-                ));
-                return Flow::Continue;
-            }
-            Ok(Line::Command(line)) => line,
-            Ok(Line::TooLong) => {
+            Ok(Line::Command(line)) if line.len() + 2 <= MAX_COMMAND_LINE || is_auth(&line) => line,
+            Ok(Line::Command(_) | Line::TooLong) => {
                 self.errors += 1;
                 self.conn.queue(&Reply::new(
                     500,

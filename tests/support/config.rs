@@ -162,6 +162,25 @@ pub fn upstream(name: &str, url: &str, extra: &str) -> String {
     format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{timeout}{extra}\n")
 }
 
+/// Two upstreams for failover scenarios: `broken` (priority 0, a port where nothing
+/// listens, with `broken_extra` keys) fails every attempt and opens its breaker at the
+/// first failure (for five minutes); `local` (priority 1) delivers into `maildir`.
+pub fn failing_then_working(maildir: &std::path::Path, broken_extra: &str) -> String {
+    format!(
+        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown = \"5m\"\n{}{}",
+        upstream(
+            "broken",
+            &format!("smtp://127.0.0.1:{}?tls=none", super::free_port()),
+            &format!("priority = 0\n{broken_extra}")
+        ),
+        upstream(
+            "local",
+            &format!("maildir:{}", maildir.display()),
+            "priority = 1\n"
+        ),
+    )
+}
+
 /// `sections` with the test defaults, loaded, for a test that needs the [`Config`] value
 /// only (to build a `Deliverer`, to run `check`): it is composed in a temp directory
 /// that is gone afterwards, so no relay may run with it.
