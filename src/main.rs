@@ -609,11 +609,6 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     init_logging(config.log.format);
     info!(source = %source, "configuration loaded");
     log_effective_config(&config);
-    if let Err(e) = load_users(&config) {
-        error!("cannot start: {e}");
-        eprintln!("smarthost: cannot start: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
     raise_open_file_limit();
     // Before anything listens: a SIGHUP that arrives once the relay is up must reload,
     // not end the process with the default action.
@@ -624,7 +619,11 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             error!("cannot start: {e}");
             eprintln!("smarthost: cannot start: {e}");
-            return ExitCode::FAILURE;
+            // A users file is configuration: the same exit code as a bad config file.
+            return match e {
+                smarthost::relay::StartError::Users(_) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     while let Signal::Reload = next_signal().await {
@@ -632,21 +631,6 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     }
     relay.shutdown().await;
     ExitCode::SUCCESS
-}
-
-/// The users file of `[auth] users_file`, checked before anything starts so that a
-/// missing or malformed file stops `serve` with the configuration exit code and the
-/// fix (the relay reads it again for its sessions).
-fn load_users(config: &Config) -> Result<(), config::UsersError> {
-    let Some(path) = &config.auth.users_file else {
-        return Ok(());
-    };
-    let users = config::Users::load(path)?;
-    info!(
-        users_file = %path.display(), users = users.len(), max_failures = config.auth.max_failures,
-        lockout = ?config.auth.lockout, "config: auth"
-    );
-    Ok(())
 }
 
 /// SIGHUP: read the configuration again the way it was read at start; apply it, or keep

@@ -53,7 +53,8 @@ pub enum StartError {
 }
 
 /// The users of `[auth] users_file`; none without one. A missing file is an error: a
-/// mistyped path must not leave every login failing without a word.
+/// mistyped path must not leave every login failing without a word. Read before
+/// anything else starts, so a bad file stops the relay before the spool is opened.
 fn load_users(config: &Config) -> Result<Arc<Users>, UsersError> {
     let Some(path) = &config.auth.users_file else {
         if !config.listener.is_empty() {
@@ -67,7 +68,10 @@ fn load_users(config: &Config) -> Result<Arc<Users>, UsersError> {
     if users.is_empty() && !config.listener.is_empty() {
         warn!(users_file = %path.display(), "the users file has no users: add one with `smarthost user add NAME`, then send SIGHUP");
     } else {
-        info!(users_file = %path.display(), users = users.len(), "users loaded");
+        info!(
+            users_file = %path.display(), users = users.len(), max_failures = config.auth.max_failures,
+            lockout = ?config.auth.lockout, "config: auth"
+        );
     }
     Ok(Arc::new(users))
 }
@@ -93,6 +97,7 @@ pub struct RelayHandle {
 
 /// Start the relay: set up delivery, bind the listeners, start accepting.
 pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
+    let users = load_users(&config)?;
     let keys = DkimKeys::load(&config.dkim)?;
     for key in keys.iter() {
         info!(domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm, "DKIM key loaded");
@@ -104,13 +109,17 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
     };
     let deliverer = Arc::new(Deliverer::from_config(&config, transformer)?);
     let mut passthrough_handle: Option<Arc<Passthrough>> = None;
-    let (handoff, scheduler): (Arc<dyn Handoff>, Option<Scheduler>) = match config.delivery.mode {
+    let (handoff, scheduler, queue): (Arc<dyn Handoff>, Option<Scheduler>, Queue) = match config
+        .delivery
+        .mode
+    {
         DeliveryMode::Queue => {
             let spool = Arc::new(Spool::open(&config.spool.dir)?);
             let scheduler =
                 Scheduler::start(spool, deliverer.clone(), Settings::from_config(&config));
             info!(spool = %config.spool.dir.display(), queued = scheduler.queued(), "queue mode: 250 once the message is on disk");
-            (Arc::new(scheduler.clone()), Some(scheduler))
+            let queue = Queue::Spool(scheduler.clone());
+            (Arc::new(scheduler.clone()), Some(scheduler), queue)
         }
         DeliveryMode::Passthrough => {
             info!("passthrough mode: 250 once an upstream accepted the message");
@@ -123,7 +132,8 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
                 .await,
             );
             passthrough_handle = Some(passthrough.clone());
-            (passthrough, None)
+            let queue = Queue::Passthrough(passthrough.clone());
+            (passthrough, None, queue)
         }
     };
     let metrics_listener = match config.metrics.listen {
@@ -134,12 +144,6 @@ pub async fn start(config: Arc<Config>) -> Result<RelayHandle, StartError> {
             Some(listener)
         }
         None => None,
-    };
-    let users = load_users(&config)?;
-    let queue = match (&scheduler, &passthrough_handle) {
-        (Some(scheduler), _) => Queue::Spool(scheduler.clone()),
-        (None, Some(passthrough)) => Queue::Passthrough(passthrough.clone()),
-        (None, None) => unreachable!("one delivery mode is set up"),
     };
     let status = StatusSource::new(config.server.hostname.clone(), deliverer.clone(), queue);
     let listener = Listener::bind(&config, handoff, tls, users).await?;

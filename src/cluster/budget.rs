@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Cluster, from_micros};
 use crate::config::RateLimit;
-use crate::deliver::ratelimit::Budget;
+use crate::deliver::ratelimit::{Budget, DAY, room};
 
 /// Take one message from the shared budget. KEYS: the rate key, the daily key's prefix;
 /// ARGV: period/N in microseconds (0: no rate), the daily limit (-1: none).
@@ -83,8 +83,6 @@ impl std::fmt::Debug for SharedBudget {
             .finish()
     }
 }
-
-const DAY: u64 = 86_400;
 
 impl SharedBudget {
     /// The shared budget of `upstream`, or `None` when it has no limits to share.
@@ -179,13 +177,9 @@ impl SharedBudget {
             return self.share().left(now);
         }
         let seen = *self.seen.lock().expect("seen lock");
-        let rate = self.rate.map(|rate| {
-            let interval = (rate.per / rate.count).as_nanos().max(1);
-            let ahead = seen
-                .and_then(|s| s.next_free.duration_since(now).ok())
-                .map_or(0, |d| d.as_nanos().div_ceil(interval) as u64);
-            u64::from(rate.count).saturating_sub(ahead)
-        });
+        let rate = self
+            .rate
+            .map(|rate| room(rate, seen.map(|s| s.next_free), now));
         let today = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / DAY);

@@ -99,7 +99,12 @@ impl Cluster {
             }
             None => redis::Client::open(store.expose()),
         }
-        .map_err(|e| ClusterError(format!("not a usable store URL ({:?})", e.kind())))?;
+        .map_err(|e| {
+            ClusterError(format!(
+                "not a usable store URL ({:?}): write it as redis://[user:password@]host:port/db, or rediss://... for TLS",
+                e.kind()
+            ))
+        })?;
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(STORE_TIMEOUT))
             .set_response_timeout(Some(STORE_TIMEOUT))

@@ -340,6 +340,7 @@ impl Deliverer {
         for upstream in &report.failed_attempts {
             self.activity.attempt_failed(upstream);
         }
+        let queue_id = id.to_string();
         for (rcpt, status) in &report.recipients {
             match status {
                 RcptOutcome::Delivered { upstream, .. } => {
@@ -356,7 +357,7 @@ impl Deliverer {
                 }
                 RcptOutcome::Failed(_) => {}
             }
-            let (queue_id, address) = (id.to_string(), rcpt.to_string());
+            let address = rcpt.to_string();
             match status {
                 RcptOutcome::Delivered { upstream, response } => {
                     let reply = response

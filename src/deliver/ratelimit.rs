@@ -31,7 +31,18 @@ struct State {
     sent_today: u64,
 }
 
-const DAY: u64 = 86_400;
+/// Seconds in a day: daily limits count per UTC day.
+pub const DAY: u64 = 86_400;
+
+/// How many of `rate`'s messages the next window of its period still has room for,
+/// when the schedule is next free at `next_free` (each send moves it on by period/N).
+pub fn room(rate: RateLimit, next_free: Option<SystemTime>, now: SystemTime) -> u64 {
+    let interval = (rate.per / rate.count).as_nanos().max(1);
+    let ahead = next_free
+        .and_then(|t| t.duration_since(now).ok())
+        .map_or(0, |d| d.as_nanos().div_ceil(interval) as u64);
+    u64::from(rate.count).saturating_sub(ahead)
+}
 
 impl Budget {
     /// An upstream's budget: the rate spread evenly, and the daily quota.
@@ -90,16 +101,7 @@ impl Budget {
                 limit
             }
         });
-        // Of the next window of the period: N less those the sends so far have spoken
-        // for (each one moves `tat` on by period/N).
-        let rate = self.rate.map(|rate| {
-            let interval = (rate.per / rate.count).as_nanos().max(1);
-            let ahead = state
-                .tat
-                .and_then(|tat| tat.duration_since(now).ok())
-                .map_or(0, |d| d.as_nanos().div_ceil(interval) as u64);
-            u64::from(rate.count).saturating_sub(ahead)
-        });
+        let rate = self.rate.map(|rate| room(rate, state.tat, now));
         (rate, daily)
     }
 

@@ -160,9 +160,10 @@ pub struct ActivitySnapshot {
 impl Activity {
     /// A message was accepted.
     pub fn received(&self, queue_id: &str, sender: &str, rcpts: usize) {
-        self.record(unix_now(), |m| m.received += 1);
+        let now = unix_now();
+        self.record(now, |m| m.received += 1);
         self.push(Event {
-            at: unix_now(),
+            at: now,
             queue_id: queue_id.to_owned(),
             kind: EventKind::Received,
             rcpt: None,
@@ -222,9 +223,10 @@ impl Activity {
 
     /// A bounce was generated for the message.
     pub fn bounced(&self, queue_id: &str) {
-        self.record(unix_now(), |m| m.bounced += 1);
+        let now = unix_now();
+        self.record(now, |m| m.bounced += 1);
         self.push(Event {
-            at: unix_now(),
+            at: now,
             queue_id: queue_id.to_owned(),
             kind: EventKind::Bounced,
             rcpt: None,
