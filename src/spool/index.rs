@@ -65,4 +65,6 @@ pub(super) enum IndexOp {
     Remove {
         id: QueueId,
     },
+    /// No change: a commit of what waits in [`super::journal::Deferred`].
+    Flush,
 }

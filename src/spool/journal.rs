@@ -18,12 +18,25 @@ use super::{
     segment_path, sync_dir,
 };
 
+/// A batch's records are copied into one buffer for one `write`, unless one record
+/// alone is this large (a large message's head is not copied once more).
+const BATCH_COPY_MAX: usize = 64 * 1024;
+
 pub(super) struct Job {
     pub(super) bytes: Vec<u8>,
     /// Whether the job is acknowledged only once its record is on stable storage.
     pub(super) sync: bool,
     pub(super) op: IndexOp,
     pub(super) done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// Records that wait for the committer's next batch instead of being sent one by one
+/// (removals of finished messages): written after that batch's own records.
+#[derive(Default)]
+pub(super) struct Deferred {
+    pub(super) bytes: Vec<u8>,
+    /// Whether a job is on its way to wake the committer for these records.
+    pub(super) wake_sent: bool,
 }
 
 /// The single writer of the journal.
@@ -34,6 +47,7 @@ pub(super) struct Committer {
     pub(super) size: u64,
     pub(super) opened: Instant,
     pub(super) index: Arc<Mutex<Index>>,
+    pub(super) deferred: Arc<Mutex<Deferred>>,
 }
 
 impl Committer {
@@ -41,6 +55,7 @@ impl Committer {
         dir: &Path,
         seq: u64,
         index: Arc<Mutex<Index>>,
+        deferred: Arc<Mutex<Deferred>>,
     ) -> Result<Committer, SpoolError> {
         let (file, path) = Self::create(dir, seq)?;
         sync_dir(dir).map_err(io_err(&path))?;
@@ -58,6 +73,7 @@ impl Committer {
             size: 0,
             opened: Instant::now(),
             index,
+            deferred,
         })
     }
 
@@ -128,19 +144,23 @@ impl Committer {
                 starts.push(at);
                 at += job.bytes.len() as u64;
             }
-            let batch_len = at - self.size;
-            // One write for the batch; a batch of one (a large message is always alone)
-            // is written as it is, without a copy.
-            let mut result = if let [job] = batch.as_slice() {
-                self.file.write_all(&job.bytes)
-            } else {
-                let joined = batch
-                    .iter()
-                    .fold(Vec::with_capacity(bytes), |mut all, job| {
-                        all.extend_from_slice(&job.bytes);
-                        all
-                    });
-                self.file.write_all(&joined)
+            let deferred = self.take_deferred();
+            let batch_len = at - self.size + deferred.len() as u64;
+            // One write for the batch and the deferred records after it; a large message
+            // (always alone in its batch) is written as it is, without a copy.
+            let mut result = match batch.as_slice() {
+                [job] if job.bytes.len() >= BATCH_COPY_MAX => self
+                    .file
+                    .write_all(&job.bytes)
+                    .and_then(|()| self.file.write_all(&deferred)),
+                _ => {
+                    let mut joined = Vec::with_capacity(bytes + deferred.len());
+                    for job in &batch {
+                        joined.extend_from_slice(&job.bytes);
+                    }
+                    joined.extend_from_slice(&deferred);
+                    self.file.write_all(&joined)
+                }
             };
             // Jobs that need no fsync are acknowledged once written; the others once
             // `fdatasync` returns, and a batch of the first kind only needs none.
@@ -162,6 +182,8 @@ impl Committer {
                     self.acknowledge(durable, Ok(()));
                 }
                 Err(e) => {
+                    // The deferred records go with the next batch.
+                    self.put_back(deferred);
                     // Removals of finished messages in this batch were acknowledged
                     // before the fsync; cutting them loses nothing but their record, so
                     // such a message is delivered again after a restart (at-least-once).
@@ -178,6 +200,38 @@ impl Committer {
                 }
             }
         }
+        self.finish();
+    }
+
+    /// Write and sync what is still deferred: the last thing the committer does.
+    fn finish(mut self) {
+        let deferred = self.take_deferred();
+        if deferred.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .file
+            .write_all(&deferred)
+            .and_then(|()| self.file.sync_data())
+        {
+            error!(error = %e, segment = self.seq, "cannot write the last removals of finished messages; those messages are delivered again after the restart");
+        }
+    }
+
+    fn take_deferred(&self) -> Vec<u8> {
+        let mut deferred = self.deferred.lock().expect("spool deferred records");
+        deferred.wake_sent = false;
+        std::mem::take(&mut deferred.bytes)
+    }
+
+    /// Return records that could not be written, ahead of any deferred since.
+    fn put_back(&self, mut records: Vec<u8>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut deferred = self.deferred.lock().expect("spool deferred records");
+        records.append(&mut deferred.bytes);
+        deferred.bytes = records;
     }
 
     /// Apply the index changes of `jobs` if `result` is `Ok`, then answer each job.
@@ -228,6 +282,7 @@ impl Committer {
                     }
                 }
                 IndexOp::Remove { id } => index.remove(*id),
+                IndexOp::Flush => {}
             }
         }
         drop(index);

@@ -42,7 +42,7 @@ use crate::message::{Envelope, Message, QueueId, SpooledBody};
 use codec::{BodyFile, Record};
 pub use codec::{DeliveryState, RcptState};
 use index::{Index, IndexOp};
-use journal::{Committer, Job};
+use journal::{Committer, Deferred, Job};
 use recovery::recover;
 
 /// A segment is closed and a new one started past this size or age.
@@ -140,8 +140,22 @@ pub struct Spool {
     body_dir: PathBuf,
     index: Arc<Mutex<Index>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Removals of finished messages, written with the committer's next batch.
+    deferred: Arc<Mutex<Deferred>>,
+    /// Joined on drop, so what the spool took is written before its lock is released.
+    committer: Option<std::thread::JoinHandle<()>>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
     _lock: File,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer once it has written what it holds.
+        drop(self.jobs.lock().map(|mut jobs| jobs.take()));
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Spool {
@@ -218,8 +232,9 @@ impl Spool {
         let next_seq = last.map_or(1, |s| s + 1);
         let index = Arc::new(Mutex::new(index));
         let (tx, rx) = mpsc::channel();
-        let committer = Committer::start(dir, next_seq, index.clone())?;
-        std::thread::Builder::new()
+        let deferred = Arc::new(Mutex::new(Deferred::default()));
+        let committer = Committer::start(dir, next_seq, index.clone(), deferred.clone())?;
+        let committer = std::thread::Builder::new()
             .name("spool-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(io_err(dir))?;
@@ -228,6 +243,8 @@ impl Spool {
             body_dir: body_dir(dir),
             index,
             jobs: Mutex::new(Some(tx)),
+            deferred,
+            committer: Some(committer),
             readers: Mutex::new(HashMap::new()),
             _lock: lock,
         };
@@ -452,26 +469,54 @@ impl Spool {
     }
 
     /// Remove a message whose every recipient is settled (delivered, or failed with its
-    /// bounce queued). Returns once the record is written, without waiting for its
-    /// `fdatasync`: it becomes durable with the next commit. A crash before that
-    /// delivers the message once more, which at-least-once delivery allows; in return a
-    /// delivery never waits for the disk.
+    /// bounce queued). Returns at once: the record is written with the committer's next
+    /// batch and becomes durable with the next commit (at the latest when the spool is
+    /// dropped or [`Spool::flush`]ed). A crash before that delivers the message once
+    /// more, which at-least-once delivery allows; in return a delivery neither waits for
+    /// the disk nor wakes the committer once per message.
     ///
     /// A large message's removal waits for its `fdatasync`: its body file is deleted
     /// next, and a record still naming a deleted file after a crash would be a message
     /// that cannot be sent.
     pub async fn finish(&self, id: QueueId) -> Result<(), SpoolError> {
-        let body = self.body_of(id);
+        let Some(body) = self.body_of(id) else {
+            return self.defer_removal(id);
+        };
         self.append(
             encoded(&Record::Remove { id }),
             IndexOp::Remove { id },
-            body.is_some(),
+            true,
         )
         .await?;
-        if let Some(body) = body {
-            remove_body(&body);
+        remove_body(&body);
+        Ok(())
+    }
+
+    /// Take `id` out of the index now and leave its removal record to the committer's
+    /// next batch; the committer is woken only by the first record of a batch.
+    fn defer_removal(&self, id: QueueId) -> Result<(), SpoolError> {
+        let jobs = self.jobs.lock().expect("spool jobs");
+        let tx = jobs.as_ref().ok_or(SpoolError::Stopped)?;
+        self.index.lock().expect("spool index").remove(id);
+        let mut deferred = self.deferred.lock().expect("spool deferred records");
+        codec::encode(&Record::Remove { id }, &mut deferred.bytes);
+        if !deferred.wake_sent {
+            deferred.wake_sent = true;
+            let (done, _) = oneshot::channel();
+            tx.send(Job {
+                bytes: Vec::new(),
+                sync: false,
+                op: IndexOp::Flush,
+                done,
+            })
+            .map_err(|_| SpoolError::Stopped)?;
         }
         Ok(())
+    }
+
+    /// Make every record taken so far durable, deferred removals included.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        self.append(Vec::new(), IndexOp::Flush, true).await
     }
 
     /// The whole message: envelope and content read back from its segment. Blocking:
@@ -652,6 +697,42 @@ mod tests {
         assert!(!b.body.as_ref().unwrap().path.exists());
         drop(spool);
         assert!(Spool::open(dir.path()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn finished_messages_are_removed_with_one_commit_and_stay_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (kept, done): (Vec<_>, Vec<_>) = (0..40u8)
+            .map(message)
+            .partition(|m| m.content.ends_with(b"0\r\n"));
+        for m in kept.iter().chain(&done) {
+            spool.put(m).await.unwrap();
+        }
+        let segment = segment_path(dir.path(), 1);
+        let written = fs::metadata(&segment).unwrap().len();
+        for m in &done {
+            spool.finish(m.id).await.unwrap();
+            assert!(spool.entry(m.id).is_none(), "out of the queue at once");
+        }
+        // The removals wait for the committer's next batch (here: the flush).
+        spool.flush().await.unwrap();
+        let removals = fs::metadata(&segment).unwrap().len() - written;
+        assert_eq!(
+            removals,
+            done.len() as u64 * encoded(&Record::Remove { id: done[0].id }).len() as u64
+        );
+        // A removal not yet flushed is written before the spool lets go of its lock.
+        let last = kept[0].id;
+        spool.finish(last).await.unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.len(), kept.len() - 1);
+        assert!(
+            done.iter()
+                .chain([&kept[0]])
+                .all(|m| spool.entry(m.id).is_none())
+        );
     }
 
     #[tokio::test]

@@ -253,6 +253,11 @@ impl Scheduler {
                 "stopping with delivery outcomes the spool could not record: those messages will be delivered again after the restart"
             );
         }
+        // Removals of finished messages are written lazily; make them durable now, so
+        // a restart does not send those messages again.
+        if let Err(e) = self.inner.spool.flush().await {
+            warn!(error = %e, "cannot make the last delivery records durable: messages delivered just now may be delivered again after the restart");
+        }
         // Idle workers and the maintenance task notice within a second; wait for them so
         // the spool (and its lock) is released when this returns.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
