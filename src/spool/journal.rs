@@ -30,6 +30,21 @@ pub(super) struct Job {
     pub(super) done: oneshot::Sender<std::io::Result<()>>,
 }
 
+impl Job {
+    /// No record of its own: it wakes the committer to write the deferred ones.
+    pub(super) fn wake() -> Job {
+        Job {
+            bytes: Vec::new(),
+            sync: false,
+            op: IndexOp::Flush,
+            done: oneshot::channel().0,
+        }
+    }
+}
+
+/// How often deferred records that could not be written are tried again.
+const DEFERRED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Records that wait for the committer's next batch instead of being sent one by one
 /// (removals of finished messages): written after that batch's own records.
 #[derive(Default)]
@@ -111,7 +126,22 @@ impl Committer {
 
     pub(super) fn run(mut self, jobs: mpsc::Receiver<Job>) {
         let mut needs_rotation = false;
-        while let Ok(first) = jobs.recv() {
+        // Deferred records that could not be written are tried again this often, even
+        // with nothing else to write (a full disk that gets room again).
+        let mut retry_deferred = false;
+        loop {
+            let first = if retry_deferred {
+                match jobs.recv_timeout(DEFERRED_RETRY) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => Job::wake(),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
             let mut batch = vec![first];
             let mut bytes = batch[0].bytes.len();
             while bytes < BATCH_MAX_BYTES {
@@ -179,10 +209,12 @@ impl Committer {
             match result {
                 Ok(()) => {
                     self.size += batch_len;
+                    retry_deferred = false;
                     self.acknowledge(durable, Ok(()));
                 }
                 Err(e) => {
                     // The deferred records go with the next batch.
+                    retry_deferred = !deferred.is_empty();
                     self.put_back(deferred);
                     // Removals of finished messages in this batch were acknowledged
                     // before the fsync; cutting them loses nothing but their record, so

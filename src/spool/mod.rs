@@ -502,14 +502,7 @@ impl Spool {
         codec::encode(&Record::Remove { id }, &mut deferred.bytes);
         if !deferred.wake_sent {
             deferred.wake_sent = true;
-            let (done, _) = oneshot::channel();
-            tx.send(Job {
-                bytes: Vec::new(),
-                sync: false,
-                op: IndexOp::Flush,
-                done,
-            })
-            .map_err(|_| SpoolError::Stopped)?;
+            tx.send(Job::wake()).map_err(|_| SpoolError::Stopped)?;
         }
         Ok(())
     }
