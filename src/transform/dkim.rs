@@ -545,6 +545,23 @@ mod tests {
     }
 
     #[test]
+    fn only_ed25519_keys_sign_cheaply() {
+        use crate::transform::Transformer;
+        let dir = tempfile::tempdir().unwrap();
+        let ed = cfg(dir.path(), "a.example", DkimAlgorithm::Ed25519Sha256, true);
+        let rsa = cfg(dir.path(), "b.example", DkimAlgorithm::RsaSha256, true);
+        let cheap = |configs: &[DkimConfig]| {
+            Transformer::new(DkimKeys::load(configs).unwrap()).signs_cheaply()
+        };
+        assert!(cheap(&[]), "no signature at all");
+        assert!(cheap(std::slice::from_ref(&ed)));
+        assert!(
+            !cheap(&[ed, rsa]),
+            "one rsa-sha256 key is enough to be costly"
+        );
+    }
+
+    #[test]
     fn picks_the_key_of_the_domain_or_a_parent() {
         let dir = tempfile::tempdir().unwrap();
         let keys = DkimKeys::load(&[

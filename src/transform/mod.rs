@@ -111,6 +111,14 @@ impl Transformer {
         &self.keys
     }
 
+    /// Whether every signature it may make is cheap (Ed25519, or none at all): an
+    /// rsa-sha256 signature takes hundreds of microseconds of CPU.
+    pub fn signs_cheaply(&self) -> bool {
+        self.keys
+            .iter()
+            .all(|k| k.algorithm == crate::config::DkimAlgorithm::Ed25519Sha256)
+    }
+
     /// The content as an upstream with policy `sender` receives it: sender policy
     /// applied, then signed if a key covers the From domain. CPU-bound: call it off the
     /// async reactor.
