@@ -24,7 +24,6 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
 export BENCH_RUN="${BENCH_RUN:-$HERE/run}"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
@@ -38,11 +37,9 @@ while getopts 'n:s:b:h' opt; do
   esac
 done
 
-"$HERE/setup.sh"
-if [[ -z $BIN ]]; then
-  (cd "$ROOT" && cargo build --release --locked)
-  BIN="$ROOT/target/release/smarthost"
-fi
+# shellcheck source=prepare.sh
+source "$HERE/prepare.sh"
+prepare_smarthost "$BIN"
 install_cleanup_trap
 
 RELAY_PORT=2528 SINK_PORT=2638

@@ -20,7 +20,6 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
 export BENCH_RUN="${BENCH_RUN:-$HERE/run}"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
@@ -36,11 +35,9 @@ while getopts 'n:a:b:ph' opt; do
   esac
 done
 
-"$HERE/setup.sh"
-if [[ -z $BIN ]]; then
-  (cd "$ROOT" && cargo build --release --locked)
-  BIN="$ROOT/target/release/smarthost"
-fi
+# shellcheck source=prepare.sh
+source "$HERE/prepare.sh"
+prepare_smarthost "$BIN"
 if ((PERF)) && ! command -v perf >/dev/null; then
   die "perf is not installed (apt-get install linux-perf)"
 fi

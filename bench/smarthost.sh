@@ -28,7 +28,6 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
 export BENCH_RUN="${BENCH_RUN:-$HERE/run}"
 
 N=20000 RUNS=3 WARMUP=1000 ONLY="" BIN=""
@@ -40,12 +39,9 @@ while getopts 'n:r:w:R:b:h' opt; do
   esac
 done
 
-"$HERE/setup.sh"
-if [[ -z $BIN ]]; then
-  (cd "$ROOT" && cargo build --release --locked)
-  BIN="$ROOT/target/release/smarthost"
-fi
-BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+# shellcheck source=prepare.sh
+source "$HERE/prepare.sh"
+prepare_smarthost "$BIN"
 
 # The relay under test, configured by environment variables only (as in Docker).
 # The DKIM key is copied with mode 0600: smarthost refuses keys others can read.
