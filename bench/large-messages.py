@@ -192,6 +192,8 @@ async def main():
     p.add_argument("--settle", type=float, default=30)
     p.add_argument("--timeout", type=float, default=600)
     a = p.parse_args()
+    # The relay runs in its own work directory: a relative path is taken from here.
+    a.bin = os.path.abspath(a.bin)
     size = int(a.size_mib * 1024 * 1024)
 
     sink = Sink()
