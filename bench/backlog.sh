@@ -62,15 +62,6 @@ rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
 
-# wait_sink TARGET: until the sink has counted TARGET messages (bounded)
-wait_sink() {
-  local deadline=$(($(now_ns) + RUN_TIMEOUT * 1000000000))
-  while (($(sink_count "$SINK_PORT") < $1)); do
-    (($(now_ns) > deadline)) && die "the sink has $(sink_count "$SINK_PORT") of $1 messages after ${RUN_TIMEOUT}s"
-    sleep 0.05
-  done
-}
-
 submit() {
   timeout "$RUN_TIMEOUT" smtp-source -s "$CONC" -m "$1" -l "$SIZE" -f "$BENCH_FROM" -t "$BENCH_TO" \
     -M client.bench.example.test "$LOOPBACK:$RELAY_PORT" >"$WORK/smtp-source.log" 2>&1
@@ -81,7 +72,7 @@ sink_start "$SINK_PORT"
 relay_start
 
 # 1. steady state
-t0=$(now_ns); submit "$STEADY"; wait_sink "$STEADY"; t1=$(now_ns)
+t0=$(now_ns); submit "$STEADY"; wait_sink "$SINK_PORT" "$STEADY"; t1=$(now_ns)
 steady_rate=$(awk -v n="$STEADY" -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.0f", n / s }')
 log "steady state: $STEADY messages end to end in $(secs "$t0" "$t1")s = $steady_rate msg/s"
 
@@ -131,7 +122,7 @@ while (($(sink_count "$SINK_PORT") < 1)); do
   sleep 0.05
 done
 t_first=$(now_ns)
-wait_sink "$N"
+wait_sink "$SINK_PORT" "$N"
 t1=$(now_ns)
 touch "$WORK/probes.stop"
 wait "$PROBER" || true

@@ -73,13 +73,6 @@ send() {
   timeout "$RUN_TIMEOUT" smtp-source -s 32 -m "$1" -l 4096 -f "$BENCH_FROM" -t "$BENCH_TO" \
     -M client.bench.example.test "$LOOPBACK:$RELAY_PORT" >"$WORK/smtp-source.log" 2>&1
 }
-wait_sink() {
-  local deadline=$(($(now_ns) + RUN_TIMEOUT * 1000000000))
-  while (($(sink_count "$SINK_PORT") < $1)); do
-    (($(now_ns) > deadline)) && die "the sink has $(sink_count "$SINK_PORT") of $1 messages after ${RUN_TIMEOUT}s"
-    sleep 0.02
-  done
-}
 # utime stime minflt of the relay (clock ticks, faults)
 usage() { awk '{ print $14, $15, $10 }' "/proc/$RELAY/stat"; }
 # "thread-name switches" summed per thread name
@@ -92,7 +85,7 @@ switches() {
 
 log "warm-up: $WARMUP messages"
 send "$WARMUP"
-wait_sink "$WARMUP"
+wait_sink "$SINK_PORT" "$WARMUP"
 switches >"$WORK/switches.0"
 read -r u0 s0 f0 < <(usage)
 if ((PERF)); then
@@ -104,7 +97,7 @@ log "measuring: $N messages ($ALGORITHM)"
 t0=$(now_ns)
 send "$N"
 t1=$(now_ns)
-wait_sink $((WARMUP + N))
+wait_sink "$SINK_PORT" $((WARMUP + N))
 t2=$(now_ns)
 read -r u1 s1 f1 < <(usage)
 switches >"$WORK/switches.1"

@@ -90,7 +90,12 @@ impl Cluster {
         let client = match &config.store_ca_file {
             Some(ca) => {
                 let pem = std::fs::read(ca)
-                    .map_err(|e| ClusterError(format!("cannot read {}: {e}", ca.display())))?;
+                    .map_err(|e| {
+                        ClusterError(format!(
+                            "cluster.store_ca_file: cannot read {}: {e}; give a readable PEM file with the CA certificate of the store",
+                            ca.display()
+                        ))
+                    })?;
                 let certificates = redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),

@@ -18,8 +18,8 @@ use super::{
     segment_path, sync_dir,
 };
 
-/// A batch's records are copied into one buffer for one `write`, unless one record
-/// alone is this large (a large message's head is not copied once more).
+/// A lone record is copied next to the deferred records (one `write` instead of two)
+/// only below this size: a large message's head is not copied once more.
 const BATCH_COPY_MAX: usize = 64 * 1024;
 
 pub(super) struct Job {
@@ -192,10 +192,12 @@ impl Committer {
             }
             let deferred = self.take_deferred();
             let batch_len = at - self.size + deferred.len() as u64;
-            // One write for the batch and the deferred records after it; a large message
-            // (always alone in its batch) is written as it is, without a copy.
+            // One write for the batch and the deferred records after it. A lone record
+            // goes out as it is, without a copy, when nothing is deferred or it is large
+            // (a large message is always alone in its batch); `write_all` of nothing
+            // makes no system call.
             let mut result = match batch.as_slice() {
-                [job] if job.bytes.len() >= BATCH_COPY_MAX => self
+                [job] if deferred.is_empty() || job.bytes.len() >= BATCH_COPY_MAX => self
                     .file
                     .write_all(&job.bytes)
                     .and_then(|()| self.file.write_all(&deferred)),
@@ -263,7 +265,7 @@ impl Committer {
             .write_all(&deferred)
             .and_then(|()| self.file.sync_data())
         {
-            error!(error = %e, segment = self.seq, "cannot write the last removals of finished messages; those messages are delivered again after the restart");
+            error!(error = %e, segment = self.seq, "cannot write the last removals of finished messages; those messages are delivered again after the restart. Check the spool disk: free space, or the I/O error above");
         }
     }
 

@@ -120,8 +120,8 @@ impl Transformer {
     }
 
     /// The content as an upstream with policy `sender` receives it: sender policy
-    /// applied, then signed if a key covers the From domain. CPU-bound: call it off the
-    /// async reactor.
+    /// applied, then signed if a key covers the From domain. CPU-bound: unless
+    /// [`Transformer::signs_cheaply`], call it off the async reactor.
     pub fn for_upstream(
         &self,
         content: &[u8],

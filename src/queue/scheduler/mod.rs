@@ -256,7 +256,7 @@ impl Scheduler {
         // Removals of finished messages are written lazily; make them durable now, so
         // a restart does not send those messages again.
         if let Err(e) = self.inner.spool.flush().await {
-            warn!(error = %e, "cannot make the last delivery records durable: messages delivered just now may be delivered again after the restart");
+            warn!(error = %e, "cannot make the last delivery records durable: messages delivered just now may be delivered again after the restart. Check the spool disk: free space, or the I/O error named here");
         }
         // Idle workers and the maintenance task notice within a second; wait for them so
         // the spool (and its lock) is released when this returns.
